@@ -1,0 +1,48 @@
+"""The library's exceptions: one flat tree, each carrying the pid and a message that says what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "InvalidPid",
+    "NoAddressSpace",
+    "PagesnapError",
+    "ProcessGone",
+    "Unsupported",
+]
+
+
+class PagesnapError(Exception):
+    """Base class of every error raised by pagesnap."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message, pid)
+        self.message = message
+        self.pid = pid
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self) -> tuple[type[PagesnapError], tuple[str, int | None]]:
+        # Keep errors picklable across the process boundary of `pagemap.run` and xdist.
+        return (type(self), (self.message, self.pid))
+
+
+class InvalidPid(PagesnapError, ValueError):
+    """The value given as a pid cannot name a process (zero, negative, not an integer)."""
+
+
+class ProcessGone(PagesnapError):
+    """The process does not exist, or exited while it was being read."""
+
+
+class NoAddressSpace(PagesnapError):
+    """The process has no user address space: a kernel thread, or a zombie."""
+
+
+class AccessDenied(PagesnapError, PermissionError):
+    """The caller may not read this process or this file (ptrace access or CAP_SYS_ADMIN missing)."""
+
+
+class Unsupported(PagesnapError):
+    """This kernel, platform or configuration cannot provide what was asked."""

@@ -1,0 +1,297 @@
+"""The one place that opens `/proc`: errors translated once, at the edge; maps parsing; freezing.
+
+Every OS error met while reading a process is turned into the library's own errors here, with the pid and
+a message that says what to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .errors import AccessDenied, InvalidPid, NoAddressSpace, PagesnapError, ProcessGone, Unsupported
+
+__all__ = [
+    "MapsEntry",
+    "check_pid",
+    "frozen",
+    "open_proc",
+    "parse_maps",
+    "read_maps",
+    "read_proc_text",
+    "translate_os_error",
+]
+
+PROC = "/proc"
+_PF_KTHREAD = 0x00200000  # task flag of kernel threads (include/linux/sched.h)
+
+T = TypeVar("T")
+
+
+def check_platform() -> None:
+    """Raise `Unsupported` unless this is Linux with a mounted `/proc`."""
+    if not sys.platform.startswith("linux"):
+        raise Unsupported(f"pagesnap reads Linux page tables; this platform is {sys.platform!r}")
+    if not os.path.exists(f"{PROC}/self/pagemap"):
+        raise Unsupported("/proc/self/pagemap is missing: mount procfs (mount -t proc proc /proc)")
+
+
+def check_pid(pid: object) -> int:
+    """Validate a pid given by a caller and return it as an int."""
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise InvalidPid(f"pid must be an int, not {type(pid).__name__} ({pid!r})")
+    if pid <= 0:
+        raise InvalidPid(f"pid must be a positive int, got {pid}", pid)
+    return pid
+
+
+def _describe_missing(pid: int) -> PagesnapError:
+    return ProcessGone(f"process {pid} does not exist (or exited while being read)", pid)
+
+
+def translate_os_error(exc: OSError, pid: int, what: str) -> PagesnapError:
+    """Map an OS error met while reading `what` of process `pid` to the library's error."""
+    if exc.errno in (errno.ENOENT, errno.ESRCH):
+        return _describe_missing(pid)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return AccessDenied(
+            f"not allowed to read {what} of process {pid}: run as the process's owner with ptrace access "
+            "(kernel.yama.ptrace_scope=0, or CAP_SYS_PTRACE), or as root",
+            pid,
+        )
+    return PagesnapError(f"reading {what} of process {pid} failed: {exc}", pid)
+
+
+def call(pid: int, what: str, func: Callable[[], T]) -> T:
+    """Run `func`, translating an `OSError` into the library's errors for process `pid`."""
+    try:
+        return func()
+    except OSError as exc:
+        raise translate_os_error(exc, pid, what) from exc
+
+
+def open_proc(pid: int | str, name: str, flags: int = os.O_RDONLY) -> int:
+    """Open `/proc/PID/NAME` and return the fd, translating errors."""
+    path = f"{PROC}/{pid}/{name}"
+    numeric = pid if isinstance(pid, int) else os.getpid()
+    return call(numeric, path, lambda: os.open(path, flags | os.O_CLOEXEC))
+
+
+def read_proc_text(pid: int | str, name: str) -> str:
+    """Read a whole `/proc/PID/NAME` text file."""
+    fd = open_proc(pid, name)
+    numeric = pid if isinstance(pid, int) else os.getpid()
+    try:
+        chunks = []
+        while True:
+            chunk = call(numeric, f"/proc/{pid}/{name}", lambda: os.read(fd, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode("utf-8", "surrogateescape")
+
+
+# --- process state ------------------------------------------------------------------------------------
+
+
+def _stat_fields(text: str) -> list[str]:
+    # The comm field may hold spaces and parentheses: split after the last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_state(pid: int) -> tuple[str, int]:
+    """The one-letter state and the task flags of a process, from `/proc/PID/stat`."""
+    fields = _stat_fields(read_proc_text(pid, "stat"))
+    return fields[0], int(fields[6])
+
+
+def check_address_space(pid: int) -> None:
+    """Raise the right error unless `pid` is a live process with a user address space."""
+    state, task_flags = process_state(pid)
+    if task_flags & _PF_KTHREAD:
+        raise NoAddressSpace(f"process {pid} is a kernel thread: it has no user memory to snapshot", pid)
+    if state in ("Z", "X"):
+        raise NoAddressSpace(
+            f"process {pid} is a zombie: it has exited and freed its memory; its parent has not reaped it yet",
+            pid,
+        )
+
+
+def thread_states(pid: int) -> list[str]:
+    """The state letters of every thread of `pid` (threads that vanish while listed are skipped)."""
+    states = []
+    task_dir = f"{PROC}/{pid}/task"
+    for tid in call(pid, task_dir, lambda: os.listdir(task_dir)):
+        try:
+            with open(f"{task_dir}/{tid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
+                states.append(_stat_fields(stat.read())[0])
+        except FileNotFoundError:
+            continue
+        except ProcessLookupError:
+            continue
+    return states
+
+
+_STOPPED_STATES = frozenset("TtZX")
+
+
+@contextlib.contextmanager
+def frozen(pid: int, *, timeout: float = 2.0) -> Iterator[bool]:
+    """Stop `pid` with SIGSTOP for the duration of the block and always resume it.
+
+    Yields True once every thread shows stopped; False when `timeout` passed first (a thread stuck in an
+    uninterruptible sleep), in which case the block still runs. A process that was already stopped stays
+    stopped. Freezing the calling process itself is impossible and is skipped (yields False).
+    """
+    if pid == os.getpid():
+        yield False
+        return
+    already_stopped = all(state in _STOPPED_STATES for state in thread_states(pid))
+    if already_stopped:
+        yield True
+        return
+    try:
+        os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        raise _describe_missing(pid) from None
+    except PermissionError:
+        raise AccessDenied(
+            f"not allowed to stop process {pid} for a consistent snapshot: run as its owner or root, "
+            "or pass freeze=False",
+            pid,
+        ) from None
+    try:
+        deadline = time.monotonic() + timeout
+        all_stopped = False
+        while True:
+            states = thread_states(pid)
+            if not states:
+                raise _describe_missing(pid)
+            if all(state in _STOPPED_STATES for state in states):
+                all_stopped = True
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.0002)
+        yield all_stopped
+    finally:
+        # Block SIGINT while resuming so a Ctrl-C cannot leave the process stopped.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+# --- /proc/PID/maps -----------------------------------------------------------------------------------
+
+_DELETED = " (deleted)"
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+@dataclass(frozen=True, slots=True)
+class MapsEntry:
+    """One line of `/proc/PID/maps`, every field parsed."""
+
+    start: int
+    end: int
+    perms: str  # e.g. "rw-p"; the last letter is p (private) or s (shared)
+    offset: int
+    dev_major: int
+    dev_minor: int
+    inode: int
+    path: str  # file path (newlines unescaped), a label such as "[heap]", or "" for anonymous memory
+    deleted: bool  # the backing file was deleted (or is an internal shmem/hugetlb file)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+    @property
+    def shared(self) -> bool:
+        return self.perms[3:4] == "s"
+
+    @property
+    def is_label(self) -> bool:
+        return self.path.startswith("[") and self.path.endswith("]")
+
+    @property
+    def dev(self) -> tuple[int, int]:
+        return (self.dev_major, self.dev_minor)
+
+
+def _unescape_path(raw: str) -> str:
+    # show_map_vma() escapes only "\n" (as \012); decode any octal escape to be safe.
+    if "\\" not in raw:
+        return raw
+    return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), raw)
+
+
+def parse_maps_line(line: str) -> MapsEntry:
+    """Parse one line of `/proc/PID/maps`; raise `ValueError` on a malformed line."""
+    parts = line.split(None, 5)
+    if len(parts) < 5:
+        raise ValueError(f"malformed maps line: {line!r}")
+    address, perms, offset, dev, inode = parts[:5]
+    start_text, _, end_text = address.partition("-")
+    major_text, _, minor_text = dev.partition(":")
+    # The path follows space padding; a file path always starts with "/", and labels with "[".
+    path = parts[5].lstrip(" ").rstrip("\n") if len(parts) > 5 else ""
+    deleted = False
+    if path.endswith(_DELETED) and not path.startswith("["):
+        path = path[: -len(_DELETED)]
+        deleted = True
+    if len(perms) != 4:
+        raise ValueError(f"malformed permissions {perms!r} in maps line: {line!r}")
+    return MapsEntry(
+        start=int(start_text, 16),
+        end=int(end_text, 16),
+        perms=perms,
+        offset=int(offset, 16),
+        dev_major=int(major_text, 16),
+        dev_minor=int(minor_text, 16),
+        inode=int(inode),
+        path=_unescape_path(path),
+        deleted=deleted,
+    )
+
+
+def parse_maps(text: str) -> list[MapsEntry]:
+    """Parse the text of `/proc/PID/maps`."""
+    return [parse_maps_line(line) for line in text.splitlines() if line.strip()]
+
+
+def read_maps(pid: int) -> list[MapsEntry]:
+    """The parsed `/proc/PID/maps` of a process."""
+    return parse_maps(read_proc_text(pid, "maps"))
+
+
+def read_statm(pid: int) -> tuple[int, int]:
+    """(size, resident) in pages from `/proc/PID/statm`."""
+    fields = read_proc_text(pid, "statm").split()
+    return int(fields[0]), int(fields[1])
+
+
+def mount_devices(pid: int, fstypes: frozenset[str]) -> set[tuple[int, int]]:
+    """Device numbers of the mounts of the given filesystem types, as seen by `pid`."""
+    devices = set()
+    for line in read_proc_text(pid, "mountinfo").splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 3 or not right:
+            continue
+        if right.split()[0] in fstypes:
+            major, _, minor = fields[2].partition(":")
+            devices.add((int(major), int(minor)))
+    return devices
