@@ -8,25 +8,31 @@
 from __future__ import annotations
 
 from .capabilities import Capabilities, capabilities
+from .delta import Delta, RegionDelta, diff
 from .errors import AccessDenied, InvalidPid, NoAddressSpace, PagesnapError, ProcessGone, Unsupported
 from .snapshot import Region, Snapshot, Totals, snapshot
+from .tracking import start_tracking
 from .units import format_size, parse_size
 
 __all__ = [
     "AccessDenied",
     "Capabilities",
+    "Delta",
     "InvalidPid",
     "NoAddressSpace",
     "PagesnapError",
     "ProcessGone",
     "Region",
+    "RegionDelta",
     "Snapshot",
     "Totals",
     "Unsupported",
     "capabilities",
+    "diff",
     "format_size",
     "parse_size",
     "snapshot",
+    "start_tracking",
 ]
 
 __version__ = "0.1.0.dev0"

@@ -6,19 +6,22 @@ import contextlib
 import fnmatch
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
-from . import bits, procfs, reader
+from . import bits, procfs, reader, tracking
 from .capabilities import Capabilities, capabilities
 from .errors import AccessDenied, PagesnapError, ProcessGone, Unsupported
 from .regions import classify, display_name
 from .scan import pagemap_scan
+
+if TYPE_CHECKING:
+    from .delta import Delta
 
 __all__ = ["Region", "Snapshot", "Totals", "snapshot"]
 
@@ -87,6 +90,8 @@ class Region(Totals):
     inode: int
     name: str  # path, label such as [heap] or [anon:NAME], or [anon]
     kind: str  # anon, heap, stack, file, shmem, hugetlb or special
+    written: int | None = None  # bytes written since tracking started (snapshot(writes=True))
+    accessed: int | None = None  # bytes accessed since tracking started (snapshot(accessed=True))
 
     @property
     def size(self) -> int:
@@ -104,6 +109,8 @@ class Region(Totals):
             "kind": self.kind,
             "size": self.size,
             **self.metrics(),
+            "written": self.written,
+            "accessed": self.accessed,
         }
 
 
@@ -130,7 +137,14 @@ class Snapshot(Totals):
     entries: U64 = field(repr=False, compare=False)
     page_flags: U64 | None = field(repr=False, compare=False)
     mapcounts: npt.NDArray[np.uint32] | None = field(repr=False, compare=False)
+    written: int | None = None  # bytes written since tracking started, with writes=True
+    accessed: int | None = None  # bytes accessed since tracking started, with accessed=True
     notes: tuple[str, ...] = ()
+
+    def __sub__(self, before: Snapshot) -> Delta:
+        from .delta import diff
+
+        return diff(before, self)
 
     @property
     def present_pages(self) -> int:
@@ -160,6 +174,8 @@ class Snapshot(Totals):
             "page_size": self.page_size,
             "pfn_visible": self.pfn_visible,
             **self.metrics(),
+            "written": self.written,
+            "accessed": self.accessed,
         }
         if regions:
             data["regions"] = [region.to_dict() for region in self.regions]
@@ -189,6 +205,8 @@ class _PageData:
     pmd_known: bool
     page_flags: U64 | None = None
     mapcounts: npt.NDArray[np.uint32] | None = None
+    written: npt.NDArray[np.bool_] | None = None
+    referenced: dict[int, int] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -199,6 +217,9 @@ def snapshot(
     counts: bool = False,
     freeze: bool = True,
     method: Method = "auto",
+    writes: bool = False,
+    accessed: bool = False,
+    track: Iterable[str] = (),
 ) -> Snapshot:
     """Take a consistent snapshot of the page tables of process `pid`.
 
@@ -207,6 +228,11 @@ def snapshot(
     naming it otherwise. With `freeze=True` the process is stopped with SIGSTOP until every thread shows
     stopped, and always resumed. `method` picks the front end: "read" walks each mapping's pagemap,
     "scan" asks PAGEMAP_SCAN (6.7+) for the populated ranges first; "auto" scans sparse address spaces.
+
+    Tracking: `track=("writes", "accessed")` starts tracking pages written (soft-dirty) and accessed right
+    after this snapshot, while the process is still stopped. A later snapshot with `writes=True` records
+    the pages written since (`snap.written`, per region too), and with `accessed=True` the bytes accessed
+    since. Write tracking needs a kernel with CONFIG_MEM_SOFT_DIRTY and raises `Unsupported` without it.
     """
     procfs.check_platform()
     pid = procfs.check_pid(pid)
@@ -223,6 +249,10 @@ def snapshot(
             "use method='read' or 'auto'",
             pid,
         )
+    track = tuple(track)
+    tracking.check_tracking(track, pid)
+    if writes:
+        tracking.require_soft_dirty(pid, caps)
     procfs.check_address_space(pid)
     command = _command(pid)
     fd = procfs.open_proc(pid, "pagemap")
@@ -237,6 +267,13 @@ def snapshot(
             data = _read_pages(pid, fd, maps, kinds, caps, method)
             if flags or counts:
                 _read_pfn_files(data, caps, flags=flags, counts=counts)
+            if writes:
+                ranges = _user_ranges(maps, caps.page_size)
+                span = (ranges[0][0] * caps.page_size, ranges[-1][1] * caps.page_size) if ranges else (0, 0)
+                data.written = tracking.written_mask(fd, data.arrays, caps, method, span)
+            if accessed:
+                data.referenced = tracking.referenced_by_region(pid)
+            tracking.apply_tracking(pid, track)
     except reader.ProcessExited:
         raise ProcessGone(f"process {pid} exited while its page tables were being read", pid) from None
     except OSError as exc:
@@ -475,6 +512,9 @@ def _build(
         counted = data.mapcounts.astype(np.int64)
         share = np.where(counted > 0, (page << 12) // np.maximum(counted, 1), 0)
         pss_fixed = np.bincount(region_of_page, weights=share, minlength=len(maps)).astype(np.int64)
+    written_pages = None
+    if data.written is not None:
+        written_pages = np.bincount(region_of_page[data.written], minlength=len(maps))
 
     regions = []
     column = {name: index for index, name in enumerate(_COLUMNS)}
@@ -502,6 +542,8 @@ def _build(
                 inode=entry.inode,
                 name=display_name(entry),
                 kind=kind,
+                written=None if written_pages is None else int(written_pages[index]) * page,
+                accessed=None if data.referenced is None else data.referenced.get(entry.start, 0),
             )
         )
     totals = sum_totals(regions)
@@ -537,5 +579,7 @@ def _build(
         entries=arrays.entry,
         page_flags=data.page_flags,
         mapcounts=data.mapcounts,
+        written=None if written_pages is None else int(written_pages.sum()) * page,
+        accessed=None if data.referenced is None else sum(r.accessed or 0 for r in regions),
         notes=tuple(data.notes),
     )

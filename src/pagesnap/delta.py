@@ -1,0 +1,279 @@
+"""What changed between two snapshots of one process: growth, pages written, frames and flags that changed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import bits
+from .errors import PagesnapError
+from .snapshot import Region, Snapshot, Totals
+
+__all__ = ["Delta", "RegionDelta", "diff"]
+
+U64 = npt.NDArray[np.uint64]
+_GROWTH_METRICS = tuple(f.name for f in fields(Totals))
+
+
+def _growth(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else after - before
+
+
+@dataclass(frozen=True)
+class RegionDelta:
+    """One region's change. `status` is added, removed, grown, shrunk or kept."""
+
+    name: str
+    kind: str
+    start: int
+    end: int
+    status: str
+    size_growth: int
+    uss_growth: int
+    rss_growth: int
+    swap_growth: int
+    pss_growth: int | None
+    written: int | None  # bytes written in this region while tracking (None when not tracked)
+    accessed: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Delta:
+    """The difference `after - before` of two snapshots of the same process (bytes unless named pages).
+
+    `written` is the bytes written while tracking in regions that existed, unchanged in size, when tracking
+    started; `written_new_regions` the bytes present in regions created or grown since, every page of which
+    the kernel marks written. `frames_changed` is None when PFNs are hidden (no CAP_SYS_ADMIN): unknown, not zero.
+    """
+
+    before: Snapshot
+    after: Snapshot
+    uss_growth: int
+    rss_growth: int
+    pss_growth: int | None
+    swap_growth: int
+    anon_growth: int
+    file_growth: int
+    shmem_growth: int
+    thp_growth: int | None
+    zero_growth: int | None
+    hugetlb_growth: int
+    pages_appeared: int
+    pages_disappeared: int
+    frames_changed: int | None
+    flags_gained: Mapping[str, int] | None
+    flags_lost: Mapping[str, int] | None
+    written: int | None
+    written_new_regions: int | None
+    accessed: int | None
+    regions: tuple[RegionDelta, ...]
+
+    @property
+    def regions_added(self) -> tuple[RegionDelta, ...]:
+        return tuple(r for r in self.regions if r.status == "added")
+
+    @property
+    def regions_removed(self) -> tuple[RegionDelta, ...]:
+        return tuple(r for r in self.regions if r.status == "removed")
+
+    @property
+    def regions_grown(self) -> tuple[RegionDelta, ...]:
+        return tuple(r for r in self.regions if r.status == "grown")
+
+    @property
+    def regions_shrunk(self) -> tuple[RegionDelta, ...]:
+        return tuple(r for r in self.regions if r.status == "shrunk")
+
+    @property
+    def seconds(self) -> float:
+        return self.after.taken_at - self.before.taken_at
+
+    def top_regions(self, metric: str = "uss_growth", limit: int = 5) -> list[RegionDelta]:
+        """The regions that contributed most to `metric` (largest absolute change first)."""
+        ranked = sorted(self.regions, key=lambda r: abs(getattr(r, metric) or 0), reverse=True)
+        return [r for r in ranked[:limit] if getattr(r, metric)]
+
+    def to_dict(self, *, regions: bool = True) -> dict[str, Any]:
+        """A JSON-ready dict: the keys documented in the README."""
+        data: dict[str, Any] = {
+            "pid": self.after.pid,
+            "seconds": self.seconds,
+            **{f"{name}_growth": getattr(self, f"{name}_growth") for name in _GROWTH_METRICS},
+            "pages_appeared": self.pages_appeared,
+            "pages_disappeared": self.pages_disappeared,
+            "frames_changed": self.frames_changed,
+            "written": self.written,
+            "written_new_regions": self.written_new_regions,
+            "accessed": self.accessed,
+            "flags_gained": None if self.flags_gained is None else _nonzero(self.flags_gained),
+            "flags_lost": None if self.flags_lost is None else _nonzero(self.flags_lost),
+            "before": self.before.to_dict(regions=False),
+            "after": self.after.to_dict(regions=False),
+        }
+        if regions:
+            data["regions"] = [r.to_dict() for r in self.regions if r.status != "kept" or _changed(r)]
+        return data
+
+
+def _nonzero(counts: Mapping[str, int]) -> dict[str, int]:
+    return {name: pages for name, pages in counts.items() if pages}
+
+
+def _changed(region: RegionDelta) -> bool:
+    return bool(region.uss_growth or region.rss_growth or region.swap_growth or region.written or region.accessed)
+
+
+def diff(before: Snapshot, after: Snapshot) -> Delta:
+    """The change from `before` to `after`, two snapshots of the same process (also `after - before`)."""
+    if before.pid != after.pid:
+        raise PagesnapError(f"cannot diff snapshots of different processes ({before.pid} and {after.pid})")
+    if after.taken_at < before.taken_at:
+        raise PagesnapError("the 'after' snapshot is older than the 'before' one: call diff(before, after)")
+    common_before, common_after = _match_pages(before.vpn, after.vpn)
+    appeared = len(after.vpn) - len(common_after)
+    disappeared = len(before.vpn) - len(common_before)
+    frames_changed = _frames_changed(before, after, common_before, common_after)
+    flags_gained, flags_lost = _flag_transitions(before, after, common_before, common_after)
+    region_deltas, written_new = _region_deltas(before.regions, after.regions)
+    written = None
+    if after.written is not None:
+        written = after.written - (written_new or 0)
+    values = {f"{name}_growth": _growth(getattr(before, name), getattr(after, name)) for name in _GROWTH_METRICS}
+    return Delta(
+        before=before,
+        after=after,
+        **values,  # type: ignore[arg-type]
+        pages_appeared=appeared,
+        pages_disappeared=disappeared,
+        frames_changed=frames_changed,
+        flags_gained=flags_gained,
+        flags_lost=flags_lost,
+        written=written,
+        written_new_regions=written_new if after.written is not None else None,
+        accessed=after.accessed,
+        regions=tuple(region_deltas),
+    )
+
+
+def _match_pages(before: U64, after: U64) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Indexes into `before` and `after` of the virtual pages present (or swapped) in both."""
+    if not len(before) or not len(after):
+        empty = np.empty(0, dtype=np.intp)
+        return empty, empty
+    position = np.searchsorted(after, before)
+    inside = position < len(after)
+    found = np.zeros(len(before), dtype=bool)
+    found[inside] = after[position[inside]] == before[inside]
+    return np.flatnonzero(found), position[found]
+
+
+def _frames_changed(
+    before: Snapshot, after: Snapshot, in_before: npt.NDArray[np.intp], in_after: npt.NDArray[np.intp]
+) -> int | None:
+    if not (before.pfn_visible and after.pfn_visible):
+        return None
+    present = np.uint64(bits.PM_PRESENT)
+    old = before.entries[in_before]
+    new = after.entries[in_after]
+    both = (old >= present) & (new >= present)
+    mask = np.uint64(bits.PM_PFN_MASK)
+    return int(np.count_nonzero((old[both] & mask) != (new[both] & mask)))
+
+
+def _count_bits(words: U64) -> dict[str, int]:
+    names = {**bits.ALL_KPF_BITS, **bits.SYNTHETIC_FLAG_BITS}
+    counts = dict.fromkeys(names, 0)
+    values, occurrences = np.unique(words[words != 0], return_counts=True)
+    for value, count in zip(values.tolist(), occurrences.tolist(), strict=True):
+        for name, bit in names.items():
+            if value >> bit & 1:
+                counts[name] += count
+    return counts
+
+
+def _flag_transitions(
+    before: Snapshot, after: Snapshot, in_before: npt.NDArray[np.intp], in_after: npt.NDArray[np.intp]
+) -> tuple[Mapping[str, int] | None, Mapping[str, int] | None]:
+    """Pages that gained and lost each flag, matched by virtual page; a page that appeared gains all its
+    flags and one that disappeared loses all of them."""
+    if before.page_flags is None or after.page_flags is None:
+        return None, None
+    old_common = before.page_flags[in_before]
+    new_common = after.page_flags[in_after]
+    only_after = np.ones(len(after.page_flags), dtype=bool)
+    only_after[in_after] = False
+    only_before = np.ones(len(before.page_flags), dtype=bool)
+    only_before[in_before] = False
+    gained = np.concatenate((new_common & ~old_common, after.page_flags[only_after]))
+    lost = np.concatenate((old_common & ~new_common, before.page_flags[only_before]))
+    return MappingProxyType(_count_bits(gained)), MappingProxyType(_count_bits(lost))
+
+
+def _overlaps(a: Region, b: Region) -> bool:
+    return a.start < b.end and b.start < a.end
+
+
+def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tuple[list[RegionDelta], int | None]:
+    """Match regions by start address and name, then by overlap and name (a stack grows down)."""
+    unmatched_before = list(before)
+    by_key = {(r.start, r.name): r for r in before}
+    pairs: list[tuple[Region | None, Region | None]] = []
+    pending: list[Region] = []
+    for region in after:
+        old = by_key.pop((region.start, region.name), None)
+        if old is None:
+            pending.append(region)
+        else:
+            pairs.append((old, region))
+            unmatched_before.remove(old)
+    for region in pending:
+        old = next((r for r in unmatched_before if r.name == region.name and _overlaps(r, region)), None)
+        if old is not None:
+            unmatched_before.remove(old)
+        pairs.append((old, region))
+    pairs.extend((old, None) for old in unmatched_before)
+
+    deltas = []
+    written_new: int | None = None
+    for old, new in pairs:
+        ref = new or old
+        assert ref is not None
+        if old is None:
+            status = "added"
+        elif new is None:
+            status = "removed"
+        elif new.size > old.size:
+            status = "grown"
+        elif new.size < old.size:
+            status = "shrunk"
+        else:
+            status = "kept"
+        # The kernel marks every page of a new or expanded mapping soft-dirty: count those apart.
+        if status in ("added", "grown") and new is not None and new.written is not None:
+            written_new = (written_new or 0) + new.written
+        deltas.append(
+            RegionDelta(
+                name=ref.name,
+                kind=ref.kind,
+                start=ref.start,
+                end=ref.end,
+                status=status,
+                size_growth=(new.size if new else 0) - (old.size if old else 0),
+                uss_growth=(new.uss if new else 0) - (old.uss if old else 0),
+                rss_growth=(new.rss if new else 0) - (old.rss if old else 0),
+                swap_growth=(new.swap if new else 0) - (old.swap if old else 0),
+                pss_growth=_growth(old.pss if old else 0, new.pss if new else 0),
+                written=new.written if new else None,
+                accessed=new.accessed if new else None,
+            )
+        )
+    deltas.sort(key=lambda d: d.start)
+    return deltas, written_new
