@@ -1,0 +1,1 @@
+"""pytest-pagemap: assert on a subprocess's memory in pytest."""

@@ -1,0 +1,1 @@
+"""pytest-pagemap: the pytest plugin (options, fixtures, markers, reports)."""
