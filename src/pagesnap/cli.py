@@ -9,9 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .capabilities import capabilities
+from .delta import Delta
 from .errors import PagesnapError
 from .snapshot import Region, Snapshot, snapshot
 from .units import format_size
+from .waiting import sleep_watching
 
 __all__ = ["main"]
 
@@ -51,6 +53,47 @@ def render_snapshot(snap: Snapshot, *, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def render_delta(delta: Delta, *, top: int = 15) -> str:
+    """A readable summary of a delta: growth, pages written and accessed, flag changes, regions changed."""
+    after = delta.after
+    lines = [f"pid {after.pid}: {after.command}", f"over {delta.seconds:.1f} s:"]
+    for name in ("uss", "rss", "pss", "swap", "anon", "file", "shmem", "thp", "hugetlb"):
+        growth = getattr(delta, f"{name}_growth")
+        if growth is None:
+            continue
+        lines.append(
+            f"  {name:<8} {_size_cell(getattr(delta.before, name)):>10} -> {_size_cell(getattr(after, name)):>10}"
+            f"  ({format_size(growth, signed=True)})"
+        )
+    if delta.written is not None:
+        lines.append(
+            f"  written  {format_size(delta.written)} in existing regions, "
+            f"{format_size(delta.written_new_regions or 0)} in new or grown ones"
+        )
+    if delta.accessed is not None:
+        lines.append(f"  accessed {format_size(delta.accessed)}")
+    lines.append(
+        f"  pages appeared {delta.pages_appeared}, disappeared {delta.pages_disappeared}, frames changed "
+        f"{'unknown (PFNs hidden)' if delta.frames_changed is None else delta.frames_changed}"
+    )
+    for title, counts in (("flags gained", delta.flags_gained), ("flags lost", delta.flags_lost)):
+        if counts is not None:
+            changed = ", ".join(f"{flag}={pages}" for flag, pages in counts.items() if pages) or "none"
+            lines.append(f"  {title} (pages): {changed}")
+    changed_regions = [r for r in delta.regions if r.status != "kept" or r.uss_growth or r.written or r.swap_growth]
+    if changed_regions:
+        lines.append("")
+        lines.append(f"{'status':<8} {'uss':>11} {'rss':>11} {'written':>11}  name")
+        ranked = sorted(changed_regions, key=lambda r: abs(r.uss_growth) + (r.written or 0), reverse=True)
+        for region in ranked[:top]:
+            written = "-" if region.written is None else format_size(region.written)
+            lines.append(
+                f"{region.status:<8} {format_size(region.uss_growth, signed=True):>11} "
+                f"{format_size(region.rss_growth, signed=True):>11} {written:>11}  {region.name}"
+            )
+    return "\n".join(lines)
+
+
 def _print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
@@ -69,6 +112,20 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_delta(args: argparse.Namespace) -> int:
+    track = tuple(name for name, wanted in (("writes", args.writes), ("accessed", args.accessed)) if wanted)
+    options = {"flags": args.flags, "freeze": not args.no_freeze, "method": args.method}
+    before = snapshot(args.pid, track=track, **options)
+    sleep_watching(args.pid, args.seconds)
+    after = snapshot(args.pid, writes=args.writes, accessed=args.accessed, **options)
+    delta = after - before
+    if args.json:
+        _print_json(delta.to_dict())
+    else:
+        print(render_delta(delta, top=args.top))
+    return 0
+
+
 def _cmd_capabilities(args: argparse.Namespace) -> int:
     caps = capabilities().as_dict()
     if args.json:
@@ -77,6 +134,16 @@ def _cmd_capabilities(args: argparse.Namespace) -> int:
         for key, value in caps.items():
             print(f"{key:<20} {value}")
     return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration in seconds (a number, zero or more)")
+    return value
 
 
 def _pid(text: str) -> int:
@@ -104,6 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
     snap.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
     snap.add_argument("--top", type=int, default=15, help="regions to list in the table (default 15)")
     snap.set_defaults(handler=_cmd_snapshot)
+
+    delta = commands.add_parser("delta", help="snapshot, wait, snapshot again and print what changed")
+    delta.add_argument("pid", type=_pid, help="the process to watch")
+    delta.add_argument("--for", dest="seconds", type=_seconds, required=True, metavar="SECONDS", help="how long")
+    delta.add_argument("--writes", action="store_true", help="count pages written (needs soft-dirty)")
+    delta.add_argument("--accessed", action="store_true", help="count bytes accessed")
+    delta.add_argument("--flags", action="store_true", help="page flags gained and lost (needs root)")
+    delta.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
+    delta.add_argument("--no-freeze", action="store_true", help="do not stop the process while reading")
+    delta.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
+    delta.add_argument("--top", type=int, default=15, help="regions to list (default 15)")
+    delta.set_defaults(handler=_cmd_delta)
 
     caps = commands.add_parser("capabilities", help="what this kernel and user allow")
     caps.add_argument("--json", action="store_true", help="print JSON")

@@ -289,7 +289,10 @@ def _command(pid: int) -> str:
     with contextlib.suppress(PagesnapError):
         raw = procfs.read_proc_text(pid, "cmdline")
         if raw:
-            return " ".join(part for part in raw.split("\0") if part)
+            command = " ".join(part for part in raw.split("\0") if part)
+            # One line, bounded: it labels reports and failure messages.
+            command = command.replace("\n", "\\n").replace("\t", " ")
+            return command if len(command) <= 200 else command[:197] + "..."
         return f"[{procfs.read_proc_text(pid, 'comm').strip()}]"
     return ""
 

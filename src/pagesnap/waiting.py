@@ -1,0 +1,26 @@
+"""Waiting on a process without outliving it."""
+
+from __future__ import annotations
+
+import time
+
+from .errors import ProcessGone
+
+__all__ = ["sleep_watching"]
+
+
+def sleep_watching(pid: int, seconds: float, *, poll: float = 0.1) -> None:
+    """Sleep `seconds`, raising `ProcessGone` as soon as `pid` exits (or becomes a zombie)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                state = stat.read().rsplit(b")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            state = b"X"
+        if state in (b"Z", b"X"):
+            raise ProcessGone(f"process {pid} exited during the measurement", pid)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        time.sleep(min(poll, remaining))

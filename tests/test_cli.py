@@ -1,0 +1,128 @@
+"""The command line, run as users run it: `python -m pagesnap ...` in a subprocess, against real processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import pagesnap
+
+TARGET = (
+    "import mmap, sys\n"
+    "area = mmap.mmap(-1, 64 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
+    "for page in range(16): area[page * mmap.PAGESIZE] = 1\n"
+    "print('ready', flush=True)\n"
+    "sys.stdin.readline()\n"
+    "for page in range(16, 48): area[page * mmap.PAGESIZE] = 1\n"
+    "print('grown', flush=True)\n"
+    "sys.stdin.readline()\n"
+)
+
+
+@pytest.fixture
+def target() -> Iterator[subprocess.Popen[str]]:
+    process = subprocess.Popen([sys.executable, "-c", TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    yield process
+    process.kill()
+    process.wait()
+
+
+def pagesnap_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pagesnap", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_snapshot_json_has_the_documented_keys(target: subprocess.Popen[str]) -> None:
+    result = pagesnap_cli("snapshot", str(target.pid), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    for key in ("pid", "rss", "uss", "pss", "swap", "regions", "anon", "file", "shmem", "thp", "zero", "hugetlb"):
+        assert key in data
+    assert data["pid"] == target.pid
+    assert "flags" not in data
+    region = data["regions"][0]
+    for key in ("start", "end", "perms", "name", "kind", "rss", "uss", "swap"):
+        assert key in region
+    assert sum(r["uss"] for r in data["regions"]) == data["uss"]
+    caps = pagesnap.capabilities()
+    assert (data["pss"] is None) == (caps.missing_for_pss() is not None)
+
+
+@pytest.mark.skipif(pagesnap.capabilities().missing_for_flags() is not None, reason="page flags need CAP_SYS_ADMIN")
+def test_snapshot_json_with_flags(target: subprocess.Popen[str]) -> None:
+    data = json.loads(pagesnap_cli("snapshot", str(target.pid), "--json", "--flags").stdout)
+    assert data["flags"]["ANON"] > 16
+    assert all(isinstance(pages, int) for pages in data["flags"].values())
+
+
+@pytest.mark.skipif(pagesnap.capabilities().missing_for_flags() is None, reason="needs an unprivileged user")
+def test_flags_without_privilege_fail_naming_the_capability(target: subprocess.Popen[str]) -> None:
+    result = pagesnap_cli("snapshot", str(target.pid), "--flags")
+    assert result.returncode == 1
+    assert "CAP_SYS_ADMIN" in result.stderr
+
+
+def test_snapshot_table(target: subprocess.Popen[str]) -> None:
+    result = pagesnap_cli("snapshot", str(target.pid))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"pid {target.pid}: ")
+    assert "uss " in result.stdout
+    assert "[anon]" in result.stdout  # the target's touched anonymous mapping is listed
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["snapshot", "0"], 1, "positive"),
+        (["snapshot", "abc"], 2, "is not a pid"),
+        (["snapshot", "2"], 1, "kernel thread"),
+        (["delta", "1", "--for", "-1"], 2, "not a duration"),
+        (["delta", "1"], 2, "--for"),
+        ([], 2, "COMMAND"),
+    ],
+)
+def test_bad_input_exits_with_a_clear_message(args: list[str], code: int, message: str) -> None:
+    result = pagesnap_cli(*args)
+    assert result.returncode == code
+    assert message in result.stderr
+
+
+def test_delta_json_reports_growth(target: subprocess.Popen[str]) -> None:
+    assert target.stdin is not None and target.stdout is not None
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pagesnap", "delta", str(target.pid), "--for", "2", "--json", "--accessed"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Let the first snapshot happen, then make the target touch 32 more pages.
+    time.sleep(0.8)
+    target.stdin.write("\n")
+    target.stdin.flush()
+    assert target.stdout.readline() == "grown\n"
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 0, stderr
+    data = json.loads(stdout)
+    for key in ("uss_growth", "rss_growth", "written", "accessed", "flags_gained", "flags_lost", "regions"):
+        assert key in data
+    assert data["uss_growth"] >= 32 * pagesnap.units.PAGE_SIZE
+    assert data["written"] is None  # not asked for
+    assert data["accessed"] >= 32 * pagesnap.units.PAGE_SIZE
+
+
+def test_delta_writes_on_a_kernel_without_soft_dirty(target: subprocess.Popen[str]) -> None:
+    if pagesnap.capabilities().soft_dirty:
+        pytest.skip("this kernel has soft-dirty")
+    result = pagesnap_cli("delta", str(target.pid), "--for", "0", "--writes")
+    assert result.returncode == 1
+    assert "CONFIG_MEM_SOFT_DIRTY" in result.stderr
+
+
+def test_capabilities_json() -> None:
+    data = json.loads(pagesnap_cli("capabilities", "--json").stdout)
+    assert set(data) >= {"pfn_visible", "kpageflags", "pagemap_scan", "soft_dirty", "thp_mode"}
