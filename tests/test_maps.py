@@ -55,7 +55,9 @@ def test_anonymous_line_without_padding() -> None:
     assert display_name(entry) == "[anon]"
 
 
-@pytest.mark.parametrize("bad", ["", "garbage", "1000-2000 rw-p 0 00:00", "1000-2000 rwxps 0 00:00 0 x", "zz-1 rw-p 0 0:0 0"])
+@pytest.mark.parametrize(
+    "bad", ["", "garbage", "1000-2000 rw-p 0 00:00", "1000-2000 rwxps 0 00:00 0 x", "zz-1 rw-p 0 0:0 0"]
+)
 def test_malformed_lines_raise_value_error(bad: str) -> None:
     with pytest.raises(ValueError):
         parse_maps_line(bad)

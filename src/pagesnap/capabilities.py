@@ -47,23 +47,25 @@ class Capabilities:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def missing_for_flags(self) -> str | None:
-        """Why page flags cannot be read here, or None when they can."""
-        if self.kpageflags and self.pfn_visible:
+    def _missing_pfn_file(self, readable: bool, what: str, path: str) -> str | None:
+        if readable and self.pfn_visible:
             return None
         return (
-            "page flags need /proc/kpageflags and visible PFNs, which need CAP_SYS_ADMIN in the initial "
-            "user namespace (run as root, or grant the capability)"
+            f"{what} need {path} and visible PFNs, which need CAP_SYS_ADMIN in the initial user namespace "
+            "(run as root, or grant the capability)"
         )
+
+    def missing_for_flags(self) -> str | None:
+        """Why page flags cannot be read here, or None when they can."""
+        return self._missing_pfn_file(self.kpageflags, "page flags", "/proc/kpageflags")
 
     def missing_for_pss(self) -> str | None:
         """Why PSS cannot be computed here, or None when it can."""
-        if self.kpagecount and self.pfn_visible:
-            return None
-        return (
-            "PSS needs /proc/kpagecount and visible PFNs, which need CAP_SYS_ADMIN in the initial "
-            "user namespace (run as root, or grant the capability)"
-        )
+        return self._missing_pfn_file(self.kpagecount, "PSS and page counts", "/proc/kpagecount")
+
+    def missing_for_cgroups(self) -> str | None:
+        """Why the memory cgroup of each page cannot be read here, or None when it can."""
+        return self._missing_pfn_file(self.kpagecgroup, "page cgroups", "/proc/kpagecgroup (CONFIG_MEMCG)")
 
     def missing_for_soft_dirty(self) -> str | None:
         """Why pages written cannot be tracked here, or None when they can."""

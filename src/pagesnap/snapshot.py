@@ -139,6 +139,7 @@ class Snapshot(Totals):
     mapcounts: npt.NDArray[np.uint32] | None = field(repr=False, compare=False)
     written: int | None = None  # bytes written since tracking started, with writes=True
     accessed: int | None = None  # bytes accessed since tracking started, with accessed=True
+    cgroup_pages: Mapping[int, int] | None = None  # memory cgroup inode -> present pages, with cgroups=True
     notes: tuple[str, ...] = ()
 
     def __sub__(self, before: Snapshot) -> Delta:
@@ -207,6 +208,7 @@ class _PageData:
     mapcounts: npt.NDArray[np.uint32] | None = None
     written: npt.NDArray[np.bool_] | None = None
     referenced: dict[int, int] | None = None
+    cgroup_pages: dict[int, int] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -215,6 +217,7 @@ def snapshot(
     *,
     flags: bool = False,
     counts: bool = False,
+    cgroups: bool = False,
     freeze: bool = True,
     method: Method = "auto",
     writes: bool = False,
@@ -224,8 +227,9 @@ def snapshot(
     """Take a consistent snapshot of the page tables of process `pid`.
 
     `flags=True` also reads `/proc/kpageflags` for every present page (`snap.flag_counts`), and
-    `counts=True` reads `/proc/kpagecount` for PSS; both need CAP_SYS_ADMIN and raise `AccessDenied`
-    naming it otherwise. With `freeze=True` the process is stopped with SIGSTOP until every thread shows
+    `counts=True` reads `/proc/kpagecount` for PSS, and `cgroups=True` `/proc/kpagecgroup` for the pages
+    per memory cgroup (`snap.cgroup_pages`); they need CAP_SYS_ADMIN and raise `AccessDenied` naming it
+    otherwise. With `freeze=True` the process is stopped with SIGSTOP until every thread shows
     stopped, and always resumed. `method` picks the front end: "read" walks each mapping's pagemap,
     "scan" asks PAGEMAP_SCAN (6.7+) for the populated ranges first; "auto" scans sparse address spaces.
 
@@ -243,6 +247,8 @@ def snapshot(
         raise AccessDenied(f"cannot read page flags of process {pid}: {missing}", pid)
     if counts and (missing := caps.missing_for_pss()):
         raise AccessDenied(f"cannot compute PSS of process {pid}: {missing}", pid)
+    if cgroups and (missing := caps.missing_for_cgroups()):
+        raise AccessDenied(f"cannot read the memory cgroups of process {pid}'s pages: {missing}", pid)
     if method == "scan" and not caps.pagemap_scan:
         raise Unsupported(
             f"method='scan' needs the PAGEMAP_SCAN ioctl (Linux 6.7+); this kernel is {caps.kernel}: "
@@ -265,8 +271,8 @@ def snapshot(
             huge_devs = set(caps.hugetlb_devices) | procfs.mount_devices(pid, frozenset({"hugetlbfs"}))
             kinds = [classify(entry, shmem_devs, huge_devs) for entry in maps]
             data = _read_pages(pid, fd, maps, kinds, caps, method)
-            if flags or counts:
-                _read_pfn_files(data, caps, flags=flags, counts=counts)
+            if flags or counts or cgroups:
+                _read_pfn_files(data, flags=flags, counts=counts, cgroups=cgroups)
             if writes:
                 ranges = _user_ranges(maps, caps.page_size)
                 span = (ranges[0][0] * caps.page_size, ranges[-1][1] * caps.page_size) if ranges else (0, 0)
@@ -460,15 +466,16 @@ def _resolve_pmd_pages(
     data.notes.append("huge page mappings cannot be seen here (no PAGEMAP_SCAN and no visible PFNs): thp is unknown")
 
 
-def _read_pfn_files(data: _PageData, caps: Capabilities, *, flags: bool, counts: bool) -> None:
+def _read_pfn_files(data: _PageData, *, flags: bool, counts: bool, cgroups: bool) -> None:
     arrays = data.arrays
     present = np.flatnonzero(arrays.entry >= np.uint64(bits.PM_PRESENT))
     pfns = arrays.entry[present] & np.uint64(bits.PM_PFN_MASK)
-    paths = (["/proc/kpageflags"] if flags else []) + (["/proc/kpagecount"] if counts else [])
-    results = reader.lookup_pfns(paths, pfns)
+    wanted = {"/proc/kpageflags": flags, "/proc/kpagecount": counts, "/proc/kpagecgroup": cgroups}
+    paths = [path for path, asked in wanted.items() if asked]
+    results = dict(zip(paths, reader.lookup_pfns(paths, pfns), strict=True))
     if flags:
         page_flags = np.zeros(len(arrays), dtype=np.uint64)
-        page_flags[present] = results[0]
+        page_flags[present] = results["/proc/kpageflags"]
         entry = arrays.entry
         page_flags |= entry & np.uint64(bits.PM_FILE)
         not_guard = (entry & np.uint64(bits.PM_GUARD)) == 0
@@ -477,8 +484,11 @@ def _read_pfn_files(data: _PageData, caps: Capabilities, *, flags: bool, counts:
         data.page_flags = page_flags
     if counts:
         mapcounts = np.zeros(len(arrays), dtype=np.uint32)
-        mapcounts[present] = results[-1]
+        mapcounts[present] = results["/proc/kpagecount"]
         data.mapcounts = mapcounts
+    if cgroups:
+        inodes, pages = np.unique(results["/proc/kpagecgroup"], return_counts=True)
+        data.cgroup_pages = dict(zip(inodes.tolist(), pages.tolist(), strict=True))
 
 
 def _flag_counts(page_flags: U64) -> Mapping[str, int]:
@@ -584,5 +594,6 @@ def _build(
         mapcounts=data.mapcounts,
         written=None if written_pages is None else int(written_pages.sum()) * page,
         accessed=None if data.referenced is None else sum(r.accessed or 0 for r in regions),
+        cgroup_pages=None if data.cgroup_pages is None else MappingProxyType(data.cgroup_pages),
         notes=tuple(data.notes),
     )
