@@ -19,6 +19,7 @@ import mmap
 import os
 import re
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -34,6 +35,8 @@ PM_SOFT_DIRTY = 1 << 55
 PAGEMAP_SCAN = 0xC0606610
 PAGE_IS_PRESENT = 1 << 3
 PAGE_IS_SOFT_DIRTY = 1 << 7
+
+RecordProperty = Callable[[str, object], None]
 
 LEG = os.environ.get("PAGEMAP_KERNEL_MATRIX")
 
@@ -166,9 +169,9 @@ def region():
     r.close()
 
 
-def test_matrix_leg_boots_expected_kernel(record_property: pytest.RecordProperty) -> None:
+def test_matrix_leg_boots_expected_kernel(record_testsuite_property: RecordProperty) -> None:
     release = os.uname().release
-    record_property("kernel_release", release)
+    record_testsuite_property("kernel_release", release)
     if LEG is None or not re.fullmatch(r"\d+\.\d+", LEG):
         pytest.skip("not in a versioned kernel-matrix leg")
     assert release.startswith(LEG + "."), f"leg {LEG} booted kernel {release}"
@@ -194,7 +197,7 @@ def test_soft_dirty_tracks_exactly_the_written_pages(region: Region) -> None:
     assert soft_dirty_pages(region.addr, NPAGES) == set()
 
 
-def test_pagemap_scan_availability(region: Region, record_property: pytest.RecordProperty) -> None:
+def test_pagemap_scan_availability(region: Region, record_testsuite_property: RecordProperty) -> None:
     if LEG is None:
         pytest.skip("PAGEMAP_SCAN expectations are pinned per kernel-matrix leg")
     expected = kernel_version() >= (6, 7)
@@ -208,11 +211,11 @@ def test_pagemap_scan_availability(region: Region, record_property: pytest.Recor
         try:
             ret = pagemap_scan(fd, arg)
         except OSError as exc:
-            record_property("pagemap_scan", errno.errorcode.get(exc.errno, str(exc.errno)))
+            record_testsuite_property("pagemap_scan", errno.errorcode.get(exc.errno, str(exc.errno)))
             assert not expected, f"PAGEMAP_SCAN failed on {os.uname().release}: {exc}"
             assert exc.errno == errno.ENOTTY, f"expected ENOTTY before 6.7, got {exc}"
             return
-        record_property("pagemap_scan", "available")
+        record_testsuite_property("pagemap_scan", "available")
         assert expected, f"PAGEMAP_SCAN unexpectedly works on {os.uname().release}"
         assert ret == 0
 
