@@ -101,7 +101,7 @@ def test_save_is_numbered_atomic_and_never_overwrites(tmp_path: Path) -> None:
     second = baseline.save_record(record({"t": {"uss": 2}}), tmp_path, "main")
     assert first.name.startswith("0001_abc123def456_") and second.name == "0002_main.json"
     assert baseline.latest_record(tmp_path) == second
-    with pytest.raises(BaselineError, match="a baseline named 'main' exists .*--pagemap-overwrite"):
+    with pytest.raises(BaselineError, match=r"a baseline named .main. exists .*--pagemap-overwrite"):
         baseline.save_record(record({"t": {"uss": 3}}), tmp_path, "main")
     assert baseline.load_record(second).by_key()["t"].metrics["uss"] == 2
     baseline.save_record(record({"t": {"uss": 3}}), tmp_path, "main", overwrite=True)
