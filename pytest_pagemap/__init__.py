@@ -1,1 +1,31 @@
-"""pytest-pagemap: assert on a subprocess's memory in pytest."""
+"""pytest-pagemap: assert on the memory of processes a test starts, read from their Linux page tables.
+
+The pytest plugin (`pytest_pagemap.plugin`, loaded through the `pytest11` entry point) provides the `pagemap`
+fixture, the `@pytest.mark.pagemap(...)` marker and the `--pagemap` options. The measuring itself lives in
+the pytest-free core, `pagesnap`.
+"""
+
+from __future__ import annotations
+
+from pagesnap.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
+
+from .fixtures import Pagemap, Runner
+from .processes import AttachedProcess, ProcessNotReady, SpawnedProcess
+from .runner import ChildCrashed, RemoteError, RemoteTraceback, RunResult
+
+__all__ = [
+    "AttachedProcess",
+    "ChildCrashed",
+    "Limits",
+    "Measurement",
+    "MemoryLimitExceeded",
+    "NotMeasured",
+    "Pagemap",
+    "ProcessNotReady",
+    "RemoteError",
+    "RemoteTraceback",
+    "RunResult",
+    "Runner",
+    "SpawnedProcess",
+    "Verdict",
+]

@@ -1,1 +1,270 @@
-"""pytest-pagemap: the pytest plugin (options, fixtures, markers, reports)."""
+"""The pytest plugin: options and ini keys, markers, the `pagemap` fixture, hooks, reports and xdist.
+
+`--pagemap` (or `pagemap = true`) turns on marker and default limits, the MEMORY status and the session
+summary; the fixture and explicit `assert_*` calls work without it. `-p no:pagemap` disables the plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Generator
+from typing import Any
+
+import pytest
+
+from pagesnap import capabilities
+from pagesnap.measure import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Limits, Measurement, MemoryLimitExceeded
+
+from . import hookspecs
+from .fixtures import DEFAULT_GRACE_SECONDS, MEASUREMENTS_KEY, SETTINGS_KEY, Settings, pagemap
+from .markers import MARKER_HELP, marker_limits
+from .report import SECTION_TITLE, summary_lines
+
+__all__ = [
+    "PagemapManager",
+    "pagemap",
+    "pytest_addhooks",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_pagemap_limits",
+    "pytest_unconfigure",
+    "read_settings",
+]
+
+MANAGER_KEY = pytest.StashKey["PagemapManager"]()
+_REPORT_ATTRIBUTE = "pagemap_measurements"  # on teardown reports: JSON-ready dicts, so xdist can carry them
+_EXCEEDED_ATTRIBUTE = "pagemap_limit_exceeded"  # on call reports failed by a MemoryLimitExceeded
+_MARKER_PROBLEM_KEY = pytest.StashKey[str]()
+
+
+# --- options --------------------------------------------------------------------------------------------
+
+
+def _option_name(key: str) -> str:
+    return "--pagemap-" + key.replace("_", "-")
+
+
+def _size_type(key: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        try:
+            Limits.parse({key: text})
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    parse.__name__ = "size"  # argparse names the type in its error message
+    return parse
+
+
+def _flags_type(text: str) -> str:
+    try:
+        Limits.parse({NO_FLAG_GAIN: _split_flags(text)})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _seconds_type(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a grace period must be zero or more seconds")
+    return seconds
+
+
+_seconds_type.__name__ = "seconds"
+
+
+def _split_flags(text: str) -> list[str]:
+    return [name for name in text.replace(",", " ").split() if name]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("pagemap", "pytest-pagemap: memory assertions from Linux page tables")
+    group.addoption(
+        "--pagemap",
+        action="store_true",
+        default=None,
+        help="check marker and default memory limits, report MEMORY failures and print a summary of every "
+        "measurement (ini: pagemap = true)",
+    )
+    parser.addini("pagemap", "turn pytest-pagemap's reporting and limits on, as --pagemap does", type="bool")
+    group.addoption(
+        "--pagemap-strict",
+        action="store_true",
+        default=None,
+        help="fail, instead of skipping, tests that need what this kernel or user cannot give "
+        "(soft-dirty, page flags, PSS) (ini: pagemap_strict)",
+    )
+    parser.addini("pagemap_strict", "as --pagemap-strict", type="bool")
+    group.addoption(
+        "--pagemap-grace",
+        type=_seconds_type,
+        default=None,
+        metavar="SECONDS",
+        help=f"seconds spawned processes get to exit after SIGTERM before SIGKILL "
+        f"(default {DEFAULT_GRACE_SECONDS:g}; ini: pagemap_grace)",
+    )
+    parser.addini("pagemap_grace", "as --pagemap-grace", default=str(DEFAULT_GRACE_SECONDS))
+    for key in LIMIT_KEYS:
+        group.addoption(
+            _option_name(key),
+            type=_size_type(key),
+            default=None,
+            metavar="SIZE",
+            help=f"default limit on {METRICS[LIMIT_KEYS[key]].title} for every measurement that records it, "
+            f"e.g. '8 MiB' (ini: pagemap_{key}; a marker's {key} wins)",
+        )
+        parser.addini(f"pagemap_{key}", f"as {_option_name(key)}", default="")
+    group.addoption(
+        _option_name(NO_FLAG_GAIN),
+        type=_flags_type,
+        default=None,
+        metavar="FLAGS",
+        help="page flags no page may gain in measurements that read flags, e.g. 'THP,KSM' "
+        f"(ini: pagemap_{NO_FLAG_GAIN})",
+    )
+    parser.addini(f"pagemap_{NO_FLAG_GAIN}", "as --pagemap-no-flag-gain", default="")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(hookspecs)
+
+
+def _choice(config: pytest.Config, name: str) -> Any:
+    """The command-line value of option `name`, else its ini value."""
+    value = config.getoption(name)
+    return config.getini(name) if value is None else value
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """The plugin's settings from options and ini keys; a bad ini value raises `pytest.UsageError`."""
+    grace_text = _choice(config, "pagemap_grace")
+    try:
+        grace = _seconds_type(str(grace_text)) if not isinstance(grace_text, float) else grace_text
+    except argparse.ArgumentTypeError as exc:
+        raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_grace: {exc}") from None
+    values: dict[str, Any] = {}
+    for key in LIMIT_KEYS:
+        text = _choice(config, f"pagemap_{key}")
+        if text:
+            values[key] = text
+    flags_text = _choice(config, f"pagemap_{NO_FLAG_GAIN}")
+    if flags_text:
+        values[NO_FLAG_GAIN] = _split_flags(flags_text)
+    try:
+        defaults = Limits.parse(values)
+    except ValueError as exc:
+        raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_{exc}") from None
+    return Settings(
+        active=bool(_choice(config, "pagemap")),
+        strict=bool(_choice(config, "pagemap_strict")),
+        grace=grace,
+        defaults=defaults,
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    settings = read_settings(config)
+    manager = PagemapManager(config, settings)
+    config.stash[SETTINGS_KEY] = settings
+    config.stash[MANAGER_KEY] = manager
+    config.pluginmanager.register(manager, "pagemap-manager")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    manager = config.stash.get(MANAGER_KEY, None)
+    if manager is not None:
+        config.pluginmanager.unregister(manager)
+        del config.stash[MANAGER_KEY]
+        del config.stash[SETTINGS_KEY]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_pagemap_limits(item: pytest.Item, limits: Limits) -> Limits:
+    """The default: the marker limits over the session defaults, unchanged."""
+    return limits
+
+
+# --- the manager: state and reporting hooks ------------------------------------------------------------
+
+
+class PagemapManager:
+    """Holds the settings and the measurements reported so far; implements the reporting hooks."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.results: list[dict[str, Any]] = []
+
+    def pytest_report_header(self) -> str | None:
+        if not self.settings.active:
+            return None
+        caps = capabilities()
+        missing = {
+            "soft-dirty": caps.missing_for_soft_dirty(),
+            "page flags": caps.missing_for_flags(),
+            "PSS": caps.missing_for_pss(),
+        }
+        can = ", ".join(f"{what} {'yes' if reason is None else 'no'}" for what, reason in missing.items())
+        return f"pagemap: kernel {caps.kernel}; {can}; strict {'on' if self.settings.strict else 'off'}"
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        problems = []
+        for item in items:
+            try:
+                marker_limits(item)
+            except ValueError as exc:
+                problem = f"{item.nodeid}: @pytest.mark.pagemap: {exc}"
+                item.stash[_MARKER_PROBLEM_KEY] = problem
+                problems.append(problem)
+        # An xdist worker cannot stop the session with a usage error: its tests fail at setup instead.
+        if problems and not hasattr(self.config, "workerinput"):
+            raise pytest.UsageError("invalid pagemap marker arguments:\n" + "\n".join(problems))
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        problem = item.stash.get(_MARKER_PROBLEM_KEY, None)
+        if problem is not None:
+            pytest.fail(f"invalid pagemap marker arguments: {problem}", pytrace=False)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if not self.settings.active:
+            return report
+        if call.when == "call" and report.failed and call.excinfo is not None:
+            exc = call.excinfo.value
+            if isinstance(exc, MemoryLimitExceeded):
+                setattr(report, _EXCEEDED_ATTRIBUTE, True)
+                report.sections.append((SECTION_TITLE, exc.details()))
+        if call.when == "teardown":
+            measurements: list[Measurement] = item.stash.get(MEASUREMENTS_KEY, [])
+            finished = [
+                {"test": item.nodeid, **measurement.to_dict()} for measurement in measurements if measurement.finished
+            ]
+            if finished:
+                setattr(report, _REPORT_ATTRIBUTE, finished)
+        return report
+
+    def pytest_report_teststatus(
+        self, report: pytest.TestReport
+    ) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+        if self.settings.active and report.failed and getattr(report, _EXCEEDED_ATTRIBUTE, False):
+            return "failed", "M", ("MEMORY", {"red": True})
+        return None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Runs in this process for local tests and, under xdist, on the controller for every worker's report.
+        self.results.extend(getattr(report, _REPORT_ATTRIBUTE, None) or [])
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not self.settings.active or hasattr(self.config, "workerinput"):
+            return
+        terminalreporter.write_sep("=", SECTION_TITLE)
+        for line in summary_lines(self.results):
+            terminalreporter.write_line(line)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from .capabilities import Capabilities, capabilities
 from .delta import Delta, RegionDelta, diff
 from .errors import AccessDenied, InvalidPid, NoAddressSpace, PagesnapError, ProcessGone, Unsupported
+from .measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict, measure
 from .snapshot import Region, Snapshot, Totals, snapshot
 from .tracking import start_tracking
 from .units import format_size, parse_size
@@ -19,7 +20,11 @@ __all__ = [
     "Capabilities",
     "Delta",
     "InvalidPid",
+    "Limits",
+    "Measurement",
+    "MemoryLimitExceeded",
     "NoAddressSpace",
+    "NotMeasured",
     "PagesnapError",
     "ProcessGone",
     "Region",
@@ -27,9 +32,11 @@ __all__ = [
     "Snapshot",
     "Totals",
     "Unsupported",
+    "Verdict",
     "capabilities",
     "diff",
     "format_size",
+    "measure",
     "parse_size",
     "snapshot",
     "start_tracking",

@@ -1,0 +1,37 @@
+"""The `@pytest.mark.pagemap(...)` marker: limits for every measurement a test makes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pagesnap.measure import LIMIT_KEYS, NO_FLAG_GAIN, Limits
+
+__all__ = ["MARKER", "MARKER_HELP", "marker_limits"]
+
+MARKER = "pagemap"
+MARKER_HELP = (
+    f"{MARKER}(uss_below=None, {', '.join(f'{key}=None' for key in list(LIMIT_KEYS)[1:])}, {NO_FLAG_GAIN}=()): "
+    "limits checked against every measurement the test makes with the pagemap fixture when --pagemap is active; "
+    "sizes such as '64 MiB', '1.5 GB', '100 pages' or an int of bytes; a positional size is uss_below"
+)
+
+
+def marker_limits(item: pytest.Item) -> Limits:
+    """The limits the `pagemap` markers of `item` set, the closest marker winning per limit.
+
+    Raises `ValueError` describing a bad argument.
+    """
+    merged: dict[str, Any] = {}
+    for mark in item.iter_markers(MARKER):
+        values = dict(mark.kwargs)
+        if len(mark.args) > 1:
+            raise ValueError(f"takes at most one positional size (uss_below), got {len(mark.args)}: {mark.args!r}")
+        if mark.args:
+            if "uss_below" in values:
+                raise ValueError("uss_below given twice: as the positional size and as a keyword")
+            values["uss_below"] = mark.args[0]
+        for key, value in values.items():
+            merged.setdefault(key, value)  # iter_markers yields the closest marker first
+    return Limits.parse(merged)

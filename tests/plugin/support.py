@@ -1,0 +1,27 @@
+"""Shared by the plugin's tests: the source of inner test modules, and skips for what this machine lacks."""
+
+from __future__ import annotations
+
+import pytest
+
+from pagesnap import capabilities
+
+# A function an inner test runs with `pagemap.run` to grow the child by a known amount.
+GROW = """
+import pytest
+
+kept = []
+
+
+def grow(nbytes):
+    block = bytearray(nbytes)
+    block[::4096] = b"x" * len(block[::4096])
+    kept.append(block)
+    return nbytes
+"""
+
+privileged = pytest.mark.skipif(
+    capabilities().missing_for_flags() is not None or capabilities().missing_for_pss() is not None,
+    reason="page flags and PSS need CAP_SYS_ADMIN",
+)
+without_soft_dirty = pytest.mark.skipif(capabilities().soft_dirty, reason="this kernel has soft-dirty: nothing to skip")

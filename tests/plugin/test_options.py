@@ -1,0 +1,236 @@
+"""Options, ini keys, activation and `-p no:pagemap`, through inner pytest sessions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from pagesnap.measure import LIMIT_KEYS
+
+from .support import GROW, privileged
+
+pytest_plugins = ["pytester"]  # here, not in conftest.py: see conftest.py
+
+
+@pytest.fixture
+def grows_8_mib(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makepyfile(
+        GROW
+        + """
+def test_grow(pagemap):
+    pagemap.run(grow, 8 << 20)
+"""
+    )
+    return pytester
+
+
+def test_help_lists_every_option_and_ini_key(pytester):
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines(["pytest-pagemap: memory assertions from Linux page tables:"])
+    for name in ["--pagemap ", "--pagemap-strict", "--pagemap-grace=SECONDS", "--pagemap-uss-below=SIZE",
+                 "--pagemap-uss-growth-below=SIZE", "--pagemap-rss-below=SIZE", "--pagemap-rss-growth-below=SIZE",
+                 "--pagemap-pss-below=SIZE", "--pagemap-swap-below=SIZE", "--pagemap-written-below=SIZE",
+                 "--pagemap-accessed-below=SIZE", "--pagemap-no-flag-gain=FLAGS"]:  # fmt: skip
+        result.stdout.fnmatch_lines([f"*{name}*"])
+    for key in ["pagemap (bool)", "pagemap_strict (bool)", "pagemap_grace", "pagemap_uss_growth_below",
+                "pagemap_written_below", "pagemap_no_flag_gain"]:  # fmt: skip
+        result.stdout.fnmatch_lines([f"  {key}*"])
+
+
+def test_marker_is_registered(pytester):
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.pagemap(uss_below=None, rss_below=None, *no_flag_gain=()): limits*"])
+
+
+def test_fixture_is_documented(pytester):
+    pytester.makepyfile("def test_a(pagemap): pass")
+    result = pytester.runpytest("--fixtures")
+    result.stdout.fnmatch_lines(
+        [
+            "pagemap -- *pytest_pagemap/fixtures.py:*",
+            "    Measure the memory of other processes from their page tables*",
+        ]
+    )
+
+
+def test_without_pagemap_there_is_no_summary(grows_8_mib):
+    result = grows_8_mib.runpytest()
+    result.assert_outcomes(passed=1)
+    assert "= pagemap =" not in result.stdout.str()
+
+
+def test_option_turns_reporting_on(grows_8_mib):
+    result = grows_8_mib.runpytest("--pagemap")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*= pagemap =*", "test_option_turns_reporting_on.py::test_grow"])
+    result.stdout.fnmatch_lines(["pagemap: kernel *; soft-dirty *, page flags *, PSS *; strict off"])
+
+
+def test_ini_turns_reporting_on(grows_8_mib):
+    grows_8_mib.makeini("[pytest]\npagemap = true\n")
+    result = grows_8_mib.runpytest()
+    result.stdout.fnmatch_lines(["*= pagemap =*", "1 measurement in 1 test, 0 limits checked, 0 exceeded"])
+
+
+def test_command_line_default_limit(grows_8_mib):
+    result = grows_8_mib.runpytest("--pagemap", "--pagemap-uss-growth-below=1 MiB")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["    FAIL  uss_growth 8.0 MiB > 1.0 MiB (default)"])
+
+
+def test_ini_default_limit(grows_8_mib):
+    grows_8_mib.makeini("[pytest]\npagemap_uss_growth_below = 64 MiB\npagemap_rss_growth_below = 1 MiB\n")
+    result = grows_8_mib.runpytest("--pagemap")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "    pass  uss_growth 8.0 MiB <= 64.0 MiB (default)",
+            "    FAIL  rss_growth 8.0 MiB > 1.0 MiB (default)",
+        ]
+    )
+
+
+def test_command_line_overrides_ini(grows_8_mib):
+    grows_8_mib.makeini("[pytest]\npagemap_uss_growth_below = 1 MiB\n")
+    result = grows_8_mib.runpytest("--pagemap", "--pagemap-uss-growth-below", "9 MiB")
+    result.assert_outcomes(passed=1)
+
+
+def test_defaults_are_not_enforced_without_pagemap(grows_8_mib):
+    grows_8_mib.makeini("[pytest]\npagemap_uss_growth_below = 1 MiB\n")
+    grows_8_mib.runpytest().assert_outcomes(passed=1)
+
+
+@privileged
+def test_default_flag_limit_applies_to_measurements_reading_flags(pytester):
+    pytester.makepyfile(
+        GROW
+        + """
+def test_with_flags(pagemap):
+    pagemap.runner(flags=True)(grow, 1 << 20)
+
+def test_without_flags(pagemap):
+    pagemap.run(grow, 1 << 20)
+"""
+    )
+    result = pytester.runpytest("--pagemap", "--pagemap-no-flag-gain=KSM,anon", "-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*::test_with_flags MEMORY*", "*::test_without_flags PASSED*"])
+    result.stdout.fnmatch_lines(
+        ["    pass  flags_gained:KSM 0 pages <= 0 pages (default)", "    FAIL  flags_gained:ANON *"]
+    )
+
+
+ALL_LIMITS = (
+    GROW
+    + """
+def test_everything(pagemap):
+    result = pagemap.runner(accessed=True, counts=True, flags=True)(grow, 1 << 20)
+    print("VERDICTS", sorted((v.metric, v.limit, v.source) for v in result.measurement.verdicts))
+"""
+)
+EXPECTED_VERDICTS = [
+    ("accessed", 1 << 30, "default"),
+    ("flags_gained:KSM", 0, "default"),
+    ("pss", 1 << 30, "default"),
+    ("rss", 1 << 30, "default"),
+    ("rss_growth", 1 << 30, "default"),
+    ("swap", 1 << 30, "default"),
+    ("uss", 1 << 30, "default"),
+    ("uss_growth", 1 << 30, "default"),
+    # written_below too is set, and checked only by measurements that track writes (writes=True)
+]
+
+
+@privileged
+def test_every_limit_option_is_wired(pytester):
+    pytester.makepyfile(ALL_LIMITS)
+    args = [f"--pagemap-{key.replace('_', '-')}=1 GiB" for key in LIMIT_KEYS] + ["--pagemap-no-flag-gain=KSM"]
+    result = pytester.runpytest("--pagemap", "-s", *args)
+    result.assert_outcomes(passed=1)
+    assert f"VERDICTS {EXPECTED_VERDICTS}" in result.stdout.str()
+
+
+@privileged
+def test_every_limit_ini_key_is_wired(pytester):
+    pytester.makepyfile(ALL_LIMITS)
+    lines = [f"pagemap_{key} = 1 GiB" for key in LIMIT_KEYS] + ["pagemap_no_flag_gain = KSM"]
+    pytester.makeini("[pytest]\n" + "\n".join(lines) + "\n")
+    result = pytester.runpytest("--pagemap", "-s")
+    result.assert_outcomes(passed=1)
+    assert f"VERDICTS {EXPECTED_VERDICTS}" in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("ini", "message"),
+    [
+        ("pagemap_uss_growth_below = 8 MeB", "invalid pytest-pagemap ini value: pagemap_uss_growth_below='8 MeB': "
+         "cannot read '8 MeB' as a size; expected an int of bytes, or a string such as*"),
+        ("pagemap_rss_below = -1", "*pagemap_rss_below='-1': size '-1' is negative*"),
+        ("pagemap_no_flag_gain = THP SHINY", "*pagemap_no_flag_gain: unknown page flag 'SHINY'; known flags: *"),
+        ("pagemap_grace = soon", "invalid pytest-pagemap ini value: pagemap_grace: 'soon' is not a number of seconds"),
+    ],
+)  # fmt: skip
+def test_bad_ini_values_are_usage_errors(pytester, ini, message):
+    pytester.makeini(f"[pytest]\n{ini}\n")
+    pytester.makepyfile("def test_a(): pass")
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pagemap-uss-below=lots"], "*--pagemap-uss-below: uss_below='lots': cannot read 'lots' as a size*"),
+        (["--pagemap-no-flag-gain=SHINY"], "*--pagemap-no-flag-gain: no_flag_gain: unknown page flag 'SHINY'*"),
+        (["--pagemap-grace=-1"], "*argument --pagemap-grace: '-1': a grace period must be zero or more seconds*"),
+    ],
+)  # fmt: skip
+def test_bad_options_are_usage_errors(pytester, args, message):
+    pytester.makepyfile("def test_a(): pass")
+    result = pytester.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+
+
+def test_grace_bounds_the_wait_for_a_process_ignoring_sigterm(pytester):
+    pytester.makepyfile(
+        """
+        import sys
+
+        def test_stubborn(pagemap):
+            code = (
+                "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('set', flush=True); time.sleep(60)"
+            )
+            proc = pagemap.spawn([sys.executable, "-c", code], ready="set")
+            assert proc.stop() == -9
+        """
+    )
+    started = time.monotonic()
+    pytester.runpytest("--pagemap-grace=0.3").assert_outcomes(passed=1)
+    assert time.monotonic() - started < 3
+
+
+def test_plugin_can_be_disabled(pytester, monkeypatch):
+    # As users run it: the plugin comes from its entry point, and -p no:pagemap keeps it out.
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    monkeypatch.delenv("PYTEST_ADDOPTS")
+    pytester.makepyfile(
+        """
+        def test_plain():
+            pass
+
+        def test_uses_fixture(pagemap):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:pagemap")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'pagemap' not found*"])
+    assert "pagemap: kernel" not in result.stdout.str()
+    result = pytester.runpytest("-p", "no:pagemap", "--pagemap")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unrecognized arguments: --pagemap*"])

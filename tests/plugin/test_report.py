@@ -1,0 +1,226 @@
+"""What a run with `--pagemap` reports: summary, MEMORY status, report sections, hooks, and xdist."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .support import GROW
+
+pytest_plugins = ["pytester"]  # here, not in conftest.py: see conftest.py
+
+LIMITED = (
+    GROW
+    + """
+@pytest.mark.pagemap(uss_growth_below="2 MiB")
+def test_small(pagemap):
+    pagemap.run(grow, 1 << 20)
+
+@pytest.mark.pagemap(uss_growth_below="2 MiB")
+def test_big(pagemap):
+    pagemap.run(grow, 4 << 20)
+
+def test_no_measurement():
+    pass
+"""
+)
+
+
+def test_summary_lists_every_measurement(pytester):
+    pytester.makepyfile(LIMITED)
+    result = pytester.runpytest("--pagemap")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*= pagemap =*",
+            "test_summary_lists_every_measurement.py::test_small",
+            "  '*.grow()' (pid *): USS * -> * (+1.0 MiB), written n/a",
+            "    pass  uss_growth 1.0 MiB <= 2.0 MiB (marker)",
+            "test_summary_lists_every_measurement.py::test_big",
+            "  '*.grow()' (pid *): USS * -> * (+4.0 MiB), written n/a",
+            "    FAIL  uss_growth 4.0 MiB > 2.0 MiB (marker)",
+            "2 measurements in 2 tests, 2 limits checked, 1 exceeded",
+            "*= short test summary info =*",
+        ]
+    )
+
+
+def test_summary_says_when_there_was_nothing_to_measure(pytester):
+    pytester.makepyfile("def test_a(): pass")
+    result = pytester.runpytest("--pagemap")
+    result.stdout.fnmatch_lines(["*= pagemap =*", "no measurements"])
+
+
+def test_memory_failures_get_their_own_status(pytester):
+    pytester.makepyfile(LIMITED)
+    result = pytester.runpytest("--pagemap")
+    result.stdout.fnmatch_lines(["test_memory_failures_get_their_own_status.py .M. *"])
+    result.stdout.fnmatch_lines(["MEMORY test_memory_failures_get_their_own_status.py::test_big - *"])
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    verbose = pytester.runpytest("--pagemap", "-v")
+    verbose.stdout.fnmatch_lines(["*::test_small PASSED*", "*::test_big MEMORY*", "*::test_no_measurement PASSED*"])
+
+
+def test_other_failures_keep_their_status(pytester):
+    pytester.makepyfile(
+        GROW
+        + """
+def test_plain_failure(pagemap):
+    pagemap.run(grow, 1 << 20)
+    assert False
+"""
+    )
+    result = pytester.runpytest("--pagemap")
+    result.stdout.fnmatch_lines(["*.py F *", "FAILED *::test_plain_failure - assert*"])
+
+
+def test_failure_has_a_section_with_the_regions(pytester):
+    pytester.makepyfile(LIMITED)
+    result = pytester.runpytest("--pagemap", "-k", "big")
+    result.stdout.fnmatch_lines(
+        [
+            "E   *MemoryLimitExceeded: USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB*",
+            "*- pagemap -*",
+            "USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB (+2.0 MiB)",
+            "USS * -> * (+4.0 MiB); RSS * (+4.0 MiB)",
+            "regions that contributed most to uss growth:",
+            "    uss growth  status   kind     name",
+            "      +4.0 MiB  *  anon * ?anon?",  # fnmatch: [...] is a character class
+        ]
+    )
+
+
+def test_explicit_assertions_report_the_same_way(pytester):
+    pytester.makepyfile(
+        GROW
+        + """
+def test_explicit(pagemap):
+    pagemap.run(grow, 4 << 20).measurement.assert_rss_growth_below("1 MiB")
+"""
+    )
+    result = pytester.runpytest("--pagemap", "-rf")
+    result.stdout.fnmatch_lines(["*.py M *", "*- pagemap -*", "regions that contributed most to rss growth:"])
+    result.stdout.fnmatch_lines(["    FAIL  rss_growth 4.0 MiB > 1.0 MiB (assert)"])
+    plain = pytester.runpytest("-rf")  # without --pagemap the assertion still fails, reported as usual
+    plain.assert_outcomes(failed=1)
+    plain.stdout.fnmatch_lines(["*.py F *", "FAILED *::test_explicit - *"])
+    assert "- pagemap -" not in plain.stdout.str()
+
+
+def test_expected_memory_failure_is_an_xfail(pytester):
+    pytester.makepyfile(
+        GROW
+        + """
+from pytest_pagemap import MemoryLimitExceeded
+
+
+@pytest.mark.xfail(strict=True, raises=MemoryLimitExceeded, reason="leaks")
+def test_leak(pagemap):
+    pagemap.run(grow, 4 << 20).measurement.assert_uss_growth_below("1 MiB")
+"""
+    )
+    result = pytester.runpytest("--pagemap", "-rx")
+    result.assert_outcomes(xfailed=1)
+    result.stdout.fnmatch_lines(
+        ["*.py x *", "    FAIL  uss_growth 4.0 MiB > 1.0 MiB (assert)", "XFAIL *::test_leak - leaks"]
+    )
+    assert result.ret == pytest.ExitCode.OK
+
+
+def test_measurement_hook_sees_every_measurement(pytester):
+    pytester.makeconftest(
+        """
+        import json
+
+        def pytest_pagemap_measurement(item, measurement):
+            with open("measurements.jsonl", "a") as out:
+                out.write(json.dumps({"test": item.name, **measurement.to_dict()}) + "\\n")
+        """
+    )
+    pytester.makepyfile(LIMITED)
+    pytester.runpytest("--pagemap").assert_outcomes(passed=2, failed=1)
+    lines = [json.loads(line) for line in (pytester.path / "measurements.jsonl").read_text().splitlines()]
+    assert [(line["test"], [v["passed"] for v in line["verdicts"]]) for line in lines] == [
+        ("test_small", [True]),
+        ("test_big", [False]),
+    ]
+    (pytester.path / "measurements.jsonl").unlink()
+    pytester.runpytest().assert_outcomes(passed=3)  # announced without --pagemap too, with no limits checked
+    lines = [json.loads(line) for line in (pytester.path / "measurements.jsonl").read_text().splitlines()]
+    assert [line["verdicts"] for line in lines] == [[], []]
+
+
+def test_limits_hook_can_change_the_limits(pytester):
+    pytester.makeconftest(
+        """
+        from types import MappingProxyType
+        from pagesnap.measure import Limits
+
+        def pytest_pagemap_limits(item, limits):
+            if item.name == "test_big":
+                return Limits(MappingProxyType({"uss_growth": 8 << 20}))
+            return None
+        """
+    )
+    pytester.makepyfile(LIMITED)
+    result = pytester.runpytest("--pagemap")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["    pass  uss_growth 4.0 MiB <= 8.0 MiB (marker)"])
+
+
+def test_hooks_are_declared_with_documentation(pytester):
+    from pytest_pagemap import hookspecs
+
+    for name in ("pytest_pagemap_measurement", "pytest_pagemap_limits"):
+        doc = getattr(hookspecs, name).__doc__
+        assert doc and "Example" in doc and "conftest.py" in doc
+    pytester.makeconftest("def pytest_pagemap_measuremnt(item, measurement): pass")
+    pytester.makepyfile("def test_a(): pass")
+    result = pytester.runpytest()  # a misspelt hook is caught: the hook specifications are registered
+    assert "unknown hook 'pytest_pagemap_measuremnt'" in result.stdout.str() + result.stderr.str()
+
+
+def test_xdist_workers_report_to_the_controller(pytester):
+    pytester.makepyfile(
+        test_one=LIMITED, test_two=GROW + "\ndef test_other(pagemap):\n    pagemap.run(grow, 1 << 20)\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "xdist", "-n", "2", "--pagemap", "-rf")
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(["MEMORY test_one.py::test_big - *"])
+    output = result.stdout.str()
+    summary = output[output.index("= pagemap =") :]
+    for test in ("test_one.py::test_small", "test_one.py::test_big", "test_two.py::test_other"):
+        assert f"\n{test}\n" in summary
+    assert "3 measurements in 3 tests, 2 limits checked, 1 exceeded" in summary
+    assert "[gw0]" in output or "2 workers" in output
+
+
+def test_summary_shows_pages_written_when_tracked():
+    from pagesnap.units import PAGE_SIZE, format_size
+    from pytest_pagemap.report import summary_lines
+
+    result = {
+        "test": "t.py::test_w",
+        "label": "app",
+        "pid": 42,
+        "before": {"uss": 1 << 20},
+        "after": {"uss": 3 << 20},
+        "delta": {"uss_growth": 2 << 20, "written": 10 * PAGE_SIZE},
+        "verdicts": [
+            {
+                "metric": "written",
+                "limit": 0,
+                "measured": 10 * PAGE_SIZE,
+                "passed": False,
+                "unit": "bytes",
+                "source": "marker",
+            }
+        ],
+    }
+    assert summary_lines([result]) == [
+        "t.py::test_w",
+        f"  'app' (pid 42): USS 1.0 MiB -> 3.0 MiB (+2.0 MiB), written {format_size(10 * PAGE_SIZE)} (10 pages)",
+        f"    FAIL  written {format_size(10 * PAGE_SIZE)} > 0 B (marker)",
+        "1 measurement in 1 test, 1 limit checked, 1 exceeded",
+    ]
