@@ -1,0 +1,144 @@
+"""Deltas of real processes, with transitions arranged on purpose and exact expectations.
+
+Each test drives a puppet child (tests/puppet.py) into a known change and checks what `after - before`
+reports: growth, pages that appeared or vanished, frames that changed, and flags gained or lost, matched
+by virtual page. Flag transitions need root (kpageflags); the rest also runs unprivileged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from puppet import Mapping, Puppet
+
+import pagesnap
+
+CAPS = pagesnap.capabilities()
+PAGE = CAPS.page_size
+needs_flags = pytest.mark.skipif(CAPS.missing_for_flags() is not None, reason=CAPS.missing_for_flags() or "")
+
+
+@pytest.fixture
+def child() -> Iterator[Puppet]:
+    with Puppet() as puppet:
+        yield puppet
+
+
+def region_delta(delta: pagesnap.Delta, mapping: Mapping) -> pagesnap.RegionDelta:
+    (found,) = [r for r in delta.regions if r.start <= mapping.address < r.end and r.status != "removed"]
+    return found
+
+
+def test_growth_is_exact_per_region_and_close_in_total(child: Puppet) -> None:
+    area = child.map(256)
+    child.write(area, range(0, 64))
+    before = pagesnap.snapshot(child.pid)
+    child.write(area, range(64, 192))
+    after = pagesnap.snapshot(child.pid)
+    delta = after - before
+    assert region_delta(delta, area).uss_growth == 128 * PAGE
+    assert region_delta(delta, area).rss_growth == 128 * PAGE
+    assert region_delta(delta, area).status == "kept"
+    assert delta.uss_growth == pytest.approx(128 * PAGE, abs=32 * PAGE)  # the interpreter's own noise
+    assert delta.pages_appeared >= 128
+    assert delta == pagesnap.diff(before, after)
+
+
+def test_shrinking_is_negative_growth(child: Puppet) -> None:
+    area = child.map(100)
+    child.write(area)
+    before = pagesnap.snapshot(child.pid)
+    child.madvise(area, "DONTNEED", range(0, 40))
+    delta = pagesnap.snapshot(child.pid) - before
+    assert region_delta(delta, area).uss_growth == -40 * PAGE
+    assert delta.pages_disappeared >= 40
+
+
+@pytest.mark.parametrize("flags", [False, pytest.param(True, marks=needs_flags)])
+def test_munmap_removes_the_region_and_its_pages(child: Puppet, flags: bool) -> None:
+    area = child.map(50)
+    child.write(area)
+    before = pagesnap.snapshot(child.pid, flags=flags)
+    child.munmap(area)
+    after = pagesnap.snapshot(child.pid, flags=flags)
+    delta = after - before
+    (removed,) = [r for r in delta.regions_removed if r.start == area.address]
+    assert removed.uss_growth == -50 * PAGE
+    assert delta.pages_disappeared >= 50
+    if flags:
+        assert delta.flags_lost is not None and delta.flags_lost["ANON"] >= 50
+    else:
+        assert delta.flags_lost is None and delta.flags_gained is None
+
+
+def test_new_region_is_added(child: Puppet) -> None:
+    before = pagesnap.snapshot(child.pid)
+    area = child.map(30)
+    child.write(area, range(0, 10))
+    delta = pagesnap.snapshot(child.pid) - before
+    added = region_delta(delta, area)
+    assert added.status == "added" and added.uss_growth == 10 * PAGE and added.size_growth == 30 * PAGE
+
+
+def test_fork_then_write_changes_frames_and_grows_uss(child: Puppet) -> None:
+    area = child.map(64)
+    child.write(area)
+    child.fork()  # a sleeping copy now shares the 64 pages copy-on-write: none is exclusive
+    before = pagesnap.snapshot(child.pid)
+    (shared,) = [r for r in before.regions if r.start == area.address]
+    assert (shared.rss, shared.uss) == (64 * PAGE, 0)
+    child.write(area, range(0, 24))  # copy-on-write breaks: 24 private copies
+    after = pagesnap.snapshot(child.pid)
+    delta = after - before
+    assert region_delta(delta, area).uss_growth == 24 * PAGE
+    assert region_delta(delta, area).rss_growth == 0
+    if CAPS.pfn_visible:
+        assert delta.frames_changed is not None and delta.frames_changed >= 24
+    else:
+        assert delta.frames_changed is None  # unknown without visible PFNs, never a false zero
+
+
+@needs_flags
+def test_mlock_gains_unevictable(child: Puppet) -> None:
+    area = child.map(40)
+    child.write(area)
+    before = pagesnap.snapshot(child.pid, flags=True)
+    child.mlock(area, range(0, 16))
+    delta = pagesnap.snapshot(child.pid, flags=True) - before
+    assert delta.flags_gained is not None and delta.flags_lost is not None
+    assert delta.flags_gained["UNEVICTABLE"] == 16
+    assert delta.flags_gained["MLOCKED"] == 16
+    assert delta.flags_lost["UNEVICTABLE"] == 0
+
+
+@needs_flags
+def test_collapse_gains_thp_and_changes_frames(child: Puppet) -> None:
+    if CAPS.thp_mode in (None, "never"):
+        pytest.skip(f"THP is {CAPS.thp_mode or 'not built in'}: MADV_COLLAPSE cannot form huge pages")
+    area = child.map(512, thp=True)
+    child.write(area)
+    before = pagesnap.snapshot(child.pid, flags=True)
+    child.madvise(area, "COLLAPSE")
+    after = pagesnap.snapshot(child.pid, flags=True)
+    delta = after - before
+    assert delta.flags_gained is not None
+    assert delta.flags_gained["THP"] == 512
+    assert delta.frames_changed is not None and delta.frames_changed >= 512
+    assert region_delta(delta, area).uss_growth == 0  # same data, now in one huge page
+    (region,) = [r for r in after.regions if r.start == area.address]
+    assert region.thp == 512 * PAGE
+
+
+def test_pids_must_match(child: Puppet) -> None:
+    own = pagesnap.snapshot(os.getpid())
+    with pytest.raises(pagesnap.PagesnapError, match="different processes"):
+        pagesnap.diff(own, pagesnap.snapshot(child.pid))
+
+
+def test_order_is_checked(child: Puppet) -> None:
+    first = pagesnap.snapshot(child.pid)
+    second = pagesnap.snapshot(child.pid)
+    with pytest.raises(pagesnap.PagesnapError, match="older"):
+        pagesnap.diff(second, first)
