@@ -364,18 +364,11 @@ def test_huge_zero_page(puppet: Puppet) -> None:
             assert view.flag_pages(method, "THP", area) == 2 * PMD_PAGES
 
 
-BUG_DEV_ZERO = (
-    "pagesnap bug: method='read' looks for the huge zero page (PRESENT|FILE entries) only in regions of kind "
-    "anon/heap/stack (snapshot._zero_candidates, _ANON_KINDS); a private /dev/zero mapping is anonymous memory "
-    "but classified 'file', so its huge zero page counts as rss, file and thp"
-)
-
-
 @needs_thp
 @pytest.mark.parametrize(
     "method",
     [
-        pytest.param("read", marks=pytest.mark.xfail(strict=True, reason=BUG_DEV_ZERO)),
+        "read",
         pytest.param("scan", marks=needs_scan),
     ],
 )

@@ -89,6 +89,13 @@ def test_classify(tail: str, dev: str, kind: str) -> None:
     assert classify(entry, shmem_devices={(0, 1)}, hugetlb_devices={(0, 0x2A)}) == kind
 
 
+def test_private_dev_zero_is_anonymous_memory() -> None:
+    private = parse_maps_line(f"1000-2000 rw-p 00000000 00:05 4{PADDING}/dev/zero")
+    shared = parse_maps_line(f"1000-2000 rw-s 00000000 00:01 9{PADDING}/dev/zero (deleted)")
+    assert classify(private, shmem_devices={(0, 1)}, hugetlb_devices=()) == "anon"
+    assert classify(shared, shmem_devices={(0, 1)}, hugetlb_devices=()) == "shmem"
+
+
 def test_real_process_with_odd_file_names(tmp_path: Path) -> None:
     """A child maps files whose names hold spaces and a newline; the parsed paths match exactly."""
     names = [tmp_path / "with space.bin", tmp_path / "new\nline.bin", tmp_path / "gone.bin"]

@@ -30,6 +30,8 @@ def classify(
         return "shmem"
     if path == "" or path.startswith("[anon:") or (entry.is_label and entry.inode == 0):
         return "anon"
+    if path == "/dev/zero" and not entry.deleted and not entry.shared:
+        return "anon"  # a private mapping of /dev/zero is anonymous memory; a shared one is shmem ("(deleted)")
     if entry.dev in hugetlb_devices or (entry.deleted and path == "/anon_hugepage"):
         return "hugetlb"
     if entry.dev in shmem_devices:
