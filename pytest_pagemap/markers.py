@@ -1,4 +1,4 @@
-"""The `@pytest.mark.pagemap(...)` marker: limits for every measurement a test makes."""
+"""The `@pytest.mark.pagemap(...)` marker: limits for every measurement a test makes, and its gate tolerance."""
 
 from __future__ import annotations
 
@@ -6,15 +6,19 @@ from typing import Any
 
 import pytest
 
+from pagesnap.gate import Threshold, parse_thresholds
 from pagesnap.measure import LIMIT_KEYS, NO_FLAG_GAIN, Limits
 
-__all__ = ["MARKER", "MARKER_HELP", "marker_limits"]
+__all__ = ["MARKER", "MARKER_HELP", "TOLERANCE", "marker_limits", "marker_tolerance"]
 
 MARKER = "pagemap"
+TOLERANCE = "tolerance"
 MARKER_HELP = (
-    f"{MARKER}(uss_below=None, {', '.join(f'{key}=None' for key in list(LIMIT_KEYS)[1:])}, {NO_FLAG_GAIN}=()): "
-    "limits checked against every measurement the test makes with the pagemap fixture when --pagemap is active; "
-    "sizes such as '64 MiB', '1.5 GB', '100 pages' or an int of bytes; a positional size is uss_below"
+    f"{MARKER}(uss_below=None, {', '.join(f'{key}=None' for key in list(LIMIT_KEYS)[1:])}, {NO_FLAG_GAIN}=(), "
+    f"{TOLERANCE}=()): limits checked against every measurement the test makes with the pagemap fixture when "
+    "--pagemap is active; sizes such as '64 MiB', '1.5 GB', '100 pages' or an int of bytes; a positional size "
+    f"is uss_below. {TOLERANCE}: threshold expressions such as 'uss:10%' or ['uss:10%', 'rss:+2MiB'] that "
+    "replace --pagemap-fail's, metric by metric, when this test is compared with a baseline"
 )
 
 
@@ -25,7 +29,7 @@ def marker_limits(item: pytest.Item) -> Limits:
     """
     merged: dict[str, Any] = {}
     for mark in item.iter_markers(MARKER):
-        values = dict(mark.kwargs)
+        values = {key: value for key, value in mark.kwargs.items() if key != TOLERANCE}
         if len(mark.args) > 1:
             raise ValueError(f"takes at most one positional size (uss_below), got {len(mark.args)}: {mark.args!r}")
         if mark.args:
@@ -35,3 +39,17 @@ def marker_limits(item: pytest.Item) -> Limits:
         for key, value in values.items():
             merged.setdefault(key, value)  # iter_markers yields the closest marker first
     return Limits.parse(merged)
+
+
+def marker_tolerance(item: pytest.Item) -> tuple[Threshold, ...]:
+    """The gate thresholds of the closest `pagemap` marker that sets `tolerance=`; none when no marker does.
+
+    Raises `ValueError` describing a bad expression.
+    """
+    for mark in item.iter_markers(MARKER):
+        if TOLERANCE in mark.kwargs:
+            try:
+                return parse_thresholds(mark.kwargs[TOLERANCE])
+            except ValueError as exc:
+                raise ValueError(f"{TOLERANCE}={mark.kwargs[TOLERANCE]!r}: {exc}") from None
+    return ()

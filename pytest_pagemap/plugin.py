@@ -1,7 +1,9 @@
 """The pytest plugin: options and ini keys, markers, the `pagemap` fixture, hooks, reports and xdist.
 
 `--pagemap` (or `pagemap = true`) turns on marker and default limits, the MEMORY status and the session
-summary; the fixture and explicit `assert_*` calls work without it. `-p no:pagemap` disables the plugin.
+summary; the fixture and explicit `assert_*` calls work without it. Baselines and gates (`--pagemap-save`,
+`--pagemap-compare`, ...) live in `gates` and work with or without `--pagemap`. `-p no:pagemap` disables the
+plugin.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pagesnap.measure import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Limits, Measurem
 
 from . import hookspecs
 from .fixtures import DEFAULT_GRACE_SECONDS, MEASUREMENTS_KEY, SETTINGS_KEY, Settings, pagemap
-from .markers import MARKER_HELP, marker_limits
+from .gates import PagemapGates, add_gate_options, read_gate_settings
+from .markers import MARKER_HELP, marker_limits, marker_tolerance
 from .report import SECTION_TITLE, summary_lines
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
 ]
 
 MANAGER_KEY = pytest.StashKey["PagemapManager"]()
+GATES_KEY = pytest.StashKey[PagemapGates]()
 _REPORT_ATTRIBUTE = "pagemap_measurements"  # on teardown reports: JSON-ready dicts, so xdist can carry them
 _EXCEEDED_ATTRIBUTE = "pagemap_limit_exceeded"  # on call reports failed by a MemoryLimitExceeded
 _MARKER_PROBLEM_KEY = pytest.StashKey[str]()
@@ -127,6 +131,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"(ini: pagemap_{NO_FLAG_GAIN})",
     )
     parser.addini(f"pagemap_{NO_FLAG_GAIN}", "as --pagemap-no-flag-gain", default="")
+    add_gate_options(group, parser)
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -170,9 +175,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = read_settings(config)
     manager = PagemapManager(config, settings)
+    gates = PagemapGates(config, read_gate_settings(config, active=settings.active))
     config.stash[SETTINGS_KEY] = settings
     config.stash[MANAGER_KEY] = manager
+    config.stash[GATES_KEY] = gates
     config.pluginmanager.register(manager, "pagemap-manager")
+    config.pluginmanager.register(gates, "pagemap-gates")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -181,6 +189,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.pluginmanager.unregister(manager)
         del config.stash[MANAGER_KEY]
         del config.stash[SETTINGS_KEY]
+    gates = config.stash.get(GATES_KEY, None)
+    if gates is not None:
+        config.pluginmanager.unregister(gates)
+        del config.stash[GATES_KEY]
 
 
 @pytest.hookimpl(trylast=True)
@@ -217,6 +229,7 @@ class PagemapManager:
         for item in items:
             try:
                 marker_limits(item)
+                marker_tolerance(item)
             except ValueError as exc:
                 problem = f"{item.nodeid}: @pytest.mark.pagemap: {exc}"
                 item.stash[_MARKER_PROBLEM_KEY] = problem

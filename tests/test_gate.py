@@ -49,6 +49,8 @@ def test_parse_threshold(text: str, metric: str, percent: float | None, absolute
         ("rss:-2MiB", "negative"),
         ("rss:lots", "cannot read the amount"),
         ("uss:5 %%", "cannot read the amount"),
+        ("uss:5", r"has no unit: write uss:5% or uss:\+5 B"),
+        ("uss:+2.5", "has no unit"),
     ],
 )
 def test_bad_thresholds_say_why(text: str, message: str) -> None:
@@ -60,6 +62,15 @@ def test_threshold_allowance() -> None:
     assert gate.parse_threshold("uss:5%").allowed(100 * MiB) == 105 * MiB
     assert gate.parse_threshold("rss:+2MiB").allowed(10 * MiB) == 12 * MiB
     assert gate.parse_threshold("uss_growth:50%").allowed(-4 * MiB) == -2 * MiB
+
+
+def test_parse_thresholds_takes_one_or_a_list() -> None:
+    assert gate.parse_thresholds("uss:10%") == (gate.parse_threshold("uss:10%"),)
+    assert [t.text for t in gate.parse_thresholds(["uss:10%", "rss:+2MiB"])] == ["uss:10%", "rss:+2.0 MiB"]
+    with pytest.raises(ValueError, match="expected a threshold such as 'uss:10%' or a list of them, not 5"):
+        gate.parse_thresholds(5)
+    with pytest.raises(ValueError, match="unknown metric 'heap'"):
+        gate.parse_thresholds(["uss:1%", "heap:1%"])
 
 
 def test_compare_lists_regressions_improvements_new_and_removed() -> None:
@@ -80,6 +91,29 @@ def test_growth_within_threshold_is_not_a_regression() -> None:
     assert row.status == "worse"
     (row,) = gate.compare(old, new).rows  # no threshold: reported, never failed
     assert row.status == "worse" and row.threshold is None
+
+
+def test_only_a_shrink_beyond_the_allowance_is_an_improvement() -> None:
+    old = record({"t": {"uss": 100 * MiB, "rss": 100 * MiB, "swap": 10 * MiB}})
+    new = record({"t": {"uss": 99 * MiB, "rss": 90 * MiB, "swap": MiB}})
+    result = gate.compare(old, new, [gate.parse_threshold("uss:5%"), gate.parse_threshold("rss:5%")])
+    statuses = {row.metric: row.status for row in result.rows}
+    assert statuses == {"uss": "better", "rss": "improvement", "swap": "better"}  # swap: no threshold
+    assert [row.metric for row in result.improvements] == ["rss"] and result.passed
+
+
+def test_comparison_keeps_what_it_was_compared_with(tmp_path: Path) -> None:
+    path = baseline.save_record(record({"t": {"uss": MiB}}), tmp_path, "base")
+    result = gate.compare(
+        baseline.load_record(path),
+        record({"t": {"uss": 2 * MiB}}),
+        [gate.parse_threshold("uss:5%")],
+        overrides={"t": gate.parse_thresholds("uss:200%")},
+    )
+    assert result.baseline_path == str(path) and result.baseline_created
+    assert result.baseline_context["git"] == {"commit": "abc123def4567890"}
+    assert [t.text for t in result.thresholds] == ["uss:5%"] and [t.text for t in result.overrides["t"]] == ["uss:200%"]
+    assert result.passed  # the override allows +200%
 
 
 def test_each_threshold_counts_and_overrides_replace_per_metric() -> None:
@@ -106,7 +140,8 @@ def test_save_is_numbered_atomic_and_never_overwrites(tmp_path: Path) -> None:
     assert baseline.load_record(second).by_key()["t"].metrics["uss"] == 2
     baseline.save_record(record({"t": {"uss": 3}}), tmp_path, "main", overwrite=True)
     assert baseline.load_record(second).by_key()["t"].metrics["uss"] == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == [first.name, second.name]  # no temporary left
+    # No temporary file left; the lock file that serialises saves stays, hidden.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [baseline.LOCK_NAME, first.name, second.name]
 
 
 def test_resolve_by_latest_name_and_path(tmp_path: Path) -> None:
@@ -146,6 +181,79 @@ def test_corrupt_baselines_name_the_file_and_the_fault(tmp_path: Path, content: 
     assert str(path) in str(info.value)
 
 
+def test_saved_files_are_readable_like_any_other(tmp_path: Path) -> None:
+    saved = baseline.save_record(record({"t": {"uss": 1}}), tmp_path, "main")
+    assert saved.stat().st_mode & 0o777 == 0o666 & ~baseline._umask()  # not mkstemp's 0600
+
+
+def test_check_can_save_fails_before_a_run(tmp_path: Path) -> None:
+    assert baseline.check_can_save(tmp_path / "not-yet", "main") is None
+    saved = baseline.save_record(record({}), tmp_path, "main")
+    assert baseline.check_can_save(tmp_path, "main", overwrite=True) == saved
+    with pytest.raises(BaselineError, match="a baseline named 'main' exists"):
+        baseline.check_can_save(tmp_path, "main")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(BaselineError, match="is not a directory"):
+        baseline.check_can_save(tmp_path / "file", None)
+
+
+def test_concurrent_saves_get_distinct_numbers(tmp_path: Path) -> None:
+    import threading
+
+    names = [f"run{n}" for n in range(8)]
+    threads = [threading.Thread(target=baseline.save_record, args=(record({}), tmp_path, name)) for name in names]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    saved = sorted(path.name for path in tmp_path.glob("*.json"))
+    assert [name[:4] for name in saved] == [f"{n:04d}" for n in range(1, 9)]
+    assert sorted(name[5:-5] for name in saved) == names
+
+
+def test_a_test_path_is_not_a_baseline(tmp_path: Path) -> None:
+    with pytest.raises(BaselineError, match="is a test path, not a baseline: write --pagemap-compare=NAME"):
+        baseline.resolve_record(tmp_path, str(tmp_path))
+    with pytest.raises(BaselineError, match="is a test path"):
+        baseline.resolve_record(tmp_path, "test_app.py")
+
+
+def test_records_of_a_test_have_unique_stable_keys() -> None:
+    (only,) = baseline.records_of_test("t.py::test_a", [("app", {"uss": 1})])
+    assert (only.key, only.label) == ("t.py::test_a", "app")  # a lone measurement: the test id
+    several = baseline.records_of_test(
+        "t.py::test_a", [("warm", {"uss": 1}), ("hot", {"uss": 2}), ("hot", {"uss": 3}), (None, {"uss": 4})]
+    )
+    assert [r.key for r in several] == [
+        "t.py::test_a > warm",
+        "t.py::test_a > hot",
+        "t.py::test_a > hot #2",
+        "t.py::test_a > measurement",
+    ]
+    assert baseline.records_of_test("t.py::test_a", []) == []
+
+
+def test_merge_repeats_takes_the_median_per_key() -> None:
+    def run(uss_a: int, uss_b: int | None) -> list[MeasurementRecord]:
+        return baseline.records_of_test("t", [("a", {"uss": uss_a, "pss": None}), ("b", {"uss": uss_b, "pss": None})])
+
+    merged = baseline.merge_repeats([run(5, 1), run(1, 2), run(3, None)])
+    assert [(r.key, dict(r.metrics), r.repeat) for r in merged] == [
+        ("t > a", {"uss": 3, "pss": None}, 3),
+        ("t > b", {"uss": None, "pss": None}, 3),  # a run without it: unknown, not a biased median
+    ]
+    partial = baseline.merge_repeats([run(5, 1), run(7, 1)[:1]])
+    assert [(r.key, r.repeat) for r in partial] == [("t > a", 2), ("t > b", 1)]
+
+
+def test_duplicate_and_bad_repeat_are_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "0001_x.json"
+    entry = {"key": "t", "test": "t", "metrics": {}, "repeat": 0}
+    path.write_text(json.dumps({"schema": baseline.SCHEMA, "version": 1, "context": {}, "measurements": [entry]}))
+    with pytest.raises(BaselineError, match="repeat of 't' must be a positive integer, not 0"):
+        baseline.load_record(path)
+
+
 def test_bad_names_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="may hold only"):
         baseline.save_record(record({}), tmp_path, "../escape")
@@ -169,3 +277,52 @@ def test_reports() -> None:
     assert report["comparison"]["regressions"] == 1
     entries = ci_reports.benchmark_action_entries(new)
     assert {"name": "t::a uss", "unit": "bytes", "value": 120 * MiB, "extra": "app"} in entries
+
+
+def test_markdown_counts_unchanged_metrics_and_names_the_saved_file() -> None:
+    same = record({"t::a": {"uss": MiB, "rss": MiB}})
+    markdown = ci_reports.markdown_summary(same, gate.compare(same, same), saved=".pagemap/0002_x.json")
+    assert "Saved 1 measurement as baseline `.pagemap/0002_x.json`." in markdown
+    assert "2 metrics unchanged." in markdown and "| measurement | metric |" not in markdown
+    assert "Thresholds: none, so nothing can fail." in markdown
+
+
+def test_json_report_of_a_session_without_comparison() -> None:
+    report = ci_reports.json_report(record({"t": {"uss": 1}}), None, saved="s.json")
+    assert report["schema"] == ci_reports.REPORT_SCHEMA and report["saved"] == "s.json"
+    assert report["comparison"] is None and report["measurements"][0]["repeat"] == 1
+
+
+def test_junit_properties() -> None:
+    test = "t.py::test_a"
+    several = baseline.records_of_test(test, [("warm", {"uss": 1, "pss": None}), ("hot", {"uss": 2, "rss": 3})])
+    assert ci_reports.junit_properties(several, per_test=True) == [
+        ("pagemap.uss[warm]", 1),
+        ("pagemap.uss[hot]", 2),
+        ("pagemap.rss[hot]", 3),
+    ]
+    (only,) = baseline.records_of_test(test, [("app", {"uss": 1, "swap": 0})])
+    assert ci_reports.junit_properties([only], per_test=True) == [("pagemap.uss", 1)]  # swap is not a main metric
+    assert ci_reports.junit_properties([only], per_test=False) == [(f"pagemap.uss[{test}]", 1)]
+
+
+def test_terminal_lines_list_regressions_as_a_table() -> None:
+    old = record({"t::a": {"uss": 100 * MiB, "rss": 100 * MiB}, "t::gone": {"uss": 1}})
+    new = record({"t::a": {"uss": 120 * MiB, "rss": 101 * MiB}, "t::b": {"uss": MiB}}, {**CONTEXT, "machine": "arm"})
+    result = gate.compare(old, new, [gate.parse_threshold("uss:5%")])
+    lines = ci_reports.comparison_lines(result)
+    texts = [text for text, _ in lines]
+    assert texts[1:] == [
+        "thresholds: uss:5%",
+        "WARNING: the baseline was measured on another machine, so may not compare: machine: x86_64 (baseline) vs "
+        "arm (now)",
+        "1 regression beyond its threshold:",
+        "  test  metric   baseline    current              change  threshold",
+        "  t::a  uss     100.0 MiB  120.0 MiB  +20.0 MiB (+20.0%)  uss:5%",
+        "new, not in the baseline (not gated): t::b",
+        "removed, in the baseline but not measured now: t::gone",
+        "2 metrics of 1 measurement compared: 1 regressed, 0 improved, 1 unchanged or within threshold",
+    ]
+    assert [tone for _, tone in lines][2:4] == ["warning", "bad"] and lines[-1][1] == "bad"
+    verbose = [text for text, _ in ci_reports.comparison_lines(result, verbose=True)]
+    assert "1 other change, within the thresholds or without one:" in verbose

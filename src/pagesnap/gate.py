@@ -5,17 +5,29 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
 
-from .baseline import SessionRecord
+from .baseline import RECORDED_METRICS, SessionRecord
 from .units import format_size, parse_size
 
-__all__ = ["GATED_METRICS", "Comparison", "ComparisonResult", "Threshold", "compare", "parse_threshold"]
+__all__ = [
+    "FORMS",
+    "GATED_METRICS",
+    "Comparison",
+    "ComparisonResult",
+    "Threshold",
+    "compare",
+    "parse_threshold",
+    "parse_thresholds",
+]
 
 # Metrics a session record keeps and a gate can compare; smaller is better for every one of them.
-GATED_METRICS = ("uss", "rss", "pss", "swap", "uss_growth", "rss_growth", "written", "accessed")
+GATED_METRICS = RECORDED_METRICS
 _EXPRESSION = re.compile(r"^\s*(?P<metric>[a-z_]+)\s*:\s*(?P<amount>.+?)\s*$")
 _PERCENT = re.compile(r"^\+?(?P<number>\d+(?:\.\d*)?|\.\d+)\s*%$")
+_BARE_NUMBER = re.compile(r"^\+?(?:\d+(?:\.\d*)?|\.\d+)$")
 FORMS = "METRIC:N% (relative to the baseline) or METRIC:+SIZE (absolute, e.g. rss:+2MiB)"
 
 
@@ -53,16 +65,30 @@ def parse_threshold(text: str) -> Threshold:
         return Threshold(metric, percent=float(percent.group("number")))
     if amount.startswith("-"):
         raise ValueError(f"threshold {text!r} is negative; a threshold is how much growth is allowed")
+    if _BARE_NUMBER.match(amount):
+        # `uss:5` reads as 5 bytes to a parser and as 5% to most people: make the writer say which.
+        raise ValueError(
+            f"threshold {text!r} has no unit: write {metric}:{amount.lstrip('+')}% or {metric}:+{amount.lstrip('+')} B"
+        )
     try:
         return Threshold(metric, absolute=parse_size(amount.lstrip("+")))
     except ValueError as exc:
         raise ValueError(f"cannot read the amount in {text!r}: {exc}") from None
 
 
+def parse_thresholds(value: object) -> tuple[Threshold, ...]:
+    """A threshold expression or a sequence of them (a marker's `tolerance=`); `ValueError` saying why not."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(text, str) for text in texts):
+        raise ValueError(f"expected a threshold such as 'uss:10%' or a list of them, not {value!r}")
+    return tuple(parse_threshold(text) for text in texts)
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """One metric of one measurement against its baseline. `status`: regression, improvement, worse
-    (grew, within the threshold or with none set) or unchanged."""
+    """One metric of one measurement against its baseline. `status`: regression (grew beyond a threshold),
+    worse (grew, within the thresholds or with none set), unchanged, better (shrank, within the thresholds'
+    allowance, or with none set) or improvement (shrank by more than a threshold's allowance)."""
 
     key: str
     test: str
@@ -96,6 +122,15 @@ class ComparisonResult:
     removed: tuple[str, ...]  # baseline keys not measured now
     warnings: tuple[str, ...]  # machine differences that make the comparison unfair
     baseline_path: str | None = None
+    baseline_created: str | None = None
+    baseline_context: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    thresholds: tuple[Threshold, ...] = ()  # the session's, from --pagemap-fail
+    overrides: Mapping[str, tuple[Threshold, ...]] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def passed(self) -> bool:
+        """No metric grew beyond its threshold (new and removed measurements never fail a gate)."""
+        return not self.regressions
 
     @property
     def regressions(self) -> tuple[Comparison, ...]:
@@ -146,6 +181,10 @@ def compare(
         removed=tuple(key for key in old if key not in current_keys),
         warnings=tuple(current.context_differences(baseline)),
         baseline_path=str(baseline.path) if baseline.path else None,
+        baseline_created=baseline.created or None,
+        baseline_context=MappingProxyType(dict(baseline.context)),
+        thresholds=tuple(thresholds),
+        overrides=MappingProxyType({test: tuple(values) for test, values in overrides.items()}),
     )
 
 
@@ -162,11 +201,16 @@ def _thresholds_for(session: Iterable[Threshold], override: Iterable[Threshold])
 
 
 def _judge(baseline: int, current: int, thresholds: Sequence[Threshold]) -> tuple[Threshold | None, str]:
-    """Each threshold is checked on its own: exceeding any one is a regression."""
-    if current < baseline:
-        return (thresholds[0] if thresholds else None), "improvement"
+    """Each threshold is checked on its own: exceeding any one is a regression. Symmetrically, a shrink is an
+    improvement when it is larger than a threshold's allowance, so noise within the thresholds is listed
+    neither way; a metric without a threshold is only ever worse or better."""
     if current == baseline:
         return (thresholds[0] if thresholds else None), "unchanged"
+    if current < baseline:
+        for threshold in thresholds:
+            if baseline - current > threshold.allowed(baseline) - baseline:
+                return threshold, "improvement"
+        return (thresholds[0] if thresholds else None), "better"
     for threshold in thresholds:
         if current > threshold.allowed(baseline):
             return threshold, "regression"

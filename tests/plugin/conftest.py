@@ -51,6 +51,7 @@ def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pyte
     """pytester whose inner sessions load pytest-pagemap alone, not every plugin installed: fast and reproducible."""
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p pagemap")  # set after pytester's own setup, which clears it
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)  # inner sessions must not write to this job's summary
     return pytester
 
 

@@ -251,12 +251,13 @@ def test_invalid_marker_arguments_are_usage_errors(pytester, marker, message):
 def unprivileged(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make this process look like one without CAP_SYS_ADMIN: no PFNs, no kpageflags, no kpagecount."""
     import dataclasses
+    import importlib
 
-    import pagesnap.measure
-
+    # `pagesnap.measure` as an attribute is the `measure` function the package re-exports, not the module.
+    measure_module = importlib.import_module("pagesnap.measure")
     real = capabilities()
     limited = dataclasses.replace(real, cap_sys_admin=False, pfn_visible=False, kpageflags=False, kpagecount=False)
-    monkeypatch.setattr(pagesnap.measure, "capabilities", lambda: limited)
+    monkeypatch.setattr(measure_module, "capabilities", lambda: limited)
 
 
 @pytest.mark.parametrize(

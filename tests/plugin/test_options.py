@@ -40,7 +40,9 @@ def test_help_lists_every_option_and_ini_key(pytester):
 
 def test_marker_is_registered(pytester):
     result = pytester.runpytest("--markers")
-    result.stdout.fnmatch_lines(["@pytest.mark.pagemap(uss_below=None, rss_below=None, *no_flag_gain=()): limits*"])
+    result.stdout.fnmatch_lines(
+        ["@pytest.mark.pagemap(uss_below=None, rss_below=None, *no_flag_gain=(), tolerance=()): limits*"]
+    )
 
 
 def test_fixture_is_documented(pytester):

@@ -1,0 +1,500 @@
+"""Regression gates: record every measurement of a session, save it as a baseline, compare with one.
+
+The options (`--pagemap-save`, `--pagemap-compare`, `--pagemap-fail`, `--pagemap-repeat`, the report files)
+and the `PagemapGates` plugin object that carries a session's records from the tests (on xdist workers too)
+to the controller, which alone compares and writes files. The work itself is the core's:
+`pagesnap.baseline`, `pagesnap.gate` and `pagesnap.ci_reports`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pytest.runner import runtestprotocol
+
+from pagesnap.baseline import (
+    DEFAULT_STORAGE,
+    BaselineError,
+    MeasurementRecord,
+    SessionRecord,
+    check_can_save,
+    check_name,
+    collect_context,
+    load_record,
+    measurement_metrics,
+    merge_repeats,
+    records_of_test,
+    resolve_record,
+    save_record,
+    write_json_atomic,
+)
+from pagesnap.ci_reports import (
+    JUNIT_PREFIX,
+    Tone,
+    benchmark_action_entries,
+    comparison_lines,
+    json_report,
+    junit_properties,
+    markdown_summary,
+)
+from pagesnap.gate import FORMS, ComparisonResult, Threshold, compare, parse_threshold
+
+from .fixtures import MEASUREMENTS_KEY
+from .markers import marker_tolerance
+
+__all__ = ["GateSettings", "PagemapGates", "add_gate_options", "read_gate_settings"]
+
+RECORDS_ATTRIBUTE = "pagemap_records"  # on teardown reports: the test's records as dicts, so xdist carries them
+TOLERANCE_ATTRIBUTE = "pagemap_tolerance"  # on teardown reports: the marker's tolerance, as expressions
+STEP_SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"
+REGRESSED_STAT = "memory regressed"  # the key in the terminal's final line: "1 passed, 2 memory regressed"
+_EARLIER_RUNS_KEY = pytest.StashKey[list[list[MeasurementRecord]]]()
+_LAST_RUN_KEY = pytest.StashKey[list[MeasurementRecord]]()
+_TONES: dict[Tone, dict[str, bool]] = {
+    "plain": {},
+    "bad": {"red": True},
+    "good": {"green": True},
+    "warning": {"yellow": True},
+}
+
+
+# --- options --------------------------------------------------------------------------------------------
+
+
+def _save_name_type(text: str) -> str:
+    if not text:
+        return text  # the bare option: argparse passes its const, "", through the type too
+    try:
+        name = check_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}; write --pagemap-save=NAME (with '=')") from None
+    if os.path.isdir(name):
+        # `--pagemap-save tests` takes the test directory as the name: refuse rather than run the wrong tests.
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is a directory here, so probably a test path: write --pagemap-save=NAME (with '='), "
+            "or put --pagemap-save after the test paths"
+        )
+    return name
+
+
+_save_name_type.__name__ = "baseline name"  # argparse names the type in its error messages
+
+
+def _threshold_type(text: str) -> Threshold:
+    try:
+        return parse_threshold(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_threshold_type.__name__ = "threshold"
+
+
+def _repeat_type(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of runs") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: a test runs at least once")
+    return count
+
+
+_repeat_type.__name__ = "count"
+
+
+def add_gate_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
+    """The baseline, threshold, repeat and report options, with their ini keys."""
+    group.addoption(
+        "--pagemap-save",
+        nargs="?",
+        const="",
+        default=None,
+        type=_save_name_type,
+        metavar="NAME",
+        help="record every measurement of the session and save it in the storage folder as NNNN_NAME.json "
+        "(default NAME: commit and time); an existing NAME is an error without --pagemap-overwrite. "
+        "Write --pagemap-save=NAME, with '='",
+    )
+    group.addoption(
+        "--pagemap-compare",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAME|PATH",
+        help="compare this session's measurements with a saved baseline: the latest in the storage folder, "
+        "one saved under NAME, or a .json file; regressions beyond --pagemap-fail thresholds fail the session "
+        "(exit code 1). Write --pagemap-compare=NAME, with '='",
+    )
+    group.addoption(
+        "--pagemap-overwrite",
+        action="store_true",
+        default=False,
+        help="let --pagemap-save=NAME replace an existing baseline of that name",
+    )
+    group.addoption(
+        "--pagemap-storage",
+        default=None,
+        metavar="DIR",
+        help=f"folder of saved baselines (default {DEFAULT_STORAGE}/ in the rootdir; ini: pagemap_storage, "
+        "relative to the rootdir)",
+    )
+    parser.addini("pagemap_storage", "as --pagemap-storage, relative to the rootdir", default=DEFAULT_STORAGE)
+    group.addoption(
+        "--pagemap-fail",
+        action="append",
+        type=_threshold_type,
+        default=None,
+        metavar="EXPR",
+        help=f"with --pagemap-compare, fail the session when a metric grows beyond EXPR: {FORMS.replace('%', '%%')}; "
+        "repeatable, "
+        "each counts (ini: pagemap_fail, one per line; a test's @pytest.mark.pagemap(tolerance=...) replaces "
+        "them for the metrics it names)",
+    )
+    parser.addini("pagemap_fail", "thresholds as --pagemap-fail, one per line", type="linelist", default=[])
+    group.addoption(
+        "--pagemap-repeat",
+        type=_repeat_type,
+        default=None,
+        metavar="N",
+        help="run each test that measures N times, fixtures included, and record the median of each metric; "
+        "the last run (or the first that fails) is the one reported (ini: pagemap_repeat)",
+    )
+    parser.addini("pagemap_repeat", "as --pagemap-repeat", default="1")
+    group.addoption(
+        "--pagemap-json",
+        default=None,
+        metavar="PATH",
+        help="write the session's measurements, context and comparison as JSON (ini: pagemap_json)",
+    )
+    parser.addini("pagemap_json", "as --pagemap-json, relative to the rootdir", default="")
+    group.addoption(
+        "--pagemap-benchmark-json",
+        default=None,
+        metavar="PATH",
+        help="write the measurements in github-action-benchmark's customSmallerIsBetter format "
+        "(ini: pagemap_benchmark_json)",
+    )
+    parser.addini("pagemap_benchmark_json", "as --pagemap-benchmark-json, relative to the rootdir", default="")
+    parser.addini(
+        "pagemap_step_summary",
+        f"append a Markdown summary to ${STEP_SUMMARY_VARIABLE} when it is set and measurements are recorded "
+        "(default true)",
+        type="bool",
+        default=True,
+    )
+
+
+@dataclass(frozen=True)
+class GateSettings:
+    """What the gate options and ini keys chose for this session."""
+
+    storage: Path
+    save: str | None  # None: do not save; "": save under a name made of the commit and the time
+    compare: str | None  # None: do not compare; "": with the latest baseline; else a name or a path
+    overwrite: bool
+    thresholds: tuple[Threshold, ...]
+    repeat: int
+    json_path: Path | None
+    benchmark_json_path: Path | None
+    step_summary: bool
+    record: bool  # record every measurement: on with --pagemap and with any option that needs the records
+
+
+def _shorter(path: Path, start: Path) -> Path:
+    """`path` relative to `start` when it lies inside it, for messages and reports; else as it is.
+    Relative paths stay valid: pytest is back in the invocation directory when the files are written."""
+    return path.relative_to(start) if path.is_relative_to(start) else path
+
+
+def _path(config: pytest.Config, name: str) -> Path | None:
+    """A path option: relative to the invocation directory on the command line, to the rootdir in the ini."""
+    start = config.invocation_params.dir
+    value: str | None = config.getoption(name)
+    if value:
+        return _shorter(start / os.path.expanduser(value), start)
+    text = str(config.getini(name))
+    return _shorter(config.rootpath / os.path.expanduser(text), start) if text else None
+
+
+def read_gate_settings(config: pytest.Config, *, active: bool) -> GateSettings:
+    """The gate settings from options and ini keys; a bad value or combination raises `pytest.UsageError`."""
+    save, compare_with = config.getoption("pagemap_save"), config.getoption("pagemap_compare")
+    thresholds: tuple[Threshold, ...] = tuple(config.getoption("pagemap_fail") or ())
+    if thresholds and compare_with is None:
+        raise pytest.UsageError("--pagemap-fail needs --pagemap-compare: thresholds are checked against a baseline")
+    if config.getoption("pagemap_overwrite") and save is None:
+        raise pytest.UsageError("--pagemap-overwrite needs --pagemap-save=NAME")
+    if not thresholds:
+        try:
+            thresholds = tuple(parse_threshold(text) for text in config.getini("pagemap_fail"))
+        except ValueError as exc:
+            raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_fail: {exc}") from None
+    repeat = config.getoption("pagemap_repeat")
+    if repeat is None:
+        try:
+            repeat = _repeat_type(str(config.getini("pagemap_repeat")))
+        except argparse.ArgumentTypeError as exc:
+            raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_repeat: {exc}") from None
+    storage = _path(config, "pagemap_storage")
+    json_path, benchmark_json_path = _path(config, "pagemap_json"), _path(config, "pagemap_benchmark_json")
+    return GateSettings(
+        storage=storage
+        if storage is not None
+        else _shorter(config.rootpath / DEFAULT_STORAGE, config.invocation_params.dir),
+        save=save,
+        compare=compare_with,
+        overwrite=bool(config.getoption("pagemap_overwrite")),
+        thresholds=thresholds,
+        repeat=repeat,
+        json_path=json_path,
+        benchmark_json_path=benchmark_json_path,
+        step_summary=bool(config.getini("pagemap_step_summary")),
+        record=active
+        or save is not None
+        or compare_with is not None
+        or json_path is not None
+        or benchmark_json_path is not None
+        or repeat > 1,
+    )
+
+
+def _forget_report_sections(item: pytest.Item) -> None:
+    """Drop the captured output and logs an earlier run of `item` left: every report of an item carries all
+    its sections, and the reported run should show its own only."""
+    sections = getattr(item, "_report_sections", None)
+    if isinstance(sections, list):
+        sections.clear()
+
+
+# --- the plugin object ----------------------------------------------------------------------------------
+
+
+class PagemapGates:
+    """Records measurements per test, repeats tests, and on the controller compares and writes the reports."""
+
+    def __init__(self, config: pytest.Config, settings: GateSettings) -> None:
+        self.config = config
+        self.settings = settings
+        self.is_controller = not hasattr(config, "workerinput")  # an xdist worker has `workerinput`
+        self.records: dict[str, list[MeasurementRecord]] = {}  # by test id: the last report of a test wins
+        self.tolerances: dict[str, tuple[Threshold, ...]] = {}
+        self.collection_order: dict[str, int] = {}
+        self.baseline: SessionRecord | None = None
+        self.context: dict[str, Any] = {}
+        self.comparison: ComparisonResult | None = None
+        self.outcome: list[tuple[str, Tone]] = []  # what the terminal section reports besides the comparison
+        xml_wanted = bool(getattr(config.option, "xmlpath", None))  # absent under -p no:junitxml
+        family = str(config.getini("junit_family")) if xml_wanted else ""
+        # `record_property`-style per-test properties break the xunit2 schema: there, suite-level ones.
+        self.junit_per_test = xml_wanted and family in ("xunit1", "legacy")
+        self.junit_per_suite = xml_wanted and not self.junit_per_test
+        if self.is_controller and settings.record:
+            self._prepare()
+
+    def _prepare(self) -> None:
+        """Fail at start-up, not after the run: load the baseline, check the name to save is free."""
+        settings = self.settings
+        try:
+            if settings.compare is not None:
+                self.baseline = load_record(resolve_record(settings.storage, settings.compare or None))
+            if settings.save is not None:
+                check_can_save(settings.storage, settings.save or None, overwrite=settings.overwrite)
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        self.context = collect_context()
+
+    # --- start-up and collection ------------------------------------------------------------------------
+
+    def pytest_report_header(self) -> list[str] | None:
+        if self.baseline is None:
+            return None
+        differences = SessionRecord(context=self.context, measurements=()).context_differences(self.baseline)
+        thresholds = ", ".join(t.text for t in self.settings.thresholds) or "none (only reported)"
+        lines = [
+            f"pagemap baseline: {self.baseline.path} ({len(self.baseline.measurements)} measurements); "
+            f"thresholds: {thresholds}"
+        ]
+        lines += [f"pagemap WARNING: the baseline was measured on another machine: {d}" for d in differences]
+        return lines
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for index, item in enumerate(items):
+            self.collection_order.setdefault(item.nodeid, index)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_node_collection_finished(self, node: object, ids: Sequence[str]) -> None:
+        # The controller collects nothing itself; its workers' collections give the order of the records.
+        for index, nodeid in enumerate(ids):
+            self.collection_order.setdefault(nodeid, index)
+
+    # --- running tests ----------------------------------------------------------------------------------
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        item.stash[MEASUREMENTS_KEY] = []  # each run of a repeated (or rerun) test starts with none
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool | None:
+        """With --pagemap-repeat=N, run the test up to N times and report one run, whose teardown report
+        carries the median of every run's measurements (see `pytest_runtest_makereport`)."""
+        if self.settings.repeat <= 1:
+            return None
+        item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        earlier_runs = item.stash[_EARLIER_RUNS_KEY] = []
+        for _ in range(self.settings.repeat - 1):
+            _forget_report_sections(item)
+            # Unlogged runs, as pytest-rerunfailures does: every fixture scope around the test is torn down
+            # as if `nextitem` came next, so each run sets up what it needs again.
+            reports = runtestprotocol(item, nextitem=nextitem, log=False)
+            this_run = item.stash.get(_LAST_RUN_KEY, [])
+            if not this_run or any(report.failed for report in reports):
+                # Nothing to take a median of, or a failure to show as it happened: this run is the one reported.
+                for report in reports:
+                    item.ihook.pytest_runtest_logreport(report=report)
+                break
+            earlier_runs.append(this_run)
+        else:
+            _forget_report_sections(item)
+            runtestprotocol(item, nextitem=nextitem, log=True)
+        del item.stash[_EARLIER_RUNS_KEY]
+        item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+        return True
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        if call.when != "teardown" or not self.settings.record:
+            return (yield)
+        # The fixtures have been torn down: every measurement of this run is finished or abandoned.
+        finished = [m for m in item.stash.get(MEASUREMENTS_KEY, []) if m.finished]
+        this_run = records_of_test(item.nodeid, [(m.label, measurement_metrics(m)) for m in finished])
+        item.stash[_LAST_RUN_KEY] = this_run
+        earlier_runs = item.stash.get(_EARLIER_RUNS_KEY, [])
+        records = merge_repeats([*earlier_runs, this_run]) if earlier_runs else this_run
+        if self.junit_per_test:
+            # Before the report is made, which copies them; an earlier run's are replaced, not repeated.
+            kept = [(name, value) for name, value in item.user_properties if not name.startswith(JUNIT_PREFIX)]
+            item.user_properties[:] = kept + junit_properties(records, per_test=True)
+        report = yield
+        setattr(report, RECORDS_ATTRIBUTE, [record.to_dict() for record in records])
+        try:
+            tolerance = marker_tolerance(item)
+        except ValueError:
+            tolerance = ()  # reported as a marker problem at collection or setup
+        if tolerance:
+            setattr(report, TOLERANCE_ATTRIBUTE, [threshold.text for threshold in tolerance])
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Here for local tests and, under xdist, on the controller for every worker's report.
+        records = getattr(report, RECORDS_ATTRIBUTE, None)
+        if report.when != "teardown" or records is None:
+            return
+        self.records[report.nodeid] = [MeasurementRecord.from_dict(data) for data in records]
+        tolerance = getattr(report, TOLERANCE_ATTRIBUTE, None)
+        if tolerance:
+            self.tolerances[report.nodeid] = tuple(parse_threshold(text) for text in tolerance)
+
+    # --- the end of the session, on the controller ------------------------------------------------------
+
+    def session_record(self) -> SessionRecord:
+        """Every test's records, in collection order."""
+        last = len(self.collection_order)
+        tests = sorted(self.records, key=lambda test: self.collection_order.get(test, last))
+        return SessionRecord(
+            context=self.context, measurements=tuple(record for test in tests for record in self.records[test])
+        )
+
+    @pytest.hookimpl(tryfirst=True)  # before junitxml writes its file: the suite properties go in it
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if not (self.is_controller and self.settings.record) or self.config.option.collectonly:
+            return
+        status = session.exitstatus
+        if status not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+            # An interrupted or empty session would make a partial baseline, or a comparison of nothing.
+            if self.settings.save is not None or self.baseline is not None:
+                name = status.name if isinstance(status, pytest.ExitCode) else str(status)
+                self.outcome.append(
+                    (f"no baseline saved and nothing compared: the session ended with {name}", "warning")
+                )
+            return
+        record = self.session_record()
+        if self.baseline is not None:
+            self.comparison = compare(self.baseline, record, self.settings.thresholds, self.tolerances)
+        saved = self._write_outputs(record)
+        self._write_junit_suite_properties(record)
+        self._write_step_summary(record, saved)
+        failed = self.comparison is not None and not self.comparison.passed
+        if (failed or any(tone == "bad" for _, tone in self.outcome)) and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _write_outputs(self, record: SessionRecord) -> str | None:
+        """Save the baseline and write the JSON files; a failure is reported and fails the session."""
+        settings, saved = self.settings, None
+        count = f"{len(record.measurements)} measurement{'s' if len(record.measurements) != 1 else ''}"
+        if settings.save is not None:
+            try:
+                saved_path = save_record(record, settings.storage, settings.save or None, overwrite=settings.overwrite)
+            except (BaselineError, OSError) as exc:
+                self.outcome.append((f"ERROR: the baseline was not saved: {exc}", "bad"))
+            else:
+                saved = str(saved_path)
+                self.outcome.append((f"saved {count} as baseline {saved}", "plain"))
+        files = (
+            (settings.json_path, "JSON report", lambda: json_report(record, self.comparison, saved=saved)),
+            (settings.benchmark_json_path, "github-action-benchmark JSON", lambda: benchmark_action_entries(record)),
+        )
+        for path, title, build in files:
+            if path is None:
+                continue
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(path, build())
+            except OSError as exc:
+                self.outcome.append((f"ERROR: the {title} was not written to {path}: {exc}", "bad"))
+            else:
+                self.outcome.append((f"wrote the {title} ({count}) to {path}", "plain"))
+        return saved
+
+    def _write_junit_suite_properties(self, record: SessionRecord) -> None:
+        if not self.junit_per_suite or not record.measurements:
+            return
+        from _pytest.junitxml import xml_key  # the LogXML object is reachable only through this stash key
+
+        xml = self.config.stash.get(xml_key, None)
+        if xml is not None:
+            for name, value in junit_properties(record.measurements, per_test=False):
+                xml.add_global_property(name, value)
+
+    def _write_step_summary(self, record: SessionRecord, saved: str | None) -> None:
+        summary_path = os.environ.get(STEP_SUMMARY_VARIABLE)
+        if not (summary_path and self.settings.step_summary):
+            return
+        try:
+            with open(summary_path, "a", encoding="utf-8") as summary:  # appended: other steps write there too
+                summary.write(markdown_summary(record, self.comparison, saved=saved) + "\n")
+        except OSError as exc:
+            self.outcome.append((f"WARNING: the step summary was not written to {summary_path}: {exc}", "warning"))
+
+    @pytest.hookimpl(trylast=True)  # the verdict comes after the per-measurement summary of --pagemap
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if not (self.is_controller and (self.outcome or self.comparison)):
+            return
+        terminalreporter.write_sep("=", "pagemap gate" if self.comparison is not None else "pagemap records")
+        verbose = self.config.get_verbosity() > 0
+        lines = comparison_lines(self.comparison, verbose=verbose) if self.comparison is not None else []
+        if self.settings.repeat > 1:
+            lines.insert(0, (f"each metric is the median of up to {self.settings.repeat} runs", "plain"))
+        for text, tone in [*lines, *self.outcome]:
+            terminalreporter.write_line(text, **_TONES[tone])
+        if self.comparison is not None and self.comparison.regressions:
+            # Shown in the final line ("1 passed, 1 memory regressed"), so a green-looking run is not misread.
+            terminalreporter.stats.setdefault(REGRESSED_STAT, []).extend(self.comparison.regressions)
