@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import re
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -143,6 +144,30 @@ def thread_states(pid: int) -> list[str]:
 
 
 _STOPPED_STATES = frozenset("TtZX")
+_SPIN_SECONDS = 0.0002  # a stop usually lands within this: yield the CPU meanwhile rather than sleep
+
+
+def _wait_stopped(pid: int, timeout: float) -> bool:
+    """Poll until every thread of `pid` shows stopped (True) or `timeout` seconds pass (False).
+
+    The first polls only yield the CPU, which lets a target sharing it take the signal at once; a sleep
+    costs 60 microseconds or more before the next look.
+    """
+    now = time.monotonic()
+    deadline, spin_until = now + timeout, now + _SPIN_SECONDS
+    while True:
+        states = thread_states(pid)
+        if not states:
+            raise _describe_missing(pid)
+        if all(state in _STOPPED_STATES for state in states):
+            return True
+        now = time.monotonic()
+        if now > deadline:
+            return False
+        if now < spin_until:
+            os.sched_yield()
+        else:
+            time.sleep(0.0002)
 
 
 @contextlib.contextmanager
@@ -171,19 +196,7 @@ def frozen(pid: int, *, timeout: float = 2.0) -> Iterator[bool]:
             pid,
         ) from None
     try:
-        deadline = time.monotonic() + timeout
-        all_stopped = False
-        while True:
-            states = thread_states(pid)
-            if not states:
-                raise _describe_missing(pid)
-            if all(state in _STOPPED_STATES for state in states):
-                all_stopped = True
-                break
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.0002)
-        yield all_stopped
+        yield _wait_stopped(pid, timeout)
     finally:
         # Block SIGINT while resuming so a Ctrl-C cannot leave the process stopped.
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
@@ -269,7 +282,13 @@ def parse_maps_line(line: str) -> MapsEntry:
 
 def parse_maps(text: str) -> list[MapsEntry]:
     """Parse the text of `/proc/PID/maps`."""
-    return [parse_maps_line(line) for line in text.splitlines() if line.strip()]
+    return list(_parse_maps_cached(text))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_maps_cached(text: str) -> tuple[MapsEntry, ...]:
+    # Parsing costs a few microseconds a line; repeated snapshots of a process mostly see the same maps.
+    return tuple(parse_maps_line(line) for line in text.splitlines() if line.strip())
 
 
 def read_maps(pid: int) -> list[MapsEntry]:
@@ -285,13 +304,49 @@ def read_statm(pid: int) -> tuple[int, int]:
 
 def mount_devices(pid: int, fstypes: frozenset[str]) -> set[tuple[int, int]]:
     """Device numbers of the mounts of the given filesystem types, as seen by `pid`."""
-    devices = set()
-    for line in read_proc_text(pid, "mountinfo").splitlines():
+    return set().union(*mount_devices_by_type(pid, tuple(fstypes)).values())
+
+
+# Mount tables by mount namespace: the kernel formats the whole table on every read of mountinfo.
+_MOUNTS_BY_NAMESPACE: dict[tuple[int, int], dict[str, frozenset[tuple[int, int]]]] = {}
+_MOUNTS_CACHE_MAX = 8
+
+
+def mount_devices_by_type(
+    pid: int, fstypes: tuple[str, ...], seen: Iterable[tuple[int, int]] = ()
+) -> dict[str, set[tuple[int, int]]]:
+    """Device numbers of the mounts of each of the given filesystem types, as seen by `pid`.
+
+    The table is cached per mount namespace and read again when a device in `seen` (the devices of the
+    process's file mappings) is not in it: a mount made since.
+    """
+    try:
+        stat = os.stat(f"{PROC}/{pid}/ns/mnt")
+        namespace: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+    except OSError:  # no access to the namespace link: read the table every time
+        namespace = None
+    table = _MOUNTS_BY_NAMESPACE.get(namespace) if namespace else None
+    if table is not None:
+        known = set().union(*table.values())
+        if any(device not in known for device in seen):
+            table = None
+    if table is None:
+        table = _parse_mountinfo(read_proc_text(pid, "mountinfo"))
+        if namespace:
+            if len(_MOUNTS_BY_NAMESPACE) >= _MOUNTS_CACHE_MAX:
+                _MOUNTS_BY_NAMESPACE.pop(next(iter(_MOUNTS_BY_NAMESPACE)))
+            _MOUNTS_BY_NAMESPACE[namespace] = table
+    return {fstype: set(table.get(fstype, ())) for fstype in fstypes}
+
+
+def _parse_mountinfo(text: str) -> dict[str, frozenset[tuple[int, int]]]:
+    """Device numbers of the mounts of every filesystem type in a mountinfo text."""
+    devices: dict[str, set[tuple[int, int]]] = {}
+    for line in text.splitlines():
         left, _, right = line.partition(" - ")
         fields = left.split()
         if len(fields) < 3 or not right:
             continue
-        if right.split()[0] in fstypes:
-            major, _, minor = fields[2].partition(":")
-            devices.add((int(major), int(minor)))
-    return devices
+        major, _, minor = fields[2].partition(":")
+        devices.setdefault(right.split()[0], set()).add((int(major), int(minor)))
+    return {fstype: frozenset(found) for fstype, found in devices.items()}

@@ -1,17 +1,24 @@
-"""The batched reader: address ranges in, numpy arrays of pagemap entries out; PFN look-ups by sorted runs.
+"""The batched reader: address ranges in, pagemap entries out (their pages kept as runs); PFN look-ups by runs.
 
 Costs that shaped it (see the project's performance notes): one `pread` is about a microsecond, a pagemap
-entry 1-30 ns, a kpageflags or kpagecount entry about 100 ns in the kernel. So pagemap is read in 1 MiB
-chunks into one reused buffer, and PFNs are sorted and coalesced into runs (reading across small gaps) so
-that each run costs one `pread`, split over threads since the kernel work releases the GIL.
+entry 1-30 ns, a kpageflags or kpagecount entry 50-100 ns in the kernel; a numpy call costs microseconds
+whatever its size, and a pass over a page array a nanosecond or so a page. So entries are read straight
+into the array that keeps them (small mappings batched, so each costs a pread and no numpy call), their
+top bytes are kept beside them for the later passes, and virtual page numbers are kept as runs of
+consecutive pages (a dense process has a few dozen) rather than 8 bytes a page. PFNs are looked up by
+runs: the pieces that ascend by one in address order are sorted as units and coalesced, reading across
+small gaps, so each coalesced run costs one `pread`; long reads are split over threads, since the kernel
+work releases the GIL.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,51 +26,350 @@ import numpy.typing as npt
 from . import bits
 from .scan import pagemap_scan
 
-__all__ = ["EntryArrays", "ProcessExited", "lookup_pfns", "read_entries", "scan_mapped_ranges"]
+__all__ = [
+    "EntryArrays",
+    "PageRuns",
+    "ProcessExited",
+    "intersect_ranges",
+    "lookup_pfns",
+    "read_entries",
+    "read_scanned",
+    "scan_mapped_ranges",
+    "top_byte_view",
+    "top_bytes",
+]
 
 U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+Mask = npt.NDArray[np.bool_]
+Ints = TypeVar("Ints", npt.NDArray[np.uint64], npt.NDArray[np.int64])
+_Index = TypeVar("_Index", np.int64, np.int32)
 
 CHUNK_ENTRIES = 1 << 17  # 1 MiB of pagemap per pread: as fast as larger reads, and fast on sparse maps
-PFN_GAP = 32  # read across holes of up to this many PFNs rather than issue another pread
+PFN_GAP = 32  # read across holes of up to this many missing PFNs rather than issue another pread
 THREAD_MIN_ENTRIES = 1 << 16  # below this, a second thread costs more than it saves
+THREAD_MIN_READ = 512  # nor when reads average fewer entries: the threads then mostly wait for the GIL
+RANGE_GAP = 64  # read across gaps of up to this many pages between mappings: cheaper than another pread
+BATCH_RANGE_MAX = 1 << 12  # ranges of fewer pages share a batch; each pread then costs no numpy call
+SLICE_LOOP_MAX = 64  # up to this many ranges, slicing in a loop beats building an index array
 _MAPPED = np.uint64(bits.PM_SWAP)  # an entry >= this has PRESENT or SWAP set
+_MAPPED_TOP = np.uint8(bits.PM_SWAP >> 56)  # ... and its top byte >= this
+_TOP_BYTE = 7 if sys.byteorder == "little" else 0  # where bits 56-63 of a uint64 sit among its bytes
 
 
 class ProcessExited(Exception):
     """A read returned end-of-file inside the address space: the process has released its memory."""
 
 
-@dataclass
-class EntryArrays:
-    """The present and swapped pages of an address space: virtual page numbers and raw entries."""
+def exclusive_cumsum(values: I64) -> I64:
+    """0, values[0], values[0] + values[1], ...: where each of consecutive pieces of these sizes starts."""
+    out = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(values, out=out[1:])
+    return out
 
-    vpn: U64
-    entry: U64
+
+def concatenated_ranges(first: I64, length: I64, dtype: type[_Index]) -> npt.NDArray[_Index]:
+    """`first[0], first[0] + 1, ..., first[0] + length[0] - 1, first[1], ...`: the ranges laid end to end."""
+    total = int(length.sum())
+    if len(first) * 1024 <= total:  # few long ranges: a slice each
+        out = np.empty(total, dtype=dtype)
+        position = 0
+        for start, count in zip(first.tolist(), length.tolist(), strict=True):
+            out[position : position + count] = np.arange(start, start + count, dtype=dtype)
+            position += count
+        return out
+    # Many short ones: each range's offset from its position, repeated, plus the positions.
+    out = np.repeat((first - exclusive_cumsum(length)[:-1]).astype(dtype), length)
+    out += np.arange(total, dtype=dtype)
+    return out
+
+
+def coalesce(first: U64, end: U64, gap: int = 0) -> tuple[U64, U64]:
+    """Merge sorted, disjoint `[first, end)` ranges that touch or lie within `gap` of each other."""
+    if len(first) == 0:
+        return first, end
+    breaks = np.flatnonzero(first[1:] > end[:-1] + np.uint64(gap)) + 1
+    starts = first[np.concatenate(([0], breaks))]
+    ends = end[np.concatenate((breaks - 1, [len(end) - 1]))]
+    return starts, ends
+
+
+def intersect_ranges(a_first: Ints, a_end: Ints, b_first: Ints, b_end: Ints) -> tuple[Ints, Ints]:
+    """The non-empty intersections of two lists of sorted, disjoint `[first, end)` ranges, in order."""
+    # The ranges of `a` overlapping range j of `b` are a[lo[j]:hi[j]].
+    lo = np.searchsorted(a_end, b_first, side="right").astype(np.int64)
+    hi = np.searchsorted(a_first, b_end, side="left").astype(np.int64)
+    count = np.maximum(hi - lo, 0)
+    pairs = int(count.sum())
+    if pairs == 0:
+        return a_first[:0], a_end[:0]
+    b_index = np.repeat(np.arange(len(b_first)), count)
+    a_index = np.repeat(lo - exclusive_cumsum(count)[:-1], count) + np.arange(pairs)
+    first = np.maximum(a_first[a_index], b_first[b_index])
+    end = np.minimum(a_end[a_index], b_end[b_index])
+    return first, end
+
+
+def windows(first: U64, end: U64, gap: int, limit: int) -> tuple[U64, U64]:
+    """At most `limit` windows covering sorted ranges: ranges within `gap` of each other joined, and then, if
+    there are still too many, all but the `limit - 1` widest gaps between them bridged."""
+    first, end = coalesce(first, end, gap)
+    if len(first) > limit:
+        widest = np.sort(np.argpartition(first[1:] - end[:-1], len(first) - limit)[len(first) - limit :])
+        first = first[np.concatenate(([0], widest + 1))]
+        end = end[np.concatenate((widest, [len(end) - 1]))]
+    return first, end
+
+
+# --- virtual pages as runs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PageRuns:
+    """Ascending virtual page numbers kept as maximal runs of consecutive pages: 16 bytes a run, not 8 a page.
+
+    Run `r` holds the pages at indexes `start[r]` to `start[r + 1] - 1`, numbered `first[r]`, `first[r] + 1`,
+    and so on; `start` has one element more than `first`, the page count. Runs never touch: a block of
+    consecutive pages is always inside one run.
+    """
+
+    first: U64
+    start: I64
+
+    @staticmethod
+    def from_ranges(first: U64, end: U64) -> PageRuns:
+        """The pages of sorted, disjoint, non-empty `[first, end)` ranges."""
+        first, end = coalesce(first, end)
+        return PageRuns(first, exclusive_cumsum((end - first).astype(np.int64)))
+
+    @staticmethod
+    def from_pages(vpn: U64) -> PageRuns:
+        """The runs of an ascending array of page numbers."""
+        if not len(vpn):
+            return PageRuns(np.empty(0, dtype=np.uint64), np.zeros(1, dtype=np.int64))
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(vpn) != np.uint64(1)) + 1))
+        return PageRuns(vpn[starts], np.append(starts, len(vpn)).astype(np.int64))
 
     def __len__(self) -> int:
-        return len(self.vpn)
+        return int(self.start[-1])
+
+    @property
+    def lengths(self) -> U64:
+        return np.diff(self.start).astype(np.uint64)
+
+    def to_array(self) -> U64:
+        """Every page number, in order: 8 bytes a page."""
+        return concatenated_ranges(self.first.view(np.int64), np.diff(self.start), np.int64).view(np.uint64)
+
+    def at(self, index: I64) -> U64:
+        """The page numbers at the given indexes."""
+        run = np.searchsorted(self.start, index, side="right") - 1
+        return self.first[run] + (index - self.start[run]).astype(np.uint64)
+
+    def index_of(self, vpn: U64) -> I64:
+        """How many pages lie below each of the given page numbers (`searchsorted(to_array(), vpn)`)."""
+        if not len(self.first):
+            return np.zeros(len(vpn), dtype=np.int64)
+        run = np.searchsorted(self.first, vpn, side="right") - 1
+        below = run < 0  # before the first run
+        run[below] = 0
+        inside = np.minimum(vpn - self.first[run], self.lengths[run])  # a page past its run's end counts it all
+        index: I64 = self.start[run] + inside.astype(np.int64)
+        index[below] = 0
+        return index
+
+    def aligned_blocks(self, span: int) -> I64:
+        """Indexes of the pages numbered a multiple of `span` whose whole block of `span` pages is here."""
+        step = np.uint64(span)
+        end = self.first + self.lengths
+        head = (self.first + (step - np.uint64(1))) // step * step
+        count = np.where(end >= head + step, (end - head) // step, np.uint64(0)).astype(np.int64)
+        base = self.start[:-1] + (head - self.first).astype(np.int64)  # index of each run's first head
+        block = concatenated_ranges(np.zeros(len(count), dtype=np.int64), count, np.int64)  # 0, 1, ... within each run
+        return np.repeat(base, count) + block * span
 
 
-class _Growable:
-    """Two parallel uint64 arrays that grow by doubling; sized from statm so a frozen target never grows."""
+@dataclass
+class EntryArrays:
+    """The present and swapped pages of an address space: raw entries and, as runs, their virtual pages."""
 
-    def __init__(self, capacity: int) -> None:
-        self.vpn = np.empty(max(capacity, 1024), dtype=np.uint64)
-        self.entry = np.empty_like(self.vpn)
-        self.size = 0
+    runs: PageRuns
+    entry: U64
+    top: U8  # bits 56-63 of each entry (see `top_bytes`), kept in step with pagesnap's marks
 
-    def reserve(self, extra: int) -> None:
+    @property
+    def vpn(self) -> U64:
+        return self.runs.to_array()
+
+    def __len__(self) -> int:
+        return len(self.entry)
+
+
+def top_byte_view(words: U64) -> U8:
+    """A view of bits 56-63 of each word: writing to it changes `words`."""
+    return words.view(np.uint8)[_TOP_BYTE::8]
+
+
+def top_bytes(entry: U64) -> U8:
+    """Bits 56-63 of each entry (PRESENT, SWAP, FILE, the marks, GUARD, UFFD_WP, EXCLUSIVE), one byte each."""
+    return np.ascontiguousarray(top_byte_view(entry))
+
+
+def mark_index_ranges(
+    arrays: Sequence[npt.NDArray[np.unsignedinteger]], lo: I64, hi: I64, marks: Sequence[int]
+) -> None:
+    """`array[lo[i]:hi[i]] |= mark` for each range and each array with its mark (entries and their top bytes)."""
+    keep = hi > lo
+    lo, hi = lo[keep], hi[keep]
+    if not len(lo):
+        return
+    joined = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # ranges that touch become one slice
+    lo, hi = lo[np.concatenate(([0], joined))], hi[np.append(joined - 1, len(hi) - 1)]
+    if len(lo) <= SLICE_LOOP_MAX:
+        for start, stop in zip(lo.tolist(), hi.tolist(), strict=True):
+            for array, mark in zip(arrays, marks, strict=True):
+                array[start:stop] |= array.dtype.type(mark)
+        return
+    index = concatenated_ranges(lo, hi - lo, np.int64)
+    for array, mark in zip(arrays, marks, strict=True):
+        array[index] |= array.dtype.type(mark)
+
+
+def mark_ranges(vpn: U64, first: U64, end: U64) -> Mask:
+    """A mask over sorted `vpn`: True where the page lies in one of the sorted, disjoint `[first, end)`."""
+    mask = np.zeros(len(vpn), dtype=bool)
+    lo = np.searchsorted(vpn, first, side="left").astype(np.int64)
+    hi = np.searchsorted(vpn, end, side="left").astype(np.int64)
+    keep = hi > lo
+    lo, hi = lo[keep], hi[keep]
+    if len(lo) <= SLICE_LOOP_MAX:
+        for start, stop in zip(lo.tolist(), hi.tolist(), strict=True):
+            mask[start:stop] = True
+    else:
+        mask[concatenated_ranges(lo, hi - lo, np.int64)] = True
+    return mask
+
+
+# --- reading pagemap -------------------------------------------------------------------------------------
+
+
+class _EntryWriter:
+    """Collects the mapped entries of pagemap ranges, and their top bytes, into arrays sized from statm.
+
+    Ranges are read back to back into a batch of up to CHUNK_ENTRIES entries: straight into the arrays'
+    free tail when the batch fits there (a frozen process's present pages always do), else into a scratch
+    buffer. Each batch is then filtered in one pass, so a small mapping costs a pread and no numpy call.
+    """
+
+    def __init__(self, capacity: int, total: int) -> None:
+        self.entry = np.empty(max(capacity, 1024), dtype=np.uint64)
+        self.top = np.empty(len(self.entry), dtype=np.uint8)
+        self.size = 0  # entries kept so far
+        self.unread = total  # entries still to read, so the last batch is no bigger than needed
+        self.scratch: U64 | None = None
+        self.batch: U64 | None = None  # where the batch being filled lands
+        self.in_place = False  # ... which is self.entry[self.size:]
+        self.filled = 0
+        self.piece_page: list[int] = []  # first page of each pread in the batch
+        self.piece_offset: list[int] = []  # and where it landed in the batch
+        self.run_first: list[U64] = []
+        self.run_length: list[I64] = []
+
+    def read(self, fd: int, first: int, end: int) -> None:
+        """Read the entries of pages `[first, end)`."""
+        # A large range gets batches of its own: mostly dense, they then pass the one-comparison fast path.
+        alone = end - first >= BATCH_RANGE_MAX
+        if alone and self.filled:
+            self._close_batch()
+        position = first
+        while position < end:
+            batch = self.batch if self.batch is not None else self._open_batch(end - position if alone else self.unread)
+            count = min(len(batch) - self.filled, end - position)
+            landing = batch[self.filled : self.filled + count]
+            got = os.preadv(fd, [memoryview(landing).cast("B")], position * 8) // 8  # type: ignore[arg-type]
+            if got == 0:
+                raise ProcessExited(position)
+            self.piece_page.append(position)
+            self.piece_offset.append(self.filled)
+            self.filled += got
+            self.unread -= got
+            position += got
+            if alone or self.filled == len(batch):
+                self._close_batch()
+
+    def _open_batch(self, wanted: int) -> U64:
+        size = min(CHUNK_ENTRIES, max(wanted, 1))
+        self.in_place = self.size + size <= len(self.entry)
+        if self.in_place:
+            self.batch = self.entry[self.size : self.size + size]
+        else:
+            if self.scratch is None or len(self.scratch) < size:
+                self.scratch = np.empty(size, dtype=np.uint64)
+            self.batch = self.scratch[:size]
+        return self.batch
+
+    def _close_batch(self) -> None:
+        assert self.batch is not None
+        chunk = self.batch[: self.filled]
+        page = np.array(self.piece_page, dtype=np.uint64)
+        offset = np.array([*self.piece_offset, self.filled], dtype=np.int64)
+        # The top bytes are kept anyway; they also tell mapped entries (PRESENT or SWAP: >= 0x40) apart.
+        if self.in_place:
+            top = self.top[self.size : self.size + self.filled]
+            top[:] = top_byte_view(chunk)
+        else:
+            top = np.ascontiguousarray(top_byte_view(chunk))
+        if top.min() >= _MAPPED_TOP:
+            self._keep(chunk, top, self.in_place)
+            self._add_runs(page, np.diff(offset))
+        else:
+            index = np.flatnonzero(top >= _MAPPED_TOP)
+            if len(index):
+                self._keep(chunk[index], top[index], False)
+                piece = np.searchsorted(offset, index, side="right") - 1
+                runs = PageRuns.from_pages(page[piece] + (index - offset[piece]).astype(np.uint64))
+                self._add_runs(runs.first, np.diff(runs.start))
+        self.batch = None
+        self.filled = 0
+        self.piece_page.clear()
+        self.piece_offset.clear()
+
+    def _keep(self, entries: U64, top: U8, in_place: bool) -> None:
+        count = len(entries)
+        if not in_place:
+            self._reserve(count)
+            self.entry[self.size : self.size + count] = entries
+            self.top[self.size : self.size + count] = top
+        self.size += count
+
+    def _reserve(self, extra: int) -> None:
         need = self.size + extra
-        if need > len(self.vpn):
-            capacity = max(need, 2 * len(self.vpn))
-            self.vpn = np.resize(self.vpn, capacity)
-            self.entry = np.resize(self.entry, capacity)
+        if need > len(self.entry):
+            capacity = max(need, 2 * len(self.entry))
+            for name in ("entry", "top"):
+                old = getattr(self, name)
+                grown = np.empty(capacity, dtype=old.dtype)
+                grown[: self.size] = old[: self.size]
+                setattr(self, name, grown)
+
+    def _add_runs(self, first: U64, length: I64) -> None:
+        self.run_first.append(first)
+        self.run_length.append(length)
 
     def finish(self) -> EntryArrays:
+        if self.filled:
+            self._close_batch()
+        if self.run_first:
+            first = np.concatenate(self.run_first)
+            runs = PageRuns.from_ranges(first, first + np.concatenate(self.run_length).astype(np.uint64))
+        else:
+            runs = PageRuns.from_pages(np.empty(0, dtype=np.uint64))
+        entry, top = self.entry[: self.size], self.top[: self.size]
         # Copy down only when much is unused, so the common frozen case keeps its single allocation.
-        if self.size < len(self.vpn) * 3 // 4:
-            return EntryArrays(self.vpn[: self.size].copy(), self.entry[: self.size].copy())
-        return EntryArrays(self.vpn[: self.size], self.entry[: self.size])
+        if self.size < len(self.entry) * 3 // 4:
+            entry, top = entry.copy(), top.copy()
+        return EntryArrays(runs, entry, top)
 
 
 def read_entries(fd: int, page_ranges: Sequence[tuple[int, int]], capacity: int) -> EntryArrays:
@@ -71,32 +377,45 @@ def read_entries(fd: int, page_ranges: Sequence[tuple[int, int]], capacity: int)
 
     Raises `ProcessExited` when the kernel answers end-of-file (the target released its address space).
     """
-    buf = np.empty(CHUNK_ENTRIES, dtype=np.uint64)
-    view = memoryview(buf).cast("B")  # type: ignore[arg-type]
-    out = _Growable(capacity)
-    for first, end in page_ranges:
-        position = first
-        while position < end:
-            count = min(CHUNK_ENTRIES, end - position)
-            got = os.preadv(fd, [view[: count * 8]], position * 8) // 8
-            if got == 0:
-                raise ProcessExited(position)
-            chunk = buf[:got]
-            out.reserve(got)
-            start = out.size
-            if chunk[0] >= _MAPPED and chunk[-1] >= _MAPPED and bool(chunk.min() >= _MAPPED):
-                out.vpn[start : start + got] = np.arange(position, position + got, dtype=np.uint64)
-                out.entry[start : start + got] = chunk
-                out.size += got
-            else:
-                index = np.flatnonzero(chunk >= _MAPPED)
-                found = len(index)
-                if found:
-                    np.add(index, position, out=out.vpn[start : start + found], casting="unsafe")
-                    np.take(chunk, index, out=out.entry[start : start + found])
-                    out.size += found
-            position += got
+    joined = _join_nearby(page_ranges, RANGE_GAP)
+    out = _EntryWriter(capacity, sum(end - first for first, end in joined))
+    for first, end in joined:
+        out.read(fd, first, end)
     return out.finish()
+
+
+def _join_nearby(page_ranges: Sequence[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
+    """Sorted ranges with those at most `gap` pages apart joined: neighbouring mappings (a library's segments)
+    then cost one pread, and the entries between them read as unmapped, which the reader drops anyway."""
+    joined: list[tuple[int, int]] = []
+    for first, end in page_ranges:
+        if joined and first - joined[-1][1] <= gap:
+            joined[-1] = (joined[-1][0], max(end, joined[-1][1]))
+        else:
+            joined.append((first, end))
+    return joined
+
+
+def read_scanned(fd: int, first: U64, end: U64) -> EntryArrays:
+    """Read the entries of the sorted, disjoint page ranges `[first, end)` that PAGEMAP_SCAN found mapped.
+
+    Each range is read straight into place. A page that stopped being mapped since the scan (page cache
+    reclaimed meanwhile) is dropped, as a read of the whole mapping would.
+    """
+    runs = PageRuns.from_ranges(first, end)
+    entry = np.empty(len(runs), dtype=np.uint64)
+    view = memoryview(entry).cast("B")  # type: ignore[arg-type]
+    for page, begin, stop in zip(runs.first.tolist(), runs.start[:-1].tolist(), runs.start[1:].tolist(), strict=True):
+        done = begin
+        while done < stop:
+            got = os.preadv(fd, [view[done * 8 : stop * 8]], (page + done - begin) * 8) // 8
+            if got == 0:
+                raise ProcessExited(page + done - begin)
+            done += got
+    if len(entry) and bool(entry.min() < _MAPPED):
+        keep = entry >= _MAPPED
+        runs, entry = PageRuns.from_pages(runs.to_array()[keep]), entry[keep]
+    return EntryArrays(runs, entry, top_bytes(entry))
 
 
 def scan_mapped_ranges(fd: int, start: int, end: int, page_size: int) -> U64:
@@ -117,78 +436,99 @@ def scan_mapped_ranges(fd: int, start: int, end: int, page_size: int) -> U64:
     return rows
 
 
-def coalesce(first: U64, end: U64, gap: int = 0) -> tuple[U64, U64]:
-    """Merge sorted `[first, end)` ranges that touch or lie within `gap` of each other."""
-    if len(first) == 0:
-        return first, end
-    breaks = np.flatnonzero(first[1:] > end[:-1] + np.uint64(gap)) + 1
-    starts = first[np.concatenate(([0], breaks))]
-    ends = end[np.concatenate((breaks - 1, [len(end) - 1]))]
-    return starts, ends
+# --- PFN look-ups ----------------------------------------------------------------------------------------
 
 
-def mark_ranges(vpn: U64, first: U64, end: U64) -> npt.NDArray[np.bool_]:
-    """A mask over sorted `vpn`: True where the page lies in one of the sorted, disjoint `[first, end)`."""
-    lo = np.searchsorted(vpn, first, side="left")
-    hi = np.searchsorted(vpn, end, side="left")
-    size = len(vpn) + 1
-    edges = np.bincount(lo, minlength=size) - np.bincount(hi, minlength=size)
-    return np.cumsum(edges[:-1]) > 0
+@dataclass(frozen=True)
+class _ReadPlan:
+    """Where to read PFN-indexed files, and where each looked-up PFN lands in the buffer read."""
+
+    run_first: list[int]  # first PFN of each read
+    run_length: list[int]  # PFNs per read
+    run_offset: I64  # buffer position of each read, then the buffer size
+    position: npt.NDArray[np.int32] | I64  # buffer position of each PFN asked for, in the order asked
 
 
-def lookup_pfns(paths: Sequence[str], pfns: U64, *, gap: int = PFN_GAP, threads: int = 2) -> list[U64]:
-    """Look up each PFN in each of the PFN-indexed files `paths` (kpageflags, kpagecount, kpagecgroup).
+def _plan_reads(pfns: U64, gap: int) -> _ReadPlan:
+    """Cut the PFNs into pieces ascending by one (most memory is handed out in such runs), sort the pieces
+    by frame, and join pieces whose frames overlap or lie at most `gap` missing frames apart into reads."""
+    signed = pfns.view(np.int64)
+    piece_start = np.concatenate(([0], np.flatnonzero(np.diff(signed) != 1) + 1))
+    piece_length = np.diff(np.append(piece_start, len(pfns)))
+    piece_low = signed[piece_start]
+    order = np.argsort(piece_low)
+    low = piece_low[order]
+    reach = np.maximum.accumulate(low + piece_length[order])  # end (exclusive) of the frames so far
+    breaks = np.flatnonzero(low[1:] > reach[:-1] + gap) + 1
+    run_first = low[np.concatenate(([0], breaks))]
+    run_end = reach[np.append(breaks - 1, len(low) - 1)]
+    run_offset = exclusive_cumsum(run_end - run_first)
+    run_of_piece = np.zeros(len(low), dtype=np.int64)
+    run_of_piece[breaks] = 1
+    np.cumsum(run_of_piece, out=run_of_piece)
+    piece_position = np.empty(len(low), dtype=np.int64)
+    piece_position[order] = run_offset[run_of_piece] + (low - run_first[run_of_piece])
+    # int32 positions when the buffer allows: half the memory, and np.take gathers with them fastest.
+    small = run_offset[-1] < np.iinfo(np.int32).max
+    position = concatenated_ranges(piece_position, piece_length, np.int32 if small else np.int64)
+    return _ReadPlan(run_first.tolist(), (run_end - run_first).tolist(), run_offset, position)
 
-    Returns one array per path, aligned with `pfns`. PFNs are sorted and coalesced into runs that read
-    across gaps of up to `gap` entries; the runs are split over `threads` threads.
-    """
-    if len(pfns) == 0:
-        return [np.empty(0, dtype=np.uint64) for _ in paths]
-    ordered = np.sort(pfns)
-    breaks = np.flatnonzero(np.diff(ordered) > np.uint64(gap)) + 1
-    run_first = ordered[np.concatenate(([0], breaks))]
-    run_last = ordered[np.concatenate((breaks - 1, [len(ordered) - 1]))]
-    run_length = (run_last - run_first + np.uint64(1)).astype(np.int64)
-    run_offset = np.concatenate(([0], np.cumsum(run_length)[:-1]))
-    total = int(run_offset[-1] + run_length[-1])
 
-    buffers = [np.zeros(total, dtype=np.uint64) for _ in paths]
+def _read_runs(paths: Sequence[str], plan: _ReadPlan, threads: int) -> list[U64]:
+    """Each PFN-indexed file's entries for every read of the plan, the reads split over `threads` threads."""
+    total = int(plan.run_offset[-1])
+    buffers = [np.empty(total, dtype=np.uint64) for _ in paths]
     fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in paths]
     try:
-        firsts = run_first.tolist()
-        lengths = run_length.tolist()
-        offsets = run_offset.tolist()
-        workers = threads if threads > 1 and total >= THREAD_MIN_ENTRIES and len(firsts) > 1 else 1
-        # Split the runs so each worker reads about the same number of entries.
-        cuts = np.searchsorted(run_offset, [total * k // workers for k in range(1, workers)]).tolist()
-        bounds = list(zip([0, *cuts], [*cuts, len(firsts)], strict=True))
+        offsets = plan.run_offset.tolist()
+        reads = len(plan.run_first)
+        workers = threads if _threads_pay(total, reads) else 1
+        # Split the reads so each worker reads about the same number of entries.
+        cuts = np.searchsorted(plan.run_offset[:-1], [total * k // workers for k in range(1, workers)]).tolist()
+        bounds = list(zip([0, *cuts], [*cuts, reads], strict=True))
         errors: list[BaseException] = []
 
         def work(lo: int, hi: int) -> None:
             try:
                 views = [memoryview(buffer).cast("B") for buffer in buffers]  # type: ignore[arg-type]
                 for run in range(lo, hi):
-                    first, length, offset = firsts[run], lengths[run], offsets[run]
+                    first, length, offset = plan.run_first[run], plan.run_length[run], offsets[run]
                     for fd, view in zip(fds, views, strict=True):
                         os.preadv(fd, [view[offset * 8 : (offset + length) * 8]], first * 8)
             except BaseException as exc:  # re-raised in the calling thread
                 errors.append(exc)
 
-        if workers == 1:
-            work(0, len(firsts))
-        else:
-            pool = [threading.Thread(target=work, args=bound, daemon=True) for bound in bounds[1:]]
-            for thread in pool:
-                thread.start()
-            work(*bounds[0])
-            for thread in pool:
-                thread.join()
+        pool = [threading.Thread(target=work, args=bound, daemon=True) for bound in bounds[1:]]
+        for thread in pool:
+            thread.start()
+        work(*bounds[0])
+        for thread in pool:
+            thread.join()
         if errors:
             raise errors[0]
     finally:
         for fd in fds:
             os.close(fd)
+    return buffers
 
-    run_index = np.searchsorted(run_first, pfns, side="right") - 1
-    position = run_offset[run_index] + (pfns - run_first[run_index]).astype(np.int64)
-    return [buffer[position] for buffer in buffers]
+
+def _threads_pay(entries: int, reads: int) -> bool:
+    """Whether splitting the reads over threads can pay: enough work, and reads long enough that handing the
+    GIL over between them (at every read) costs little next to the kernel's work."""
+    return entries >= THREAD_MIN_ENTRIES and reads >= 2 and entries >= reads * THREAD_MIN_READ
+
+
+def lookup_pfns(paths: Sequence[str], pfns: U64, *, gap: int = PFN_GAP, threads: int = 2) -> list[U64]:
+    """Look up each PFN in each of the PFN-indexed files `paths` (kpageflags, kpagecount, kpagecgroup).
+
+    Returns one array per path, aligned with `pfns`. The PFNs are coalesced into runs that read across
+    holes of up to `gap` missing PFNs (`gap=0`: only consecutive PFNs share a read); the runs are split
+    over `threads` threads.
+    """
+    if len(pfns) == 0:
+        return [np.empty(0, dtype=np.uint64) for _ in paths]
+    plan = _plan_reads(pfns, gap)
+    buffers = _read_runs(paths, plan, threads)
+    if len(buffers[0]) == len(pfns) and len(plan.run_first) == 1 and bool(np.all(np.diff(plan.position) == 1)):
+        return buffers  # the PFNs were consecutive and in order: the buffers are the answer
+    return [np.take(buffer, plan.position) for buffer in buffers]

@@ -86,9 +86,12 @@ def pagemap_scan(
             raise OSError(err, os.strerror(err))
         if count:
             batches.append(vec[:count].copy())
-        if arg.walk_end >= arg.end or arg.walk_end == 0:
+        # The walk is over unless the vector filled up. Linux (seen on 6.18) leaves walk_end where an internal
+        # 512-range batch stopped once more than 512 ranges are found, though the walk went on to the end:
+        # resuming there would return those ranges twice.
+        if count < _VEC_SLOTS or arg.walk_end >= arg.end or arg.walk_end == 0:
             break
-        arg.start = arg.walk_end
+        arg.start = max(arg.walk_end, int(vec[count - 1, 1]))
     if not batches:
         return np.empty((0, 3), dtype=np.uint64)
     rows = batches[0] if len(batches) == 1 else np.concatenate(batches)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ __all__ = ["Region", "Snapshot", "Totals", "snapshot"]
 
 Method = Literal["auto", "read", "scan"]
 U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+_Word = TypeVar("_Word", np.uint64, np.uint32)
 
 # Per-page classes come from the top byte of an entry (bits 56-63 of pagemap, with pagesnap's marks in 59-60).
 _CODE = np.arange(256, dtype=np.int64)
@@ -52,7 +55,7 @@ _CLASS_MATRIX = np.stack(
         _GUARD,
     ],
     axis=1,
-).astype(np.int64)
+).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -122,6 +125,7 @@ class Snapshot(Totals):
     numbers of every present or swapped page in ascending order, `entries` their pagemap entries (with
     pagesnap's zero-page and PMD marks in bits 59-60), `page_flags` their KPF flags plus synthetic FILE,
     SWAPPED and MMAP_EXCLUSIVE bits (with `flags=True`), and `mapcounts` their kpagecount (with `counts=True`).
+    `vpn` is built on each access from `vpn_runs`, the same pages kept as runs of consecutive pages.
     """
 
     pid: int
@@ -133,7 +137,7 @@ class Snapshot(Totals):
     pfn_visible: bool
     regions: tuple[Region, ...]
     flag_counts: Mapping[str, int] | None  # pages per flag name, with flags=True
-    vpn: U64 = field(repr=False, compare=False)
+    vpn_runs: reader.PageRuns = field(repr=False, compare=False)
     entries: U64 = field(repr=False, compare=False)
     page_flags: U64 | None = field(repr=False, compare=False)
     mapcounts: npt.NDArray[np.uint32] | None = field(repr=False, compare=False)
@@ -146,6 +150,13 @@ class Snapshot(Totals):
         from .delta import diff
 
         return diff(before, self)
+
+    @property
+    def vpn(self) -> U64:
+        """The virtual page number of each of `entries`, ascending (a new read-only array, 8 bytes a page)."""
+        vpn = self.vpn_runs.to_array()
+        vpn.flags.writeable = False
+        return vpn
 
     @property
     def present_pages(self) -> int:
@@ -197,13 +208,36 @@ def sum_totals(items: list[Region] | tuple[Region, ...]) -> Totals:
 
 # --- taking a snapshot ----------------------------------------------------------------------------------
 
+_ANON_KINDS = frozenset({"anon", "heap", "stack"})
+_TOP_PRESENT = 0x80  # bits 56-63 of an entry as one byte: PRESENT is its top bit
+# Top bytes that may be a zero page: present, not FILE, not exclusive (the zero page); in anonymous regions
+# also present and FILE (the huge zero page is not an anonymous folio, so it reads as FILE).
+_ZERO_SMALL = (_CODE & 0xA1) == 0x80
+_ZERO_IN_ANON = _ZERO_SMALL | ((_CODE & 0xA0) == 0xA0)
+_SCAN_GAP = 512  # candidates this many pages apart share a PAGEMAP_SCAN window...
+_SCAN_WINDOWS = 64  # ...and at most this many windows are scanned, the widest gaps between them skipped
+
+
+@dataclass(frozen=True)
+class _CodeRuns:
+    """Runs of pages with equal top bytes, none crossing a region boundary, in page order."""
+
+    first: I64  # index of each run's first page
+    length: I64
+    code: npt.NDArray[np.intp]  # the top byte
+    region: npt.NDArray[np.intp]
+
 
 @dataclass
 class _PageData:
     arrays: reader.EntryArrays
+    bounds: I64  # index of each region's first page, then the page count
     method: str
-    zero_known: bool
-    pmd_known: bool
+    code_runs: _CodeRuns  # of the top bytes as read, before any mark
+    histogram: npt.NDArray[np.float64]  # pages per region and top byte, kept in step with the marks
+    stale: set[int] = field(default_factory=set)  # regions marked since `histogram` counted them
+    zero_known: bool = True
+    pmd_known: bool = True
     page_flags: U64 | None = None
     mapcounts: npt.NDArray[np.uint32] | None = None
     written: npt.NDArray[np.bool_] | None = None
@@ -267,9 +301,7 @@ def snapshot(
         with freezer as was_frozen:
             taken_at = time.time()
             maps = procfs.read_maps(pid)
-            shmem_devs = set(caps.shmem_devices) | procfs.mount_devices(pid, frozenset({"tmpfs"}))
-            huge_devs = set(caps.hugetlb_devices) | procfs.mount_devices(pid, frozenset({"hugetlbfs"}))
-            kinds = [classify(entry, shmem_devs, huge_devs) for entry in maps]
+            kinds = _classify(pid, maps, caps)
             data = _read_pages(pid, fd, maps, kinds, caps, method)
             if flags or counts or cgroups:
                 _read_pfn_files(data, flags=flags, counts=counts, cgroups=cgroups)
@@ -303,13 +335,22 @@ def _command(pid: int) -> str:
     return ""
 
 
+def _classify(pid: int, maps: list[procfs.MapsEntry], caps: Capabilities) -> list[str]:
+    # Internal shmem and hugetlb files have a device of their own (caps), so only real files are looked up.
+    internal = {*caps.shmem_devices, *caps.hugetlb_devices}
+    seen = {entry.dev for entry in maps if entry.path.startswith("/") and entry.dev not in internal}
+    mounts = procfs.mount_devices_by_type(pid, ("tmpfs", "hugetlbfs"), seen)
+    shmem_devs = set(caps.shmem_devices) | mounts["tmpfs"]
+    huge_devs = set(caps.hugetlb_devices) | mounts["hugetlbfs"]
+    return [classify(entry, shmem_devs, huge_devs) for entry in maps]
+
+
 def _user_ranges(maps: list[procfs.MapsEntry], page_size: int) -> list[tuple[int, int]]:
     # [vsyscall] lies above the task size, where pagemap reads return end-of-file.
     return [(m.start // page_size, m.end // page_size) for m in maps if m.path != "[vsyscall]"]
 
 
-def _capacity(pid: int) -> int:
-    _, resident = procfs.read_statm(pid)
+def _capacity(pid: int, resident: int) -> int:
     swap_kb = 0
     for line in procfs.read_proc_text(pid, "status").splitlines():
         if line.startswith("VmSwap:"):
@@ -317,12 +358,11 @@ def _capacity(pid: int) -> int:
     return resident + swap_kb * 1024 // os.sysconf("SC_PAGE_SIZE") + 1024
 
 
-def _choose_method(pid: int, caps: Capabilities, method: Method) -> str:
+def _choose_method(size: int, resident: int, caps: Capabilities, method: Method) -> str:
     if method != "auto":
         return method
     if not caps.pagemap_scan:
         return "read"
-    size, resident = procfs.read_statm(pid)
     # Dense address spaces read fastest mapping by mapping; sparse ones (big reservations) by scanning.
     return "read" if resident * 4 >= size else "scan"
 
@@ -337,86 +377,114 @@ def _read_pages(
 ) -> _PageData:
     page = caps.page_size
     ranges = _user_ranges(maps, page)
-    chosen = _choose_method(pid, caps, method)
-    if chosen == "scan" and ranges:
+    size, resident = procfs.read_statm(pid)
+    if _choose_method(size, resident, caps, method) == "scan" and ranges:
         rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
-        first, end = reader.coalesce(rows[:, 0].copy(), rows[:, 1].copy())
-        wanted = list(zip(first.tolist(), end.tolist(), strict=True))
-        arrays = reader.read_entries(fd, wanted, int((rows[:, 1] - rows[:, 0]).sum()) + 1)
-        zero_rows = rows[(rows[:, 2] & np.uint64(bits.PAGE_IS_PFNZERO)) != 0]
-        huge_rows = rows[(rows[:, 2] & np.uint64(bits.PAGE_IS_HUGE)) != 0]
-        _apply_marks(arrays, zero_rows, bits.MARK_ZERO)
-        _apply_marks(arrays, huge_rows, bits.MARK_PMD)
-        return _PageData(arrays, "scan", zero_known=True, pmd_known=True)
-    arrays = reader.read_entries(fd, ranges, _capacity(pid))
-    data = _PageData(arrays, "read", zero_known=True, pmd_known=True)
-    _resolve_zero_pages(fd, data, maps, kinds, caps)
-    _resolve_pmd_pages(fd, data, maps, kinds, caps)
+        data = _page_data(reader.read_scanned(fd, rows[:, 0], rows[:, 1]), maps, page, "scan")
+        _mark_rows(data, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
+        _mark_rows(data, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
+        return data
+    data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident)), maps, page, "read")
+    _resolve_zero_pages(fd, data, kinds, caps)
+    _resolve_pmd_pages(fd, data, kinds, caps)
     return data
 
 
-def _apply_marks(arrays: reader.EntryArrays, rows: U64, mark: int) -> None:
-    if len(rows) and len(arrays):
-        inside = reader.mark_ranges(arrays.vpn, rows[:, 0], rows[:, 1])
-        arrays.entry[inside] |= np.uint64(mark)
-
-
-def _region_index(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: int) -> npt.NDArray[np.intp]:
+def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: int, method: str) -> _PageData:
     starts = np.array([m.start // page for m in maps], dtype=np.uint64)
-    return np.searchsorted(arrays.vpn, starts, side="left")
+    bounds = np.append(arrays.runs.index_of(starts), len(arrays))
+    runs = _code_runs(arrays.top, bounds)
+    return _PageData(arrays, bounds, method, runs, _histogram(runs, len(maps)))
 
 
-def _kind_mask(
-    arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], kinds: list[str], page: int, wanted: set[str]
-) -> npt.NDArray[np.bool_]:
-    """True for pages inside regions of the wanted kinds."""
-    bounds = np.append(_region_index(arrays, maps, page), len(arrays))
-    per_region = np.array([kind in wanted for kind in kinds], dtype=bool)
-    return np.repeat(per_region, np.diff(bounds))
+def _mark(data: _PageData, lo: I64, hi: I64, mark: int) -> None:
+    """Set `mark` on the pages at indexes `[lo, hi)`, in the entries and their top bytes alike."""
+    reader.mark_index_ranges((data.arrays.entry, data.arrays.top), lo, hi, (mark, mark >> 56))
+    keep = hi > lo
+    _touch_regions(data, lo[keep], hi[keep] - 1)
 
 
-def _scan_marks(
-    fd: int, arrays: reader.EntryArrays, candidates: npt.NDArray[np.bool_], category: int, page: int, mark: int
-) -> None:
-    """Ask PAGEMAP_SCAN which candidate pages have `category` and mark them."""
-    vpn = arrays.vpn[candidates]
-    first, end = reader.coalesce(vpn, vpn + np.uint64(1), gap=512)
-    if len(first) > 64:  # one wide ioctl beats many small ones
-        first, end = first[:1], end[-1:]
-    for lo, hi in zip(first.tolist(), end.tolist(), strict=True):
-        rows = pagemap_scan(fd, lo * page, hi * page, category_mask=category, return_mask=category)
-        shift = np.uint64(page.bit_length() - 1)
-        hits = reader.mark_ranges(arrays.vpn, rows[:, 0] >> shift, rows[:, 1] >> shift)
-        arrays.entry[hits & candidates] |= np.uint64(mark)
+def _mark_pages(data: _PageData, index: I64, mark: int) -> None:
+    data.arrays.entry[index] |= np.uint64(mark)
+    data.arrays.top[index] |= np.uint8(mark >> 56)
+    _touch_regions(data, index, index)
 
 
-def _resolve_zero_pages(
-    fd: int, data: _PageData, maps: list[procfs.MapsEntry], kinds: list[str], caps: Capabilities
-) -> None:
+def _touch_regions(data: _PageData, first: I64, last: I64) -> None:
+    """Note the regions holding pages `first[i]` to `last[i]` as changed since their histogram was counted."""
+    if len(first):
+        lo = np.searchsorted(data.bounds, first, side="right") - 1
+        hi = np.searchsorted(data.bounds, last, side="right") - 1
+        for low, high in set(zip(lo.tolist(), hi.tolist(), strict=True)):
+            data.stale.update(range(low, high + 1))
+
+
+def _mark_rows(data: _PageData, rows: U64, category: int, mark: int) -> None:
+    """Mark the pages of the PAGEMAP_SCAN rows (in pages) that have `category`."""
+    chosen = rows[(rows[:, 2] & np.uint64(category)) != 0]
+    if len(chosen):
+        runs = data.arrays.runs
+        _mark(data, runs.index_of(chosen[:, 0]), runs.index_of(chosen[:, 1]), mark)
+
+
+def _scan_marks(fd: int, data: _PageData, first: U64, end: U64, category: int, mark: int, page: int) -> None:
+    """Mark the pages of the candidate ranges `[first, end)` (every page of them read) that PAGEMAP_SCAN puts
+    in `category`. Nearby candidates share one ioctl; only the answer inside the candidates counts, so a
+    window may be wider than they are."""
+    shift = np.uint64(page.bit_length() - 1)
+    window_first, window_end = reader.windows(first, end, _SCAN_GAP, _SCAN_WINDOWS)
+    found = [
+        pagemap_scan(fd, lo * page, hi * page, category_mask=category, return_mask=category)
+        for lo, hi in zip(window_first.tolist(), window_end.tolist(), strict=True)
+    ]
+    rows = np.concatenate(found) if found else np.empty((0, 3), dtype=np.uint64)
+    if len(rows):
+        hit_first, hit_end = reader.intersect_ranges(rows[:, 0] >> shift, rows[:, 1] >> shift, first, end)
+        runs = data.arrays.runs
+        _mark(data, runs.index_of(hit_first), runs.index_of(hit_end), mark)
+
+
+def _zero_candidates(data: _PageData, kinds: list[str]) -> tuple[I64, I64]:
+    """Index ranges `[lo, hi)` of the pages that may map a zero page: present, not FILE and not exclusive
+    (the zero page), or present and FILE in an anonymous region (the huge zero page)."""
+    runs = data.code_runs
+    anonymous = np.array([kind in _ANON_KINDS for kind in kinds], dtype=bool)
+    possible = np.where(anonymous[runs.region], _ZERO_IN_ANON[runs.code], _ZERO_SMALL[runs.code])
+    lo = runs.first[possible]
+    return lo, lo + runs.length[possible]
+
+
+def _index_ranges_as_pages(pages: reader.PageRuns, lo: I64, hi: I64) -> tuple[U64, U64]:
+    """The page ranges `[first, end)` of the index ranges `[lo, hi)`, split where the pages stop being consecutive."""
+    lo, hi = reader.intersect_ranges(pages.start[:-1], pages.start[1:], lo, hi)
+    first = pages.at(lo)
+    return first, first + (hi - lo).astype(np.uint64)
+
+
+def _resolve_zero_pages(fd: int, data: _PageData, kinds: list[str], caps: Capabilities) -> None:
     """Mark zero-page entries. Only shared anonymous-looking and FILE pages in anonymous regions can be."""
-    arrays = data.arrays
-    if not len(arrays):
-        return
-    top = arrays.entry >> np.uint64(56)
-    small = (top & np.uint64(0xA1)) == np.uint64(0x80)  # present, not FILE, not exclusive
-    anon_regions = _kind_mask(arrays, maps, kinds, caps.page_size, {"anon", "heap", "stack"})
-    huge = ((top & np.uint64(0xA0)) == np.uint64(0xA0)) & anon_regions  # FILE in anonymous memory
-    candidates = small | huge
-    if not candidates.any():
+    lo, hi = _zero_candidates(data, kinds)
+    if not len(lo):
         return
     if caps.pagemap_scan:
-        _scan_marks(fd, arrays, candidates, bits.PAGE_IS_PFNZERO, caps.page_size, bits.MARK_ZERO)
+        first, end = _index_ranges_as_pages(data.arrays.runs, lo, hi)
+        _scan_marks(fd, data, first, end, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO, caps.page_size)
         return
     if caps.pfn_visible and caps.zero_pfn is not None:
-        pfn = arrays.entry & np.uint64(bits.PM_PFN_MASK)
-        arrays.entry[small & (pfn == np.uint64(caps.zero_pfn))] |= np.uint64(bits.MARK_ZERO)
-        if not huge.any():
+        candidates = reader.concatenated_ranges(lo, hi - lo, np.int64)
+        entry = data.arrays.entry
+        small = (data.arrays.top[candidates] & np.uint8(0xA1)) == np.uint8(0x80)
+        pages = candidates[small]
+        _mark_pages(
+            data, pages[(entry[pages] & np.uint64(bits.PM_PFN_MASK)) == np.uint64(caps.zero_pfn)], bits.MARK_ZERO
+        )
+        huge = candidates[~small]
+        if not len(huge):
             return
         if caps.kpageflags:
-            (flags,) = reader.lookup_pfns(["/proc/kpageflags"], pfn[huge])
+            (flags,) = reader.lookup_pfns(["/proc/kpageflags"], entry[huge] & np.uint64(bits.PM_PFN_MASK))
             is_zero = (flags >> np.uint64(bits.KPF_BITS["ZERO_PAGE"])) & np.uint64(1) != 0
-            index = np.flatnonzero(huge)[is_zero]
-            arrays.entry[index] |= np.uint64(bits.MARK_ZERO)
+            _mark_pages(data, huge[is_zero], bits.MARK_ZERO)
             return
     data.zero_known = False
     data.notes.append(
@@ -425,74 +493,101 @@ def _resolve_zero_pages(
     )
 
 
-def _resolve_pmd_pages(
-    fd: int, data: _PageData, maps: list[procfs.MapsEntry], kinds: list[str], caps: Capabilities
-) -> None:
+def _pmd_candidates(data: _PageData, caps: Capabilities, span: int) -> I64:
+    """First indexes of the aligned blocks of `span` pages that may be PMD-mapped: every page there, the
+    first present and, where PFNs show, the frames aligned and consecutive."""
+    entry = data.arrays.entry
+    heads: I64 = data.arrays.runs.aligned_blocks(span)
+    heads = heads[data.arrays.top[heads] >= np.uint8(_TOP_PRESENT)]
+    if caps.pfn_visible:
+        pfn_head = entry[heads] & np.uint64(bits.PM_PFN_MASK)
+        pfn_tail = entry[heads + span - 1] & np.uint64(bits.PM_PFN_MASK)
+        aligned = (pfn_head & np.uint64(span - 1)) == 0
+        heads = heads[aligned & (pfn_tail == pfn_head + np.uint64(span - 1))]
+    return heads
+
+
+def _resolve_pmd_pages(fd: int, data: _PageData, kinds: list[str], caps: Capabilities) -> None:
     """Mark pages of PMD-mapped huge pages; candidates are fully present, aligned 512-page blocks."""
-    arrays = data.arrays
     span = caps.page_size // 8  # entries per PMD-mapped page: a page table holds page_size / 8 entries
     if caps.thp_mode == "never" and not any(kind == "shmem" for kind in kinds):
         return
-    if len(arrays) < span:
+    if len(data.arrays) < span:
         return
-    heads = np.flatnonzero((arrays.vpn & np.uint64(span - 1)) == 0)
-    heads = heads[heads + span - 1 < len(arrays)]
-    full = arrays.vpn[heads + span - 1] == arrays.vpn[heads] + np.uint64(span - 1)
-    heads = heads[full]
-    present = (arrays.entry[heads] >> np.uint64(63)) != 0
-    heads = heads[present]
-    if caps.pfn_visible:
-        pfn_head = arrays.entry[heads] & np.uint64(bits.PM_PFN_MASK)
-        pfn_tail = arrays.entry[heads + span - 1] & np.uint64(bits.PM_PFN_MASK)
-        aligned = (pfn_head & np.uint64(span - 1)) == 0
-        heads = heads[aligned & (pfn_tail == pfn_head + np.uint64(span - 1))]
+    heads = _pmd_candidates(data, caps, span)
     if not len(heads):
         return
-    candidates = np.zeros(len(arrays), dtype=bool)
-    blocks = (heads[:, None] + np.arange(span)[None, :]).ravel()
-    candidates[blocks] = True
     if caps.pagemap_scan:
-        _scan_marks(fd, arrays, candidates, bits.PAGE_IS_HUGE, caps.page_size, bits.MARK_PMD)
+        first = data.arrays.runs.at(heads)
+        first, end = reader.coalesce(first, first + np.uint64(span))
+        _scan_marks(fd, data, first, end, bits.PAGE_IS_HUGE, bits.MARK_PMD, caps.page_size)
         return
     if caps.pfn_visible and caps.kpageflags:
-        pfn = arrays.entry[heads] & np.uint64(bits.PM_PFN_MASK)
-        (flags,) = reader.lookup_pfns(["/proc/kpageflags"], pfn)
+        (flags,) = reader.lookup_pfns(["/proc/kpageflags"], data.arrays.entry[heads] & np.uint64(bits.PM_PFN_MASK))
         thp_head = (flags >> np.uint64(bits.KPF_BITS["THP"])) & np.uint64(1) != 0
         thp_head &= (flags >> np.uint64(bits.KPF_BITS["COMPOUND_HEAD"])) & np.uint64(1) != 0
-        blocks = (heads[thp_head][:, None] + np.arange(span)[None, :]).ravel()
-        arrays.entry[blocks] |= np.uint64(bits.MARK_PMD)
+        heads = heads[thp_head]
+        _mark(data, heads, heads + span, bits.MARK_PMD)
         return
     data.pmd_known = False
     data.notes.append("huge page mappings cannot be seen here (no PAGEMAP_SCAN and no visible PFNs): thp is unknown")
 
 
 def _read_pfn_files(data: _PageData, *, flags: bool, counts: bool, cgroups: bool) -> None:
-    arrays = data.arrays
-    present = np.flatnonzero(arrays.entry >= np.uint64(bits.PM_PRESENT))
-    pfns = arrays.entry[present] & np.uint64(bits.PM_PFN_MASK)
+    entry = data.arrays.entry
+    present_mask = data.arrays.top >= np.uint8(_TOP_PRESENT)
+    # Usually every page is present: then no index array, and the look-ups are the per-page arrays.
+    present = None if bool(present_mask.all()) else np.flatnonzero(present_mask)
+    pfns = (entry if present is None else entry[present]) & np.uint64(bits.PM_PFN_MASK)
     wanted = {"/proc/kpageflags": flags, "/proc/kpagecount": counts, "/proc/kpagecgroup": cgroups}
     paths = [path for path, asked in wanted.items() if asked]
     results = dict(zip(paths, reader.lookup_pfns(paths, pfns), strict=True))
+    del pfns
     if flags:
-        page_flags = np.zeros(len(arrays), dtype=np.uint64)
-        page_flags[present] = results["/proc/kpageflags"]
-        entry = arrays.entry
-        page_flags |= entry & np.uint64(bits.PM_FILE)
-        not_guard = (entry & np.uint64(bits.PM_GUARD)) == 0
-        page_flags |= (entry & np.uint64(bits.PM_SWAP)) * not_guard.astype(np.uint64)
-        page_flags |= (entry & np.uint64(bits.PM_EXCLUSIVE)) << np.uint64(7)
+        page_flags = _per_page(results["/proc/kpageflags"], present, len(entry), np.uint64)
+        reader.top_byte_view(page_flags)[:] |= _synthetic_flags(data.arrays.top)
         data.page_flags = page_flags
     if counts:
-        mapcounts = np.zeros(len(arrays), dtype=np.uint32)
-        mapcounts[present] = results["/proc/kpagecount"]
-        data.mapcounts = mapcounts
+        data.mapcounts = _per_page(results["/proc/kpagecount"], present, len(entry), np.uint32)
     if cgroups:
         inodes, pages = np.unique(results["/proc/kpagecgroup"], return_counts=True)
         data.cgroup_pages = dict(zip(inodes.tolist(), pages.tolist(), strict=True))
 
 
+def _synthetic_flags(top: U8) -> U8:
+    """Bits 56-63 of each page's flags word from its entry's top byte: FILE (bit 61) as is, SWAPPED (62) from
+    SWAP unless a guard marker (58), MMAP_EXCLUSIVE (63) from EXCLUSIVE (56). No KPF flag lives there."""
+    swapped = top & np.uint8(0x40)
+    swapped &= ~(top << np.uint8(4))  # GUARD (0x04) shifted onto SWAP (0x40) clears it
+    exclusive = top << np.uint8(7)  # EXCLUSIVE (0x01) onto 0x80; the other bits shift out of the byte
+    result: U8 = (top & np.uint8(0x20)) | swapped | exclusive
+    return result
+
+
+def _per_page(values: U64, present: I64 | None, size: int, dtype: type[_Word]) -> npt.NDArray[_Word]:
+    """Values looked up for the present pages, spread over every page (zero where not present)."""
+    if present is None:
+        return values.astype(dtype, copy=False)
+    spread = np.zeros(size, dtype=dtype)
+    spread[present] = values
+    return spread
+
+
+def _value_counts(values: U64) -> tuple[U64, I64]:
+    """The distinct values and how often each occurs. Neighbouring pages mostly share their flags, so runs
+    of equal values are counted first and only the runs' values sorted."""
+    if not len(values):
+        return values, np.zeros(0, dtype=np.int64)
+    starts = np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
+    lengths = np.diff(np.append(starts, len(values)))
+    run_values = values[starts]
+    distinct = np.unique(run_values)  # a sort; finding each run's value in it is cheaper than return_inverse
+    which = np.searchsorted(distinct, run_values)
+    return distinct, np.bincount(which, weights=lengths, minlength=len(distinct)).astype(np.int64)
+
+
 def _flag_counts(page_flags: U64) -> Mapping[str, int]:
-    values, counts = np.unique(page_flags, return_counts=True)
+    values, counts = _value_counts(page_flags)
     names = {**bits.ALL_KPF_BITS, **bits.SYNTHETIC_FLAG_BITS}
     result = dict.fromkeys(names, 0)
     for value, count in zip(values.tolist(), counts.tolist(), strict=True):
@@ -500,6 +595,133 @@ def _flag_counts(page_flags: U64) -> Mapping[str, int]:
             if value >> bit & 1:
                 result[name] += count
     return MappingProxyType(result)
+
+
+def _code_runs(top: U8, bounds: I64) -> _CodeRuns:
+    """The runs of equal top bytes of each region's pages. A region whose bytes are all equal (most memory:
+    a dense mapping) is found by two vectorised reductions and is one run; only the others are compared page
+    by page, gathered into one array."""
+    filled = np.flatnonzero(bounds[1:] > bounds[:-1])
+    if not len(filled):
+        empty = np.zeros(0, dtype=np.intp)
+        return _CodeRuns(empty.astype(np.int64), empty.astype(np.int64), empty, empty)
+    lo, hi = bounds[filled], bounds[filled + 1]
+    low = np.minimum.reduceat(top, lo)  # the regions between filled ones are empty: each slice is one region
+    uniform = low == np.maximum.reduceat(top, lo)
+    first, length, code, region = lo[uniform], (hi - lo)[uniform], low[uniform].astype(np.intp), filled[uniform]
+    mixed = np.flatnonzero(~uniform)
+    if len(mixed):
+        pages = np.concatenate([top[a:b] for a, b in zip(lo[mixed].tolist(), hi[mixed].tolist(), strict=True)])
+        offset = reader.exclusive_cumsum(hi[mixed] - lo[mixed])
+        edge = np.empty(len(pages), dtype=bool)
+        np.not_equal(pages[1:], pages[:-1], out=edge[1:])
+        edge[offset[:-1]] = True
+        starts = np.flatnonzero(edge)
+        which = np.searchsorted(offset, starts, side="right") - 1
+        first = np.concatenate((first, lo[mixed][which] + (starts - offset[which])))
+        length = np.concatenate((length, np.diff(np.append(starts, len(pages)))))
+        code = np.concatenate((code, pages[starts].astype(np.intp)))
+        region = np.concatenate((region, filled[mixed][which]))
+        order = np.argsort(first, kind="stable")
+        first, length, code, region = first[order], length[order], code[order], region[order]
+    return _CodeRuns(first, length, code, region)
+
+
+def _histogram(runs: _CodeRuns, regions: int) -> npt.NDArray[np.float64]:
+    """Pages per region and top byte, shape (regions, 256), as exact float64 counts."""
+    histogram = np.bincount(runs.region * 256 + runs.code, weights=runs.length, minlength=regions * 256)
+    return histogram.reshape(regions, 256).astype(np.float64, copy=False)
+
+
+def _region_histograms(data: _PageData) -> npt.NDArray[np.float64]:
+    """Pages per region and top byte, recounting the regions marked since the histogram was made."""
+    for region in sorted(data.stale):
+        lo, hi = int(data.bounds[region]), int(data.bounds[region + 1])
+        runs = _code_runs(data.arrays.top[lo:hi], np.array([0, hi - lo], dtype=np.int64))
+        data.histogram[region] = _histogram(runs, 1)[0]
+    data.stale.clear()
+    return data.histogram
+
+
+def _sums_by_region(values: I64, bounds: I64) -> I64:
+    """The sum of `values` over each region's slice of pages."""
+    running = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(values, out=running[1:])
+    result: I64 = running[bounds[1:]] - running[bounds[:-1]]
+    return result
+
+
+def _region_metrics(
+    data: _PageData, kinds: list[str], page: int, pss_fixed: I64 | None
+) -> dict[str, list[int] | list[None]]:
+    """Each `Totals` metric of each region in bytes, as smaps accounts it: hugetlb pages count only as
+    hugetlb (and in USS and swap), a shmem region's pages as shmem rather than file."""
+    # Counts are exact in float64 (below 2**53), where numpy multiplies matrices ten times faster than in int64.
+    counts = _region_histograms(data) @ _CLASS_MATRIX
+    pages = counts.astype(np.int64) * page  # (regions, columns)
+    column = dict(zip(_COLUMNS, pages.T, strict=True))
+    hugetlb = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
+    shmem = np.array([kind == "shmem" for kind in kinds], dtype=bool)
+    unknown: list[None] = [None] * len(kinds)
+    pss: list[int] | list[None] = unknown if pss_fixed is None else np.where(hugetlb, 0, pss_fixed >> 12).tolist()
+    return {
+        "rss": np.where(hugetlb, 0, column["present"]).tolist(),
+        "uss": column["uss"].tolist(),
+        "pss": pss,
+        "swap": column["swap"].tolist(),
+        "anon": np.where(hugetlb, 0, column["anon"]).tolist(),
+        "file": np.where(shmem | hugetlb, 0, column["file"]).tolist(),
+        "shmem": np.where(shmem, column["file"], 0).tolist(),
+        "thp": np.where(hugetlb, 0, column["thp"]).tolist() if data.pmd_known else unknown,
+        "zero": column["zero"].tolist() if data.zero_known else unknown,
+        "hugetlb": np.where(hugetlb, column["present"], 0).tolist(),
+    }
+
+
+def _pss_fixed(data: _PageData, page: int) -> I64:
+    """Each region's PSS in bytes << 12. As the kernel: PAGE_SIZE << 12 divided by each page's mapcount, summed."""
+    assert data.mapcounts is not None
+    counted = data.mapcounts.astype(np.int64)
+    share = np.where(counted > 0, (page << 12) // np.maximum(counted, 1), 0)
+    return _sums_by_region(share, data.bounds)
+
+
+def _new_region(values: Iterable[tuple[str, Any]]) -> Region:
+    # Region's generated __init__ only stores its 20 fields, each through object.__setattr__ as the class is
+    # frozen: ten times slower than filling the instance dict directly, for every mapping of every snapshot.
+    region: Region = object.__new__(Region)
+    region.__dict__.update(values)
+    return region
+
+
+assert not hasattr(Region, "__slots__") and not hasattr(Region, "__post_init__")  # what _new_region relies on
+
+
+def _regions(
+    maps: list[procfs.MapsEntry],
+    kinds: list[str],
+    metrics: dict[str, list[int] | list[None]],
+    data: _PageData,
+    page: int,
+) -> tuple[Region, ...]:
+    written: list[int] | list[None] = [None] * len(maps)
+    if data.written is not None:
+        written = (np.diff(np.searchsorted(np.flatnonzero(data.written), data.bounds)) * page).tolist()
+    referenced = data.referenced
+    names = (*metrics, "start", "end", "perms", "offset", "dev", "inode", "name", "kind", "written", "accessed")
+    regions = []
+    for entry, kind, values, written_bytes in zip(
+        maps, kinds, zip(*metrics.values(), strict=True), written, strict=True
+    ):
+        accessed = None if referenced is None else referenced.get(entry.start, 0)
+        static = (entry.start, entry.end, entry.perms, entry.offset, entry.dev, entry.inode, display_name(entry))
+        regions.append(_new_region(zip(names, (*values, *static, kind, written_bytes, accessed), strict=True)))
+    return tuple(regions)
+
+
+def _total(values: list[int] | list[None]) -> int | None:
+    """The sum over the regions, or None when the metric is unknown."""
+    return None if None in values else sum(cast(list[int], values))
 
 
 def _build(
@@ -514,71 +736,20 @@ def _build(
 ) -> Snapshot:
     arrays = data.arrays
     page = caps.page_size
-    bounds = np.append(_region_index(arrays, maps, page), len(arrays))
-    region_of_page = np.repeat(np.arange(len(maps)), np.diff(bounds))
-    top = (arrays.entry >> np.uint64(56)).astype(np.int64)
-    histogram = np.bincount(region_of_page * 256 + top, minlength=len(maps) * 256).reshape(len(maps), 256)
-    pages = histogram @ _CLASS_MATRIX  # (regions, columns)
-    pss_fixed: npt.NDArray[np.int64] | None = None
-    if data.mapcounts is not None:
-        # As the kernel: PAGE_SIZE << 12 divided by the mapcount per page, summed, then shifted back.
-        counted = data.mapcounts.astype(np.int64)
-        share = np.where(counted > 0, (page << 12) // np.maximum(counted, 1), 0)
-        pss_fixed = np.bincount(region_of_page, weights=share, minlength=len(maps)).astype(np.int64)
-    written_pages = None
-    if data.written is not None:
-        written_pages = np.bincount(region_of_page[data.written], minlength=len(maps))
-
-    regions = []
-    column = {name: index for index, name in enumerate(_COLUMNS)}
-    for index, (entry, kind) in enumerate(zip(maps, kinds, strict=True)):
-        row = pages[index]
-        hugetlb = kind == "hugetlb"
-        real = int(row[column["present"]])
-        regions.append(
-            Region(
-                rss=0 if hugetlb else real * page,
-                uss=int(row[column["uss"]]) * page,
-                pss=None if pss_fixed is None else (0 if hugetlb else int(pss_fixed[index]) >> 12),
-                swap=int(row[column["swap"]]) * page,
-                anon=0 if hugetlb else int(row[column["anon"]]) * page,
-                file=int(row[column["file"]]) * page if kind not in ("shmem", "hugetlb") else 0,
-                shmem=int(row[column["file"]]) * page if kind == "shmem" else 0,
-                thp=None if not data.pmd_known else (0 if hugetlb else int(row[column["thp"]]) * page),
-                zero=None if not data.zero_known else int(row[column["zero"]]) * page,
-                hugetlb=real * page if hugetlb else 0,
-                start=entry.start,
-                end=entry.end,
-                perms=entry.perms,
-                offset=entry.offset,
-                dev=entry.dev,
-                inode=entry.inode,
-                name=display_name(entry),
-                kind=kind,
-                written=None if written_pages is None else int(written_pages[index]) * page,
-                accessed=None if data.referenced is None else data.referenced.get(entry.start, 0),
-            )
-        )
-    totals = sum_totals(regions)
-    pss = None
-    if pss_fixed is not None:
+    pss_fixed = None if data.mapcounts is None else _pss_fixed(data, page)
+    metrics = _region_metrics(data, kinds, page, pss_fixed)
+    regions = _regions(maps, kinds, metrics, data, page)
+    totals = {name: _total(values) for name, values in metrics.items()}
+    if pss_fixed is not None:  # the snapshot's PSS is rounded once, not per region
         hugetlb_rows = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
-        pss = int(pss_fixed[~hugetlb_rows].sum()) >> 12
+        totals["pss"] = int(pss_fixed[~hugetlb_rows].sum()) >> 12
     flag_counts = _flag_counts(data.page_flags) if data.page_flags is not None else None
-    for array in (arrays.vpn, arrays.entry, data.page_flags, data.mapcounts):
+    for array in (arrays.runs.first, arrays.runs.start, arrays.entry, data.page_flags, data.mapcounts):
         if array is not None:
             array.flags.writeable = False
+    written = None if data.written is None else sum(region.written or 0 for region in regions)
     return Snapshot(
-        rss=totals.rss,
-        uss=totals.uss,
-        pss=pss,
-        swap=totals.swap,
-        anon=totals.anon,
-        file=totals.file,
-        shmem=totals.shmem,
-        thp=totals.thp,
-        zero=totals.zero,
-        hugetlb=totals.hugetlb,
+        **totals,  # type: ignore[arg-type]
         pid=pid,
         command=command,
         taken_at=taken_at,
@@ -586,13 +757,13 @@ def _build(
         method=data.method,
         page_size=page,
         pfn_visible=caps.pfn_visible,
-        regions=tuple(regions),
+        regions=regions,
         flag_counts=flag_counts,
-        vpn=arrays.vpn,
+        vpn_runs=arrays.runs,
         entries=arrays.entry,
         page_flags=data.page_flags,
         mapcounts=data.mapcounts,
-        written=None if written_pages is None else int(written_pages.sum()) * page,
+        written=written,
         accessed=None if data.referenced is None else sum(r.accessed or 0 for r in regions),
         cgroup_pages=None if data.cgroup_pages is None else MappingProxyType(data.cgroup_pages),
         notes=tuple(data.notes),

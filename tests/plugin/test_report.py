@@ -166,7 +166,8 @@ def test_limits_hook_can_change_the_limits(pytester):
     pytester.makepyfile(LIMITED)
     result = pytester.runpytest("--pagemap")
     result.assert_outcomes(passed=3)
-    result.stdout.fnmatch_lines(["    pass  uss_growth 4.0 MiB <= 8.0 MiB (marker)"])
+    # About 4 MiB: shared-library pages flip between shared and private as other processes come and go.
+    result.stdout.fnmatch_lines(["    pass  uss_growth *iB <= 8.0 MiB (marker)"])
 
 
 def test_hooks_are_declared_with_documentation(pytester):
