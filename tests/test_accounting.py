@@ -454,15 +454,12 @@ def test_thp_shared_after_fork(puppet: Puppet) -> None:
     expect(view, area, rss=PMD_PAGES, uss=1, anon=PMD_PAGES, pss=pss_of((1, 1), (PMD_PAGES - 1, 2)))
 
 
-BUG_THP_EXCLUSIVE = (
-    "pagesnap bug (from a kernel quirk): for a PMD-mapped THP, Linux 6.15+ sets PM_MMAP_EXCLUSIVE on every "
-    "subpage from the head page's map count (pagemap_pmd_range_thp passes `page`, not `page + idx`), while "
-    "smaps decides per subpage; uss trusts PM_MMAP_EXCLUSIVE even where kpagecount would tell"
-)
-
-
 @needs_thp
-@pytest.mark.xfail(strict=True, reason=BUG_THP_EXCLUSIVE)
+@pytest.mark.skipif(
+    not COUNTS,
+    reason="pagemap gives every subpage of a PMD-mapped THP the head page's exclusivity (Linux 6.15+); "
+    "only kpagecount (root) can correct it",
+)
 def test_thp_partly_shared_pmd_mapping(puppet: Puppet) -> None:
     """The child's THP after the parent copied page 0: still PMD-mapped in the child, where page 0 is now
     mapped once (private) and pages 1-511 twice (shared with the parent's PTEs).
@@ -732,13 +729,6 @@ def test_guard_regions(puppet: Puppet) -> None:
             assert view.flag_pages(method, "SWAPPED", area) == 0
 
 
-BUG_UFFD_WP = (
-    "pagesnap bug: uffd-wp PTE markers read PM_SWAP|PM_UFFD_WP in pagemap (SWAPPED in PAGEMAP_SCAN) and are "
-    "counted as swap (snapshot._SWAP excludes only guard markers); smaps does not count them"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=BUG_UFFD_WP)
 def test_uffd_wp_markers_are_not_swap(puppet: Puppet) -> None:
     """userfaultfd write protection of unpopulated memory (WP_UNPOPULATED, Linux 6.4+) leaves PTE markers.
 

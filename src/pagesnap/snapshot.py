@@ -34,7 +34,8 @@ _Word = TypeVar("_Word", np.uint64, np.uint32)
 # Per-page classes come from the top byte of an entry (bits 56-63 of pagemap, with pagesnap's marks in 59-60).
 _CODE = np.arange(256, dtype=np.int64)
 _PRESENT = (_CODE & 0x80) != 0
-_SWAP = ((_CODE & 0xC0) == 0x40) & ((_CODE & 0x04) == 0)  # not present, not a guard marker
+# Not present, and not a guard (0x04) or userfaultfd write-protect (0x02) marker: markers are no memory.
+_SWAP = ((_CODE & 0xC0) == 0x40) & ((_CODE & 0x06) == 0)
 _GUARD = (_CODE & 0x04) != 0
 _ZERO = (_CODE & 0x08) != 0
 _PMD = (_CODE & 0x10) != 0
@@ -549,16 +550,40 @@ def _read_pfn_files(data: _PageData, *, flags: bool, counts: bool, cgroups: bool
         data.page_flags = page_flags
     if counts:
         data.mapcounts = _per_page(results["/proc/kpagecount"], present, len(entry), np.uint32)
+        _exclusive_from_mapcounts(data)
     if cgroups:
         inodes, pages = np.unique(results["/proc/kpagecgroup"], return_counts=True)
         data.cgroup_pages = dict(zip(inodes.tolist(), pages.tolist(), strict=True))
 
 
+def _exclusive_from_mapcounts(data: _PageData) -> None:
+    """Decide the exclusivity of PMD-mapped pages from their map counts, as smaps does.
+
+    From Linux 6.15, pagemap gives every subpage of a PMD-mapped THP the head page's exclusivity; after a
+    fork and a partial copy that is wrong for every subpage but the head.
+    """
+    assert data.mapcounts is not None
+    top = data.arrays.top
+    huge = np.flatnonzero((top & np.uint8(0x90)) == np.uint8(0x90))  # PRESENT and pagesnap's PMD mark
+    if not len(huge):
+        return
+    exclusive = (top[huge] & np.uint8(0x01)) != 0
+    should_be = data.mapcounts[huge] == 1
+    wrong = huge[exclusive != should_be]
+    if not len(wrong):
+        return
+    data.arrays.entry[wrong] ^= np.uint64(bits.PM_EXCLUSIVE)
+    top[wrong] ^= np.uint8(0x01)
+    _touch_regions(data, wrong, wrong)
+
+
 def _synthetic_flags(top: U8) -> U8:
     """Bits 56-63 of each page's flags word from its entry's top byte: FILE (bit 61) as is, SWAPPED (62) from
-    SWAP unless a guard marker (58), MMAP_EXCLUSIVE (63) from EXCLUSIVE (56). No KPF flag lives there."""
+    SWAP unless a guard or userfaultfd marker (58, 57), MMAP_EXCLUSIVE (63) from EXCLUSIVE (56). No KPF flag
+    lives there."""
     swapped = top & np.uint8(0x40)
     swapped &= ~(top << np.uint8(4))  # GUARD (0x04) shifted onto SWAP (0x40) clears it
+    swapped &= ~(top << np.uint8(5))  # ... and so does UFFD_WP (0x02)
     exclusive = top << np.uint8(7)  # EXCLUSIVE (0x01) onto 0x80; the other bits shift out of the byte
     result: U8 = (top & np.uint8(0x20)) | swapped | exclusive
     return result
