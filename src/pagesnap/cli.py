@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .capabilities import capabilities
@@ -99,17 +99,22 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
+def _emit(args: argparse.Namespace, data: Callable[[], Any], text: Callable[[], str]) -> int:
+    """Print JSON with --json, else the readable text."""
+    if args.json:
+        _print_json(data())
+    else:
+        print(text())
+    return 0
+
+
 def _cmd_snapshot(args: argparse.Namespace) -> int:
     counts = args.counts
     if counts is None:  # PSS when it can be had, without failing when it cannot
         caps = capabilities()
         counts = caps.missing_for_pss() is None
     snap = snapshot(args.pid, flags=args.flags, counts=counts, freeze=not args.no_freeze, method=args.method)
-    if args.json:
-        _print_json(snap.to_dict())
-    else:
-        print(render_snapshot(snap, top=args.top))
-    return 0
+    return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top))
 
 
 def _cmd_delta(args: argparse.Namespace) -> int:
@@ -119,11 +124,7 @@ def _cmd_delta(args: argparse.Namespace) -> int:
     sleep_watching(args.pid, args.seconds)
     after = snapshot(args.pid, writes=args.writes, accessed=args.accessed, **options)
     delta = after - before
-    if args.json:
-        _print_json(delta.to_dict())
-    else:
-        print(render_delta(delta, top=args.top))
-    return 0
+    return _emit(args, delta.to_dict, lambda: render_delta(delta, top=args.top))
 
 
 def _cmd_capabilities(args: argparse.Namespace) -> int:
