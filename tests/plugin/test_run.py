@@ -77,7 +77,8 @@ def test_returns_the_value_and_measures_the_child(pagemap):
 def test_growth_during_the_call_is_measured(pagemap):
     result = pagemap.run(keep, 16 * MiB)
     assert result.value == 1 and result.stdout == f"kept {16 * MiB}\n"
-    assert 16 * MiB <= result.delta.uss_growth < 20 * MiB
+    # 16 MiB, give or take shared-library pages that other processes start or stop sharing meanwhile.
+    assert 15 * MiB < result.delta.uss_growth < 20 * MiB
     result.measurement.assert_uss_growth_below("20 MiB")
     with pytest.raises(MemoryLimitExceeded, match=r"^USS growth of '.*keep\(\)' \(pid \d+\) limited to 8.0 MiB"):
         result.measurement.assert_uss_growth_below("8 MiB")
