@@ -95,7 +95,11 @@ if kind == "sparse":
 else:
     m[start:start + touched:PAGE] = b"\x01" * (touched // PAGE)
 print("ready", base + start, flush=True)
-sys.stdin.read()
+for line in sys.stdin:  # "change": give every 100th touched page a new frame (freed, then written again)
+    for offset in range(start, start + touched, 100 * PAGE):
+        m.madvise(mmap.MADV_DONTNEED, offset, PAGE)
+        m[offset] = 2
+    print("changed", flush=True)
 """
 
 _LIVE: list[subprocess.Popen[bytes]] = []
@@ -354,6 +358,44 @@ def run_target(
         _kill(proc)
 
 
+def run_delta(target: Target, args: argparse.Namespace, caps: pagesnap.Capabilities, rng: random.Random) -> None:
+    """The delta of a dense target in which 1% of the pages changed frame: diff() alone and with the
+    after-snapshot, USS-only and with flags, against the smaps_rollup read of the same target."""
+    proc = start_target(target)
+    try:
+        pid = proc.pid
+        with_flags = caps.missing_for_flags() is None
+        before = pagesnap.snapshot(pid)
+        before_flags = pagesnap.snapshot(pid, flags=True) if with_flags else None
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"change\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith(b"changed")
+        after = pagesnap.snapshot(pid)
+        methods: dict[str, Callable[[int], Any]] = {
+            "diff (USS-only snapshots)": lambda _: pagesnap.diff(before, after),
+            "snapshot + diff": lambda p: pagesnap.diff(before, pagesnap.snapshot(p)),
+            ROLLUP: smaps_rollup,
+        }
+        if before_flags is not None:
+            after_flags = pagesnap.snapshot(pid, flags=True)
+            methods["diff (flags snapshots)"] = lambda _: pagesnap.diff(before_flags, after_flags)
+            methods["snapshot(flags) + diff"] = lambda p: pagesnap.diff(before_flags, pagesnap.snapshot(p, flags=True))
+        results = time_rounds(pid, methods, args.rounds, rng)
+        delta = pagesnap.diff(before_flags, after_flags) if before_flags is not None else pagesnap.diff(before, after)
+        base = results[ROLLUP].median
+        print(f"\nD: delta of {target.name} ({target.what}) with 1% of the pages given new frames")
+        print(
+            f"  pages appeared {delta.pages_appeared:,}, disappeared {delta.pages_disappeared:,}, "
+            f"frames changed {delta.frames_changed if delta.frames_changed is not None else 'unknown'}"
+        )
+        print(f"  {'method':<27}{'median ms':>10}{'min ms':>10}{'/rollup':>9}")
+        for name, result in results.items():
+            print(f"  {name:<27}{result.median:10.2f}{result.min:10.2f}{ratio(result.median, base)}")
+    finally:
+        _kill(proc)
+
+
 # --- reporting ------------------------------------------------------------------------------------------
 
 
@@ -544,6 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small targets (64-128 MiB) and 3 rounds: a smoke run")
     parser.add_argument("--no-naive", action="store_true", help="skip the slow seek+read-per-page procedure")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--delta", action="store_true", help="also time the delta of T2 (T2 of --quick) with 1%% of pages changed"
+    )
     parser.add_argument("--seed", type=int, default=None, help="seed for the shuffled method order")
     args = parser.parse_args(argv)
     if args.rounds is None:
@@ -575,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_target(available[name], args, caps, rng))
             print_target(runs[-1])
             sys.stdout.flush()
+        if args.delta:
+            run_delta(available["T2"], args, caps, rng)
     finally:
         _kill_all()
     items = goals(runs)
