@@ -494,7 +494,10 @@ def _read_runs(paths: Sequence[str], plan: _ReadPlan, threads: int) -> list[U64]
                 for run in range(lo, hi):
                     first, length, offset = plan.run_first[run], plan.run_length[run], offsets[run]
                     for fd, view in zip(fds, views, strict=True):
-                        os.preadv(fd, [view[offset * 8 : (offset + length) * 8]], first * 8)
+                        landing = view[offset * 8 : (offset + length) * 8]
+                        got = os.preadv(fd, [landing], first * 8)
+                        if got < len(landing):  # past the last PFN the kernel dumps: no page there
+                            landing[got:] = bytes(len(landing) - got)
             except BaseException as exc:  # re-raised in the calling thread
                 errors.append(exc)
 
