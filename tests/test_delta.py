@@ -8,7 +8,9 @@ by virtual page. Flag transitions need root (kpageflags); the rest also runs unp
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +32,7 @@ def child() -> Iterator[Puppet]:
 def gained_in(before: pagesnap.Snapshot, after: pagesnap.Snapshot, area: Mapping, flag: str) -> list[int]:
     """Indexes of the pages of `area` that have `flag` after and did not before (all that have it, when
     `before` is `after`)."""
-    bit = np.uint64(1 << pagesnap.bits.ALL_KPF_BITS[flag])
+    bit = np.uint64(1 << {**pagesnap.bits.ALL_KPF_BITS, **pagesnap.bits.SYNTHETIC_FLAG_BITS}[flag])
     first = area.address // PAGE
 
     def pages_with_flag(snap: pagesnap.Snapshot) -> set[int]:
@@ -168,3 +170,39 @@ def test_order_is_checked(child: Puppet) -> None:
     second = pagesnap.snapshot(child.pid)
     with pytest.raises(pagesnap.PagesnapError, match="older"):
         pagesnap.diff(second, first)
+
+
+@needs_flags
+@pytest.mark.system
+def test_pageout_gains_swapped(swap_space: object, child: Puppet) -> None:
+    area = child.map(64)
+    child.write(area)
+    before = pagesnap.snapshot(child.pid, flags=True)
+    for attempt in range(20):  # pages still in another CPU's LRU batch may resist a first MADV_PAGEOUT
+        child.madvise(area, "PAGEOUT", range(0, 32))
+        after = pagesnap.snapshot(child.pid, flags=True)
+        if len(gained_in(before, after, area, "SWAPPED")) == 32:
+            break
+        time.sleep(0.02 * (attempt + 1))
+    delta = after - before
+    assert gained_in(before, after, area, "SWAPPED") == list(range(32))
+    assert region_delta(delta, area).swap_growth == 32 * PAGE
+    assert region_delta(delta, area).rss_growth == -32 * PAGE
+    assert delta.flags_lost is not None and delta.flags_lost["ANON"] >= 32  # no frame behind a swapped page
+
+
+@needs_flags
+@pytest.mark.system
+def test_ksm_merge_gains_ksm_and_changes_frames(ksm: Any, child: Puppet) -> None:
+    area = child.map(48)
+    child.madvise(area, "MERGEABLE")
+    child.fill(area, range(32), value=0x5A)  # 32 identical pages: KSM merges them into one
+    child.write(area, range(32, 48))  # 16 distinct ones stay apart
+    before = pagesnap.snapshot(child.pid, flags=True)
+    ksm.use_zero_pages(False)
+    ksm.wait(child.pid, 32)
+    after = pagesnap.snapshot(child.pid, flags=True)
+    delta = after - before
+    assert gained_in(before, after, area, "KSM") == list(range(32))
+    assert delta.frames_changed is not None and delta.frames_changed >= 31  # all but the page kept as stable
+    assert region_delta(delta, area).uss_growth == -32 * PAGE  # shared now: none is unique to the process
