@@ -96,8 +96,10 @@ else:
     m[start:start + touched:PAGE] = b"\x01" * (touched // PAGE)
 print("ready", base + start, flush=True)
 for line in sys.stdin:  # "change": give every 100th touched page a new frame (freed, then written again)
-    for offset in range(start, start + touched, 100 * PAGE):
+    chosen = range(start, start + touched, 100 * PAGE)
+    for offset in chosen:  # free them all first: a page freed and faulted at once gets its own frame back
         m.madvise(mmap.MADV_DONTNEED, offset, PAGE)
+    for offset in chosen:
         m[offset] = 2
     print("changed", flush=True)
 """
