@@ -129,3 +129,13 @@ def test_delta_writes_on_a_kernel_without_soft_dirty(target: subprocess.Popen[st
 def test_capabilities_json() -> None:
     data = json.loads(pagesnap_cli("capabilities", "--json").stdout)
     assert set(data) >= {"pfn_visible", "kpageflags", "pagemap_scan", "soft_dirty", "thp_mode"}
+
+
+def test_delta_of_a_process_that_exits_during_the_wait() -> None:
+    short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    try:
+        result = pagesnap_cli("delta", str(short.pid), "--for", "30")
+    finally:
+        short.wait()
+    assert result.returncode == 1
+    assert f"process {short.pid} exited during the measurement" in result.stderr

@@ -25,6 +25,7 @@ from typing import Any
 from .capabilities import capabilities
 from .errors import PagesnapError
 from .measure import Measurement, NotMeasured
+from .procfs import status_field
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -317,13 +318,10 @@ def _locked(storage: Path) -> Iterator[None]:
 def _umask() -> int:
     """The process's umask, read without changing it (os.umask would, for a moment, in every thread)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
+        umask = status_field("self", "Umask")  # Linux 4.7+
+        return int(umask, 8) if umask else 0o022
+    except (PagesnapError, ValueError):
+        return 0o022
 
 
 def write_json_atomic(target: Path, data: Any) -> None:

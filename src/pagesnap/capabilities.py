@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import bits
-from .procfs import check_platform
+from .procfs import check_platform, status_field
 from .scan import ScanUnsupported, pagemap_scan
 
 __all__ = ["Capabilities", "capabilities"]
@@ -76,14 +76,6 @@ class Capabilities:
             "CONFIG_MEM_SOFT_DIRTY (or the architecture lacks it), so pages written cannot be counted; "
             "run on a kernel with CONFIG_MEM_SOFT_DIRTY=y (most distribution kernels on x86-64 have it)"
         )
-
-
-def _effective_caps() -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
 
 
 def _readable(path: str) -> bool:
@@ -190,7 +182,7 @@ def _memfd_device(flags: int) -> tuple[int, int] | None:
 def capabilities() -> Capabilities:
     """Probe, once per process, what this kernel and user allow."""
     check_platform()
-    caps = _effective_caps()
+    caps = int(status_field("self", "CapEff") or "0", 16)
     pfn_visible, zero_pfn, soft_dirty = _probe_pages()
     scan_categories = _probe_scan()
     shmem = _memfd_device(0)

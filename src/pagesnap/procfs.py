@@ -296,6 +296,15 @@ def read_maps(pid: int) -> list[MapsEntry]:
     return parse_maps(read_proc_text(pid, "maps"))
 
 
+def status_field(pid: int | str, name: str) -> str | None:
+    """The value of the `NAME:` line of `/proc/PID/status`, or None when this kernel prints no such line."""
+    prefix = f"{name}:"
+    for line in read_proc_text(pid, "status").splitlines():
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    return None
+
+
 def read_statm(pid: int) -> tuple[int, int]:
     """(size, resident) in pages from `/proc/PID/statm`."""
     fields = read_proc_text(pid, "statm").split()

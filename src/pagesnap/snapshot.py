@@ -352,10 +352,7 @@ def _user_ranges(maps: list[procfs.MapsEntry], page_size: int) -> list[tuple[int
 
 
 def _capacity(pid: int, resident: int) -> int:
-    swap_kb = 0
-    for line in procfs.read_proc_text(pid, "status").splitlines():
-        if line.startswith("VmSwap:"):
-            swap_kb = int(line.split()[1])
+    swap_kb = int((procfs.status_field(pid, "VmSwap") or "0 kB").split()[0])
     return resident + swap_kb * 1024 // os.sysconf("SC_PAGE_SIZE") + 1024
 
 

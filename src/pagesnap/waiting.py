@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from .errors import ProcessGone
+from .procfs import process_state
 
 __all__ = ["sleep_watching"]
 
@@ -14,11 +15,10 @@ def sleep_watching(pid: int, seconds: float, *, poll: float = 0.1) -> None:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with open(f"/proc/{pid}/stat", "rb") as stat:
-                state = stat.read().rsplit(b")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            state = b"X"
-        if state in (b"Z", b"X"):
+            state = process_state(pid)[0]
+        except ProcessGone:
+            state = "X"
+        if state in ("Z", "X"):
             raise ProcessGone(f"process {pid} exited during the measurement", pid)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
