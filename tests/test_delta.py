@@ -60,10 +60,27 @@ def test_growth_is_exact_per_region_and_close_in_total(child: Puppet) -> None:
     delta = after - before
     assert region_delta(delta, area).uss_growth == 128 * PAGE
     assert region_delta(delta, area).rss_growth == 128 * PAGE
+    assert region_delta(delta, area).anon_growth == 128 * PAGE
     assert region_delta(delta, area).status == "kept"
     assert delta.uss_growth == pytest.approx(128 * PAGE, abs=32 * PAGE)  # the interpreter's own noise
     assert delta.pages_appeared >= 128
     assert delta == pagesnap.diff(before, after)
+
+
+def test_private_file_pages_become_anonymous_when_written(child: Puppet, tmp_path: Any) -> None:
+    path = tmp_path / "data"
+    path.write_bytes(b"\x01" * 32 * PAGE)
+    area = child.map(32, path=path)
+    before = pagesnap.snapshot(child.pid)
+    child.read(area)  # page cache, mapped: resident but not anonymous
+    read = pagesnap.snapshot(child.pid)
+    assert (region_delta(read - before, area).rss_growth, region_delta(read - before, area).anon_growth) == (
+        32 * PAGE,
+        0,
+    )
+    child.write(area, range(0, 12))  # copy-on-write: 12 private anonymous copies replace page-cache pages
+    change = region_delta(pagesnap.snapshot(child.pid) - read, area)
+    assert (change.rss_growth, change.anon_growth) == (0, 12 * PAGE)
 
 
 def test_shrinking_is_negative_growth(child: Puppet) -> None:

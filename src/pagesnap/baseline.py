@@ -56,7 +56,18 @@ LOCK_NAME = ".lock"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTEXT_KEYS_THAT_MATTER = ("kernel", "machine", "page_size")
 # What a record keeps of each measurement, in bytes (None when not measured); smaller is better for all.
-RECORDED_METRICS = ("uss", "rss", "pss", "swap", "uss_growth", "rss_growth", "written", "accessed")
+RECORDED_METRICS = (
+    "uss",
+    "rss",
+    "pss",
+    "swap",
+    "anon",
+    "uss_growth",
+    "rss_growth",
+    "anon_growth",
+    "written",
+    "accessed",
+)
 KEY_SEPARATOR = " > "  # between a test id and a measurement's label, when a test measures several times
 
 

@@ -27,7 +27,7 @@ __all__ = [
 REPORT_SCHEMA = "pytest-pagemap/report"
 REPORT_VERSION = 1
 # The metrics written as JUnit XML properties: the levels and changes people chart, when measured.
-JUNIT_METRICS = ("uss", "rss", "pss", "uss_growth", "written")
+JUNIT_METRICS = ("uss", "rss", "pss", "uss_growth", "anon_growth", "written")
 JUNIT_PREFIX = "pagemap."
 _MARK = {"regression": "❌", "improvement": "✅", "better": "✅", "unchanged": "✅", "worse": "✅"}
 _ORDER = {metric: index for index, metric in enumerate(GATED_METRICS)}

@@ -38,6 +38,7 @@ class RegionDelta:
     rss_growth: int
     swap_growth: int
     pss_growth: int | None
+    anon_growth: int
     written: int | None  # bytes written in this region while tracking (None when not tracked)
     accessed: int | None
 
@@ -128,7 +129,14 @@ def _nonzero(counts: Mapping[str, int]) -> dict[str, int]:
 
 
 def _changed(region: RegionDelta) -> bool:
-    return bool(region.uss_growth or region.rss_growth or region.swap_growth or region.written or region.accessed)
+    return bool(
+        region.uss_growth
+        or region.rss_growth
+        or region.swap_growth
+        or region.anon_growth
+        or region.written
+        or region.accessed
+    )
 
 
 def diff(before: Snapshot, after: Snapshot) -> Delta:
@@ -271,6 +279,7 @@ def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tup
                 rss_growth=(new.rss if new else 0) - (old.rss if old else 0),
                 swap_growth=(new.swap if new else 0) - (old.swap if old else 0),
                 pss_growth=_growth(old.pss if old else 0, new.pss if new else 0),
+                anon_growth=(new.anon if new else 0) - (old.anon if old else 0),
                 written=new.written if new else None,
                 accessed=new.accessed if new else None,
             )

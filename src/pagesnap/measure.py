@@ -71,8 +71,10 @@ METRICS: Mapping[str, Metric] = MappingProxyType(
             Metric("rss", "RSS", "of", growth=False, region_column="rss_growth"),
             Metric("pss", "PSS", "of", growth=False, needs="counts", region_column="pss_growth"),
             Metric("swap", "Swap", "of", growth=False, region_column="swap_growth"),
+            Metric("anon", "Anonymous memory", "of", growth=False, region_column="anon_growth"),
             Metric("uss_growth", "USS growth", "of", growth=True, region_column="uss_growth"),
             Metric("rss_growth", "RSS growth", "of", growth=True, region_column="rss_growth"),
+            Metric("anon_growth", "Anonymous memory growth", "of", growth=True, region_column="anon_growth"),
             Metric("written", "Memory written", "by", growth=False, needs="writes", region_column="written"),
             Metric("accessed", "Memory accessed", "by", growth=False, needs="accessed", region_column="accessed"),
         )
@@ -483,6 +485,11 @@ class Measurement:
         __tracebackhide__ = True
         return self._assert("swap", limit)
 
+    def assert_anon_below(self, limit: int | str) -> Verdict:
+        """Resident anonymous memory (heap, stacks, anonymous maps) after the block is at most `limit`."""
+        __tracebackhide__ = True
+        return self._assert("anon", limit)
+
     def assert_uss_growth_below(self, limit: int | str) -> Verdict:
         """USS grew by at most `limit` during the block."""
         __tracebackhide__ = True
@@ -492,6 +499,15 @@ class Measurement:
         """RSS grew by at most `limit` during the block."""
         __tracebackhide__ = True
         return self._assert("rss_growth", limit)
+
+    def assert_anon_growth_below(self, limit: int | str) -> Verdict:
+        """Resident anonymous memory grew by at most `limit` during the block.
+
+        Unlike USS, it does not move when other processes map or unmap the same library pages, so it suits
+        tight limits on what the process itself allocates.
+        """
+        __tracebackhide__ = True
+        return self._assert("anon_growth", limit)
 
     def assert_written_below(self, limit: int | str) -> Verdict:
         """At most `limit` of memory was written during the block (new mappings count whole); needs writes=True."""
@@ -578,7 +594,7 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: totals before and after, the changes, the options and the verdicts."""
         delta = self.delta
-        levels = ("rss", "uss", "pss", "swap")
+        levels = ("rss", "uss", "pss", "swap", "anon")
         return {
             "pid": self.pid,
             "label": self.label,
@@ -591,6 +607,7 @@ class Measurement:
                 "rss_growth": delta.rss_growth,
                 "pss_growth": delta.pss_growth,
                 "swap_growth": delta.swap_growth,
+                "anon_growth": delta.anon_growth,
                 "written": None if delta.written is None else self.value("written"),
                 "accessed": delta.accessed,
                 "flags_gained": None

@@ -79,6 +79,23 @@ def test_growth_is_measured_and_reported_with_regions(allocator):
     ]
 
 
+def test_anonymous_growth_is_the_allocation(allocator):
+    with measure(allocator.pid, label="allocator") as m:
+        allocator.allocate(8 * MiB)
+    # Other processes cannot move anonymous memory; the interpreter's own bookkeeping adds a few pages.
+    assert 8 * MiB <= m.delta.anon_growth < 8 * MiB + 64 * PAGE
+    assert m.after.anon - m.before.anon == m.delta.anon_growth
+    m.assert_anon_growth_below("9 MiB")
+    m.assert_anon_below(m.after.anon)
+    with pytest.raises(MemoryLimitExceeded) as caught:
+        m.assert_anon_growth_below("1 MiB")
+    assert str(caught.value).startswith(
+        f"Anonymous memory growth of 'allocator' (pid {allocator.pid}) limited to 1.0 MiB but measured 8."
+    )
+    assert caught.value.details().splitlines()[2] == "regions that contributed most to anon growth:"
+    assert m.to_dict()["delta"]["anon_growth"] == m.delta.anon_growth
+
+
 @privileged
 def test_level_limits_use_the_after_snapshot(allocator):
     with measure(allocator.pid, counts=True) as m:

@@ -134,6 +134,8 @@ def test_everything(pagemap):
 )
 EXPECTED_VERDICTS = [
     ("accessed", 1 << 30, "default"),
+    ("anon", 1 << 30, "default"),
+    ("anon_growth", 1 << 30, "default"),
     ("flags_gained:KSM", 0, "default"),
     ("pss", 1 << 30, "default"),
     ("rss", 1 << 30, "default"),
