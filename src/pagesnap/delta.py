@@ -10,13 +10,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import bits
+from . import bits, reader
 from .errors import PagesnapError
+from .reader import PageRuns
 from .snapshot import Region, Snapshot, Totals
 
 __all__ = ["Delta", "RegionDelta", "diff"]
 
 U64 = npt.NDArray[np.uint64]
+# Where pages sit in a snapshot's arrays: indexes, or every page in order.
+Selector = npt.NDArray[np.int64] | slice
 _GROWTH_METRICS = tuple(f.name for f in fields(Totals))
 
 
@@ -145,9 +148,9 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
         raise PagesnapError(f"cannot diff snapshots of different processes ({before.pid} and {after.pid})")
     if after.taken_at < before.taken_at:
         raise PagesnapError("the 'after' snapshot is older than the 'before' one: call diff(before, after)")
-    common_before, common_after = _match_pages(before.vpn, after.vpn)
-    appeared = len(after.vpn) - len(common_after)
-    disappeared = len(before.vpn) - len(common_before)
+    common_before, common_after, common = _match_pages(before.vpn_runs, after.vpn_runs)
+    appeared = len(after.vpn_runs) - common
+    disappeared = len(before.vpn_runs) - common
     frames_changed = _frames_changed(before, after, common_before, common_after)
     flags_gained, flags_lost = _flag_transitions(before, after, common_before, common_after)
     region_deltas, written_new = _region_deltas(before.regions, after.regions)
@@ -171,21 +174,21 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
     )
 
 
-def _match_pages(before: U64, after: U64) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-    """Indexes into `before` and `after` of the virtual pages present (or swapped) in both."""
-    if not len(before) or not len(after):
-        empty = np.empty(0, dtype=np.intp)
-        return empty, empty
-    position = np.searchsorted(after, before)
-    inside = position < len(after)
-    found = np.zeros(len(before), dtype=bool)
-    found[inside] = after[position[inside]] == before[inside]
-    return np.flatnonzero(found), position[found]
+def _match_pages(before: PageRuns, after: PageRuns) -> tuple[Selector, Selector, int]:
+    """Where the virtual pages present (or swapped) in both snapshots sit in each, and how many there are.
+
+    Matched run by run, never page by page; when both hold the same pages, as a steady process does, the
+    selectors are plain slices and the arrays are compared in place.
+    """
+    if before.same_pages(after):
+        return slice(None), slice(None), len(before)
+    first, end = reader.intersect_ranges(
+        before.first, before.first + before.lengths, after.first, after.first + after.lengths
+    )
+    return before.indexes(first, end), after.indexes(first, end), int((end - first).sum())
 
 
-def _frames_changed(
-    before: Snapshot, after: Snapshot, in_before: npt.NDArray[np.intp], in_after: npt.NDArray[np.intp]
-) -> int | None:
+def _frames_changed(before: Snapshot, after: Snapshot, in_before: Selector, in_after: Selector) -> int | None:
     if not (before.pfn_visible and after.pfn_visible):
         return None
     present = np.uint64(bits.PM_PRESENT)
@@ -208,7 +211,7 @@ def _count_bits(words: U64) -> dict[str, int]:
 
 
 def _flag_transitions(
-    before: Snapshot, after: Snapshot, in_before: npt.NDArray[np.intp], in_after: npt.NDArray[np.intp]
+    before: Snapshot, after: Snapshot, in_before: Selector, in_after: Selector
 ) -> tuple[Mapping[str, int] | None, Mapping[str, int] | None]:
     """Pages that gained and lost each flag, matched by virtual page; a page that appeared gains all its
     flags and one that disappeared loses all of them."""
@@ -231,23 +234,19 @@ def _overlaps(a: Region, b: Region) -> bool:
 
 def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tuple[list[RegionDelta], int | None]:
     """Match regions by start address and name, then by overlap and name (a stack grows down)."""
-    unmatched_before = list(before)
-    by_key = {(r.start, r.name): r for r in before}
+    unmatched = {(r.start, r.name): r for r in before}  # no two regions start at one address
     pairs: list[tuple[Region | None, Region | None]] = []
     pending: list[Region] = []
     for region in after:
-        old = by_key.pop((region.start, region.name), None)
+        old = unmatched.pop((region.start, region.name), None)
         if old is None:
             pending.append(region)
         else:
             pairs.append((old, region))
-            unmatched_before.remove(old)
     for region in pending:
-        old = next((r for r in unmatched_before if r.name == region.name and _overlaps(r, region)), None)
-        if old is not None:
-            unmatched_before.remove(old)
-        pairs.append((old, region))
-    pairs.extend((old, None) for old in unmatched_before)
+        key = next((k for k, r in unmatched.items() if r.name == region.name and _overlaps(r, region)), None)
+        pairs.append((None if key is None else unmatched.pop(key), region))
+    pairs.extend((old, None) for old in unmatched.values())
 
     deltas = []
     written_new: int | None = None

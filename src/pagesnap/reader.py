@@ -162,6 +162,15 @@ class PageRuns:
         """Every page number, in order: 8 bytes a page."""
         return concatenated_ranges(self.first.view(np.int64), np.diff(self.start), np.int64).view(np.uint64)
 
+    def indexes(self, first: U64, end: U64) -> I64:
+        """The indexes of the pages in sorted, disjoint `[first, end)` ranges, each inside one run."""
+        run = np.searchsorted(self.first, first, side="right") - 1
+        offset = self.start[run] + (first - self.first[run]).astype(np.int64)
+        return concatenated_ranges(offset, (end - first).astype(np.int64), np.int64)
+
+    def same_pages(self, other: PageRuns) -> bool:
+        return np.array_equal(self.first, other.first) and np.array_equal(self.start, other.start)
+
     def at(self, index: I64) -> U64:
         """The page numbers at the given indexes."""
         run = np.searchsorted(self.start, index, side="right") - 1
