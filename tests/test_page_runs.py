@@ -1,12 +1,14 @@
-"""Virtual pages kept as runs, and the run-by-run matching a delta uses, against plain per-page set logic."""
+"""Pages kept as runs and matched run by run, and PFN look-ups by coalesced reads, against one-by-one logic."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 
 from pagesnap.delta import _match_pages
-from pagesnap.reader import PageRuns
+from pagesnap.reader import PFN_GAP, PageRuns, lookup_pfns
 
 
 def random_pages(rng: np.random.Generator, span: int, density: float) -> np.ndarray:
@@ -39,3 +41,35 @@ def test_page_indexes_of_ranges_inside_runs() -> None:
     first = np.array([4, 10, 40], dtype=np.uint64)
     end = np.array([6, 12, 41], dtype=np.uint64)
     assert runs.indexes(first, end).tolist() == [1, 2, 4, 5, 7]
+
+
+needs_kpageflags = pytest.mark.skipif(
+    not os.access("/proc/kpageflags", os.R_OK), reason="reading /proc/kpageflags needs CAP_SYS_ADMIN"
+)
+
+
+@needs_kpageflags
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("gap", [0, PFN_GAP])
+def test_pfn_lookups_match_one_read_per_frame(threads: int, gap: int) -> None:
+    """Frames in random order, alone, in a run and repeated, over many thousands of reads: the sorted,
+    coalesced reads return what reading each frame on its own returns."""
+    rng = np.random.default_rng(7)
+    alone = rng.choice(1 << 20, 30000, replace=False).astype(np.uint64)  # within the first 4 GiB of frames
+    pfns = np.concatenate((alone, np.arange(5000, 5064, dtype=np.uint64), alone[:50]))
+    rng.shuffle(pfns)
+
+    def one_by_one() -> np.ndarray:
+        with open("/proc/kpageflags", "rb", buffering=0) as kpageflags:
+            words = [os.pread(kpageflags.fileno(), 8, int(pfn) * 8).ljust(8, b"\0") for pfn in pfns]
+        return np.frombuffer(b"".join(words), dtype=np.uint64)
+
+    # Frames in use change flags meanwhile (LRU, ACTIVE, ...): a look-up must match the read before it or
+    # the one after, on one of a few tries; a look-up that reads the wrong place is wrong every time.
+    for _ in range(3):
+        earlier = one_by_one()
+        (flags,) = lookup_pfns(["/proc/kpageflags"], pfns, gap=gap, threads=threads)
+        mismatched = (flags != earlier) & (flags != one_by_one())
+        if not mismatched.any():
+            return
+    pytest.fail(f"{np.count_nonzero(mismatched)} frames differ, such as {pfns[mismatched][:10].tolist()}")

@@ -36,7 +36,6 @@ __all__ = [
     "read_scanned",
     "scan_mapped_ranges",
     "top_byte_view",
-    "top_bytes",
 ]
 
 U64 = npt.NDArray[np.uint64]
@@ -47,11 +46,13 @@ Ints = TypeVar("Ints", npt.NDArray[np.uint64], npt.NDArray[np.int64])
 _Index = TypeVar("_Index", np.int64, np.int32)
 
 CHUNK_ENTRIES = 1 << 17  # 1 MiB of pagemap per pread: as fast as larger reads, and fast on sparse maps
-PFN_GAP = 32  # read across holes of up to this many missing PFNs rather than issue another pread
+PFN_GAP = 16  # read across holes of up to this many PFNs rather than issue another pread (8-32 ran alike)
 THREAD_MIN_ENTRIES = 1 << 16  # below this, a second thread costs more than it saves
 THREAD_MIN_READ = 512  # nor when reads average fewer entries: the threads then mostly wait for the GIL
 RANGE_GAP = 64  # read across gaps of up to this many pages between mappings: cheaper than another pread
+_WINDOW_GRID = CHUNK_ENTRIES // 2  # scanned ranges read together never span a multiple of this many pages
 BATCH_RANGE_MAX = 1 << 12  # ranges of fewer pages share a batch; each pread then costs no numpy call
+_PLAN_SLICE = 4096  # PFN reads turned into Python ints at a time
 SLICE_LOOP_MAX = 64  # up to this many ranges, slicing in a loop beats building an index array
 _MAPPED = np.uint64(bits.PM_SWAP)  # an entry >= this has PRESENT or SWAP set
 _MAPPED_TOP = np.uint8(bits.PM_SWAP >> 56)  # ... and its top byte >= this
@@ -205,7 +206,7 @@ class EntryArrays:
 
     runs: PageRuns
     entry: U64
-    top: U8  # bits 56-63 of each entry (see `top_bytes`), kept in step with pagesnap's marks
+    top: U8  # bits 56-63 of each entry (PRESENT, SWAP, FILE, the marks, GUARD, UFFD_WP, EXCLUSIVE), kept in step
 
     @property
     def vpn(self) -> U64:
@@ -218,11 +219,6 @@ class EntryArrays:
 def top_byte_view(words: U64) -> U8:
     """A view of bits 56-63 of each word: writing to it changes `words`."""
     return words.view(np.uint8)[_TOP_BYTE::8]
-
-
-def top_bytes(entry: U64) -> U8:
-    """Bits 56-63 of each entry (PRESENT, SWAP, FILE, the marks, GUARD, UFFD_WP, EXCLUSIVE), one byte each."""
-    return np.ascontiguousarray(top_byte_view(entry))
 
 
 def mark_index_ranges(
@@ -408,23 +404,81 @@ def _join_nearby(page_ranges: Sequence[tuple[int, int]], gap: int) -> list[tuple
 def read_scanned(fd: int, first: U64, end: U64) -> EntryArrays:
     """Read the entries of the sorted, disjoint page ranges `[first, end)` that PAGEMAP_SCAN found mapped.
 
-    Each range is read straight into place. A page that stopped being mapped since the scan (page cache
-    reclaimed meanwhile) is dropped, as a read of the whole mapping would.
+    A range alone is read straight into place. Ranges at most `RANGE_GAP` pages apart form a window that one
+    pread fills into a buffer (scattered pages would otherwise cost a pread each), and are gathered from it
+    into place a buffer at a time. A page that stopped being mapped since the scan (page cache reclaimed
+    meanwhile) is dropped, as a read of the whole mapping would.
     """
     runs = PageRuns.from_ranges(first, end)
     entry = np.empty(len(runs), dtype=np.uint64)
-    view = memoryview(entry).cast("B")  # type: ignore[arg-type]
-    for page, begin, stop in zip(runs.first.tolist(), runs.start[:-1].tolist(), runs.start[1:].tolist(), strict=True):
-        done = begin
-        while done < stop:
-            got = os.preadv(fd, [view[done * 8 : stop * 8]], (page + done - begin) * 8) // 8
-            if got == 0:
-                raise ProcessExited(page + done - begin)
-            done += got
+    run_end = runs.first + np.diff(runs.start).astype(np.uint64)
+    # Windows never cross a line of a half-buffer grid, so each fits the buffer unless its last range is long.
+    grid = np.uint64(_WINDOW_GRID)
+    breaks = (runs.first[1:] - run_end[:-1] > np.uint64(RANGE_GAP)) | (runs.first[1:] // grid != run_end[:-1] // grid)
+    window_runs = np.concatenate(([0], np.flatnonzero(breaks) + 1, [len(runs.first)])).astype(np.int64)
+    window_first, window_end = runs.first[window_runs[:-1]], run_end[window_runs[1:] - 1]
+    joined = (np.diff(window_runs) > 1) & (window_end - window_first <= np.uint64(CHUNK_ENTRIES))
+    buffered = int((window_end - window_first)[joined].sum())
+    _ScannedReader(fd, runs, entry, min(buffered, CHUNK_ENTRIES)).read(window_first, window_end, window_runs, joined)
     if len(entry) and bool(entry.min() < _MAPPED):
         keep = entry >= _MAPPED
         runs, entry = PageRuns.from_pages(runs.to_array()[keep]), entry[keep]
-    return EntryArrays(runs, entry, top_bytes(entry))
+    return EntryArrays(runs, entry, np.ascontiguousarray(top_byte_view(entry)))
+
+
+class _ScannedReader:
+    """Reads scanned ranges into their places in `entry`: alone, or several in one window through a buffer."""
+
+    def __init__(self, fd: int, runs: PageRuns, entry: U64, buffer_size: int) -> None:
+        self.fd = fd
+        self.runs = runs
+        self.entry = entry
+        self.view = memoryview(entry).cast("B")  # type: ignore[arg-type]
+        self.buffer = np.empty(buffer_size, dtype=np.uint64)
+        self.buffer_view = memoryview(self.buffer).cast("B")  # type: ignore[arg-type]
+        self.filled = 0
+        self.pending: list[tuple[int, int, int]] = []  # (window's first page - its buffer offset, runs lo, hi)
+
+    def read(self, window_first: U64, window_end: U64, window_runs: I64, joined: Mask) -> None:
+        run_first, run_start, bounds = self.runs.first.tolist(), self.runs.start.tolist(), window_runs.tolist()
+        windows = zip(window_first.tolist(), window_end.tolist(), joined.tolist(), strict=True)
+        for window, (page, end, together) in enumerate(windows):
+            lo, hi = bounds[window], bounds[window + 1]
+            if not together:
+                for run in range(lo, hi):
+                    _pread_into(self.fd, self.view, run_start[run], run_start[run + 1], run_first[run])
+                continue
+            if self.filled + end - page > len(self.buffer):
+                self._gather()
+            _pread_into(self.fd, self.buffer_view, self.filled, self.filled + end - page, page)
+            self.pending.append((page - self.filled, lo, hi))
+            self.filled += end - page
+        self._gather()
+
+    def _gather(self) -> None:
+        """Copy the ranges of the buffered windows from the buffer to their places."""
+        if not self.pending:
+            return
+        origin, lo, hi = np.array(self.pending, dtype=np.int64).T
+        runs = concatenated_ranges(lo, hi - lo, np.int64)
+        lengths = self.runs.start[runs + 1] - self.runs.start[runs]
+        source = concatenated_ranges(
+            self.runs.first[runs].astype(np.int64) - np.repeat(origin, hi - lo), lengths, np.int64
+        )
+        target = concatenated_ranges(self.runs.start[runs], lengths, np.int64)
+        self.entry[target] = self.buffer[source]
+        self.pending.clear()
+        self.filled = 0
+
+
+def _pread_into(fd: int, view: memoryview, begin: int, stop: int, page: int) -> None:
+    """Read the entries of pages `page, page + 1, ...` into entries `begin` to `stop - 1` of `view`."""
+    done = begin
+    while done < stop:
+        got = os.preadv(fd, [view[done * 8 : stop * 8]], (page + done - begin) * 8) // 8
+        if got == 0:
+            raise ProcessExited(page + done - begin)
+        done += got
 
 
 def scan_mapped_ranges(fd: int, start: int, end: int, page_size: int) -> U64:
@@ -452,9 +506,8 @@ def scan_mapped_ranges(fd: int, start: int, end: int, page_size: int) -> U64:
 class _ReadPlan:
     """Where to read PFN-indexed files, and where each looked-up PFN lands in the buffer read."""
 
-    run_first: list[int]  # first PFN of each read
-    run_length: list[int]  # PFNs per read
-    run_offset: I64  # buffer position of each read, then the buffer size
+    run_first: I64  # first PFN of each read
+    run_offset: I64  # buffer position of each read, then the buffer size (so also each read's length)
     position: npt.NDArray[np.int32] | I64  # buffer position of each PFN asked for, in the order asked
 
 
@@ -464,23 +517,27 @@ def _plan_reads(pfns: U64, gap: int) -> _ReadPlan:
     signed = pfns.view(np.int64)
     piece_start = np.concatenate(([0], np.flatnonzero(np.diff(signed) != 1) + 1))
     piece_length = np.diff(np.append(piece_start, len(pfns)))
-    piece_low = signed[piece_start]
-    order = np.argsort(piece_low)
-    low = piece_low[order]
+    order = np.argsort(signed[piece_start])
+    low = signed[piece_start[order]]
+    del piece_start  # the arrays here are a word per piece, and a fragmented process has almost a piece a page
     reach = np.maximum.accumulate(low + piece_length[order])  # end (exclusive) of the frames so far
     breaks = np.flatnonzero(low[1:] > reach[:-1] + gap) + 1
     run_first = low[np.concatenate(([0], breaks))]
     run_end = reach[np.append(breaks - 1, len(low) - 1)]
+    del reach
     run_offset = exclusive_cumsum(run_end - run_first)
     run_of_piece = np.zeros(len(low), dtype=np.int64)
     run_of_piece[breaks] = 1
     np.cumsum(run_of_piece, out=run_of_piece)
+    low += run_offset[run_of_piece] - run_first[run_of_piece]  # now each piece's place in the buffer
+    del run_of_piece
     piece_position = np.empty(len(low), dtype=np.int64)
-    piece_position[order] = run_offset[run_of_piece] + (low - run_first[run_of_piece])
+    piece_position[order] = low
+    del low, order
     # int32 positions when the buffer allows: half the memory, and np.take gathers with them fastest.
     small = run_offset[-1] < np.iinfo(np.int32).max
     position = concatenated_ranges(piece_position, piece_length, np.int32 if small else np.int64)
-    return _ReadPlan(run_first.tolist(), (run_end - run_first).tolist(), run_offset, position)
+    return _ReadPlan(run_first, run_offset, position)
 
 
 def _read_runs(paths: Sequence[str], plan: _ReadPlan, threads: int) -> list[U64]:
@@ -489,7 +546,6 @@ def _read_runs(paths: Sequence[str], plan: _ReadPlan, threads: int) -> list[U64]
     buffers = [np.empty(total, dtype=np.uint64) for _ in paths]
     fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in paths]
     try:
-        offsets = plan.run_offset.tolist()
         reads = len(plan.run_first)
         workers = threads if _threads_pay(total, reads) else 1
         # Split the reads so each worker reads about the same number of entries.
@@ -500,13 +556,17 @@ def _read_runs(paths: Sequence[str], plan: _ReadPlan, threads: int) -> list[U64]
         def work(lo: int, hi: int) -> None:
             try:
                 views = [memoryview(buffer).cast("B") for buffer in buffers]  # type: ignore[arg-type]
-                for run in range(lo, hi):
-                    first, length, offset = plan.run_first[run], plan.run_length[run], offsets[run]
-                    for fd, view in zip(fds, views, strict=True):
-                        landing = view[offset * 8 : (offset + length) * 8]
-                        got = os.preadv(fd, [landing], first * 8)
-                        if got < len(landing):  # past the last PFN the kernel dumps: no page there
-                            landing[got:] = bytes(len(landing) - got)
+                # Python ints a slice at a time: a list of every read would cost ~100 bytes a read.
+                for part in range(lo, hi, _PLAN_SLICE):
+                    stop = min(part + _PLAN_SLICE, hi)
+                    firsts = plan.run_first[part:stop].tolist()
+                    offsets = plan.run_offset[part : stop + 1].tolist()
+                    for first, offset, next_offset in zip(firsts, offsets, offsets[1:], strict=False):
+                        for fd, view in zip(fds, views, strict=True):
+                            landing = view[offset * 8 : next_offset * 8]
+                            got = os.preadv(fd, [landing], first * 8)
+                            if got < len(landing):  # past the last PFN the kernel dumps: no page there
+                                landing[got:] = bytes(len(landing) - got)
             except BaseException as exc:  # re-raised in the calling thread
                 errors.append(exc)
 
