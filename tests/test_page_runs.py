@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pagesnap.delta import _match_pages
-from pagesnap.reader import PFN_GAP, PageRuns, lookup_pfns
+from pagesnap.reader import PFN_GAP, PageRuns, lookup_pfns, read_scanned
 
 
 def random_pages(rng: np.random.Generator, span: int, density: float) -> np.ndarray:
@@ -73,3 +73,13 @@ def test_pfn_lookups_match_one_read_per_frame(threads: int, gap: int) -> None:
         if not mismatched.any():
             return
     pytest.fail(f"{np.count_nonzero(mismatched)} frames differ, such as {pfns[mismatched][:10].tolist()}")
+
+
+def test_reading_no_scanned_ranges_gives_no_pages() -> None:
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        empty = np.empty(0, dtype=np.uint64)
+        arrays = read_scanned(fd, empty, empty)
+    finally:
+        os.close(fd)
+    assert len(arrays) == 0 and len(arrays.runs) == 0 and len(arrays.top) == 0

@@ -411,8 +411,11 @@ def read_scanned(fd: int, first: U64, end: U64) -> EntryArrays:
     """
     runs = PageRuns.from_ranges(first, end)
     entry = np.empty(len(runs), dtype=np.uint64)
+    if not len(entry):
+        return EntryArrays(runs, entry, np.empty(0, dtype=np.uint8))
     run_end = runs.first + np.diff(runs.start).astype(np.uint64)
-    # Windows never cross a line of a half-buffer grid, so each fits the buffer unless its last range is long.
+    # A window takes no range that starts past a line of a half-buffer grid, so it fits the buffer unless a
+    # range in it is long; such windows, and single ranges, are read straight into place.
     grid = np.uint64(_WINDOW_GRID)
     breaks = (runs.first[1:] - run_end[:-1] > np.uint64(RANGE_GAP)) | (runs.first[1:] // grid != run_end[:-1] // grid)
     window_runs = np.concatenate(([0], np.flatnonzero(breaks) + 1, [len(runs.first)])).astype(np.int64)
