@@ -15,6 +15,7 @@ import fcntl
 import os
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -161,8 +162,29 @@ def _remove_stale_swap_files() -> None:
 
 @dataclass
 class SwapSpace:
-    path: str | None  # the swap file this fixture added, or None when the system's own swap is used
+    path: str | None  # the swap file or device this fixture added, or None when the system's own swap is used
     size: int
+
+
+def _swapon(path: str, mkswap: str) -> None:
+    subprocess.run([mkswap, path], check=True, capture_output=True)
+    if _libc.swapon(os.fsencode(path), 0) != 0:
+        err = ctypes.get_errno()
+        pytest.skip(f"swapon of {path} failed: {os.strerror(err)}")
+
+
+@contextlib.contextmanager
+def _swap_device(device: str, mkswap: str) -> Iterator[SwapSpace]:
+    """A spare block device as swap: inside the kernel matrix's guests, whose only file systems (9p, tmpfs)
+    cannot hold a swap file."""
+    if not stat.S_ISBLK(os.stat(device).st_mode):
+        raise pytest.UsageError(f"PAGEMAP_SWAP_DEVICE={device} is not a block device")
+    _swapon(device, mkswap)
+    try:
+        with open(device, "rb") as disk:
+            yield SwapSpace(device, disk.seek(0, os.SEEK_END))
+    finally:
+        _swapoff(device)
 
 
 @pytest.fixture
@@ -177,6 +199,10 @@ def swap_space(system_lock: None) -> Iterator[SwapSpace]:
     mkswap = shutil.which("mkswap", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
     if mkswap is None:
         pytest.skip("mkswap (util-linux) is not installed")
+    if device := os.environ.get("PAGEMAP_SWAP_DEVICE"):
+        with _swap_device(device, mkswap) as space:
+            yield space
+        return
     _remove_stale_swap_files()
     path = os.path.join(SWAP_DIR, f"{SWAP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}")
     active = False
@@ -189,10 +215,7 @@ def swap_space(system_lock: None) -> Iterator[SwapSpace]:
             os.fsync(fd)
         finally:
             os.close(fd)
-        subprocess.run([mkswap, path], check=True, capture_output=True)
-        if _libc.swapon(os.fsencode(path), 0) != 0:
-            err = ctypes.get_errno()
-            pytest.skip(f"swapon of a file in {SWAP_DIR} failed: {os.strerror(err)}")
+        _swapon(path, mkswap)
         active = True
         yield SwapSpace(path, size)
     finally:
