@@ -177,8 +177,8 @@ def _swapon(path: str, mkswap: str) -> None:
 def _swap_device(device: str, mkswap: str) -> Iterator[SwapSpace]:
     """A spare block device as swap: inside the kernel matrix's guests, whose only file systems (9p, tmpfs)
     cannot hold a swap file."""
-    if not stat.S_ISBLK(os.stat(device).st_mode):
-        raise pytest.UsageError(f"PAGEMAP_SWAP_DEVICE={device} is not a block device")
+    if not (os.path.exists(device) and stat.S_ISBLK(os.stat(device).st_mode)):
+        raise pytest.UsageError(f"PAGEMAP_SWAP_DEVICE={device} is not a block device: name a spare disk, or unset it")
     _swapon(device, mkswap)
     try:
         with open(device, "rb") as disk:
