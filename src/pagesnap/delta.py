@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import bits, reader
+from . import bits
 from .errors import PagesnapError
-from .reader import PageRuns
+from .reader import PageRuns, intersect_ranges
 from .snapshot import Region, Snapshot, Totals
 
 __all__ = ["Delta", "RegionDelta", "diff"]
@@ -182,9 +182,7 @@ def _match_pages(before: PageRuns, after: PageRuns) -> tuple[Selector, Selector,
     """
     if before.same_pages(after):
         return slice(None), slice(None), len(before)
-    first, end = reader.intersect_ranges(
-        before.first, before.first + before.lengths, after.first, after.first + after.lengths
-    )
+    first, end = intersect_ranges(before.first, before.first + before.lengths, after.first, after.first + after.lengths)
     return before.indexes(first, end), after.indexes(first, end), int((end - first).sum())
 
 
