@@ -178,10 +178,12 @@ class Pagemap:
             "flags": wanted["flags"],
             "counts": wanted["counts"],
         }
+        flag_names: tuple[str, ...] = ()
         if self._settings.active:
             for need in marker_limits(self._item).needs():
                 options[need] = True
-        missing = missing_requirements(**options)
+            flag_names = self.limits.no_flag_gain
+        missing = missing_requirements(**options, flag_names=flag_names)
         if missing:
             self._unavailable(missing)
         return options

@@ -56,7 +56,7 @@ needs_thp = pytest.mark.skipif(
     CAPS.thp_mode in (None, "never"), reason=f"transparent huge pages are unavailable (mode {CAPS.thp_mode})"
 )
 needs_scan = pytest.mark.skipif(not CAPS.pagemap_scan, reason="method='scan' needs PAGEMAP_SCAN (Linux 6.7+)")
-_FLAG_BITS = {**bits.ALL_KPF_BITS, **bits.SYNTHETIC_FLAG_BITS}
+_FLAG_BITS = bits.FLAG_BITS
 
 
 # --- the kernel's view: smaps and smaps_rollup ---------------------------------------------------------------

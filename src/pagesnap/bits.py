@@ -181,3 +181,6 @@ SYNTHETIC_FLAG_BITS: dict[str, int] = {
     "FILE": 61,
     "MMAP_EXCLUSIVE": 63,
 }
+
+# Every per-page flag of a snapshot's `page_flags`: the KPF bits and the synthetic ones.
+FLAG_BITS: dict[str, int] = {**ALL_KPF_BITS, **SYNTHETIC_FLAG_BITS}

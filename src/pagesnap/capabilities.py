@@ -41,6 +41,9 @@ class Capabilities:
     idle_page_tracking: bool  # /sys/kernel/mm/page_idle/bitmap exists and is readable
     thp_mode: str | None  # "always", "madvise", "never", or None when THP is not built in
     zero_pfn: int | None  # PFN of the shared zero page, when PFNs are visible
+    # False where /proc/kpageflags marks every anonymous page KSM (seen on Debian's 6.12; the 6.10 rewrite of
+    # stable_page_flags tests `mapping & PAGE_MAPPING_KSM`, true for any anonymous page); None when unreadable.
+    ksm_flag_reliable: bool | None
     shmem_devices: tuple[tuple[int, int], ...]  # device numbers of the kernel's internal shmem mount
     hugetlb_devices: tuple[tuple[int, int], ...]  # ... and of the internal hugetlbfs mount(s)
 
@@ -66,6 +69,15 @@ class Capabilities:
     def missing_for_cgroups(self) -> str | None:
         """Why the memory cgroup of each page cannot be read here, or None when it can."""
         return self._missing_pfn_file(self.kpagecgroup, "page cgroups", "/proc/kpagecgroup (CONFIG_MEMCG)")
+
+    def missing_for_flag(self, name: str) -> str | None:
+        """Why page flag `name` cannot be told here, beyond `missing_for_flags()`, or None when it can."""
+        if name == "KSM" and self.ksm_flag_reliable is False:
+            return (
+                f"this kernel ({self.kernel}) marks every anonymous page KSM in /proc/kpageflags, so pages "
+                "merged by KSM cannot be told apart; run on a kernel without that bug (6.1 and 6.18 are fine)"
+            )
+        return None
 
     def missing_for_soft_dirty(self) -> str | None:
         """Why pages written cannot be tracked here, or None when they can."""
@@ -102,8 +114,8 @@ def _buffer_address(buf: mmap.mmap) -> int:
     return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
-def _probe_pages() -> tuple[bool, int | None, bool]:
-    """(pfn_visible, zero_pfn, soft_dirty), from a round trip on pages of this process."""
+def _probe_pages() -> tuple[bool, int | None, bool, bool | None]:
+    """(pfn_visible, zero_pfn, soft_dirty, ksm_flag_reliable), from a round trip on pages of this process."""
     page = mmap.PAGESIZE
     area = mmap.mmap(-1, 2 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     try:
@@ -116,6 +128,9 @@ def _probe_pages() -> tuple[bool, int | None, bool]:
             zero = _own_entry(fd, address + page)
             pfn_visible = bool(written & bits.PM_PFN_MASK)
             zero_pfn = zero & bits.PM_PFN_MASK if pfn_visible and zero & bits.PM_PRESENT else None
+            # A plain private anonymous page, never offered to KSM: the KSM flag must be clear on it.
+            flags = _kpageflags_of(written & bits.PM_PFN_MASK) if pfn_visible else None
+            ksm_flag_reliable = None if flags is None else not flags >> bits.KPF_BITS["KSM"] & 1
             soft_dirty = False
             if written & bits.PM_SOFT_DIRTY:
                 try:
@@ -132,7 +147,21 @@ def _probe_pages() -> tuple[bool, int | None, bool]:
     finally:
         with contextlib.suppress(BufferError):
             area.close()
-    return pfn_visible, zero_pfn, soft_dirty
+    return pfn_visible, zero_pfn, soft_dirty, ksm_flag_reliable
+
+
+def _kpageflags_of(pfn: int) -> int | None:
+    try:
+        fd = os.open("/proc/kpageflags", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.pread(fd, 8, pfn * 8)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int(struct.unpack("<Q", raw)[0]) if len(raw) == 8 else None
 
 
 def _probe_scan() -> tuple[str, ...] | None:
@@ -183,7 +212,7 @@ def capabilities() -> Capabilities:
     """Probe, once per process, what this kernel and user allow."""
     check_platform()
     caps = int(status_field("self", "CapEff") or "0", 16)
-    pfn_visible, zero_pfn, soft_dirty = _probe_pages()
+    pfn_visible, zero_pfn, soft_dirty, ksm_flag_reliable = _probe_pages()
     scan_categories = _probe_scan()
     shmem = _memfd_device(0)
     hugetlb = _memfd_device(_MFD_HUGETLB)
@@ -203,6 +232,7 @@ def capabilities() -> Capabilities:
         idle_page_tracking=os.access("/sys/kernel/mm/page_idle/bitmap", os.R_OK),
         thp_mode=_thp_mode(),
         zero_pfn=zero_pfn,
+        ksm_flag_reliable=ksm_flag_reliable,
         shmem_devices=(shmem,) if shmem else (),
         hugetlb_devices=(hugetlb,) if hugetlb else (),
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -13,7 +12,7 @@ import numpy.typing as npt
 from . import bits
 from .errors import PagesnapError
 from .reader import PageRuns, intersect_ranges
-from .snapshot import Region, Snapshot, Totals
+from .snapshot import Region, Snapshot, Totals, count_flags
 
 __all__ = ["Delta", "RegionDelta", "diff"]
 
@@ -197,17 +196,6 @@ def _frames_changed(before: Snapshot, after: Snapshot, in_before: Selector, in_a
     return int(np.count_nonzero((old[both] & mask) != (new[both] & mask)))
 
 
-def _count_bits(words: U64) -> dict[str, int]:
-    names = {**bits.ALL_KPF_BITS, **bits.SYNTHETIC_FLAG_BITS}
-    counts = dict.fromkeys(names, 0)
-    values, occurrences = np.unique(words[words != 0], return_counts=True)
-    for value, count in zip(values.tolist(), occurrences.tolist(), strict=True):
-        for name, bit in names.items():
-            if value >> bit & 1:
-                counts[name] += count
-    return counts
-
-
 def _flag_transitions(
     before: Snapshot, after: Snapshot, in_before: Selector, in_after: Selector
 ) -> tuple[Mapping[str, int] | None, Mapping[str, int] | None]:
@@ -223,7 +211,10 @@ def _flag_transitions(
     only_before[in_before] = False
     gained = np.concatenate((new_common & ~old_common, after.page_flags[only_after]))
     lost = np.concatenate((old_common & ~new_common, before.page_flags[only_before]))
-    return MappingProxyType(_count_bits(gained)), MappingProxyType(_count_bits(lost))
+    # A flag either snapshot could not report is left out of both: unknown, not zero.
+    known = set(before.flag_counts or ()) & set(after.flag_counts or ())
+    withheld = [name for name in bits.FLAG_BITS if name not in known]
+    return count_flags(gained, withheld), count_flags(lost, withheld)
 
 
 def _overlaps(a: Region, b: Region) -> bool:

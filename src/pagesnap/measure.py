@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from .bits import ALL_KPF_BITS, SYNTHETIC_FLAG_BITS
+from .bits import FLAG_BITS
 from .capabilities import capabilities
 from .delta import Delta, RegionDelta, diff
-from .errors import PagesnapError
+from .errors import PagesnapError, Unsupported
 from .snapshot import Region, Snapshot, snapshot
 from .units import format_size, parse_size
 
@@ -45,7 +45,7 @@ __all__ = [
 Unit = Literal["bytes", "pages"]
 Option = Literal["writes", "accessed", "flags", "counts"]
 
-FLAG_NAMES: tuple[str, ...] = tuple(dict.fromkeys([*ALL_KPF_BITS, *SYNTHETIC_FLAG_BITS]))
+FLAG_NAMES: tuple[str, ...] = tuple(FLAG_BITS)
 _FLAG_PREFIX = "flags_gained:"
 _LABEL_WIDTH = 60
 _DETAIL_ROWS = 8
@@ -258,15 +258,25 @@ class Limits:
 
 
 def missing_requirements(
-    *, writes: bool = False, accessed: bool = False, flags: bool = False, counts: bool = False
+    *,
+    writes: bool = False,
+    accessed: bool = False,
+    flags: bool = False,
+    counts: bool = False,
+    flag_names: Iterable[str] = (),
 ) -> list[str]:
-    """Why this kernel and user cannot measure with these options: one reason per missing piece, or none."""
+    """Why this kernel and user cannot measure with these options (and tell these page flags): one reason per
+    missing piece, or none."""
     caps = capabilities()
     reasons = []
     if writes and (missing := caps.missing_for_soft_dirty()):
         reasons.append(f"pages written cannot be tracked: {missing}")
     if flags and (missing := caps.missing_for_flags()):
         reasons.append(missing)
+    elif flags:
+        reasons += [
+            f"page flag {name} cannot be checked: {why}" for name in flag_names if (why := caps.missing_for_flag(name))
+        ]
     if counts and (missing := caps.missing_for_pss()):
         reasons.append(missing)
     return reasons
@@ -407,7 +417,10 @@ class Measurement:
             raise NotMeasured(
                 f"page flags were not read: pass flags=True when measuring {_who(self.label, self.pid)}", self.pid
             )
-        return int(gained.get(name, 0))
+        if name not in gained:  # withheld: this kernel misreports it
+            reason = capabilities().missing_for_flag(name) or "this kernel does not report it reliably"
+            raise Unsupported(f"page flag {name} of {_who(self.label, self.pid)} is unknown: {reason}", self.pid)
+        return int(gained[name])
 
     def check(self, metric: str, limit: int | str, *, source: str = "assert") -> Verdict:
         """Compare `metric` with `limit`, record the verdict and return it (without raising)."""

@@ -6,7 +6,7 @@ import contextlib
 import fnmatch
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -240,6 +240,7 @@ class _PageData:
     zero_known: bool = True
     pmd_known: bool = True
     page_flags: U64 | None = None
+    withheld_flags: tuple[str, ...] = ()  # flags this kernel misreports: cleared, and not counted
     mapcounts: npt.NDArray[np.uint32] | None = None
     written: npt.NDArray[np.bool_] | None = None
     referenced: dict[int, int] | None = None
@@ -305,7 +306,7 @@ def snapshot(
             kinds = _classify(pid, maps, caps)
             data = _read_pages(pid, fd, maps, kinds, caps, method)
             if flags or counts or cgroups:
-                _read_pfn_files(data, flags=flags, counts=counts, cgroups=cgroups)
+                _read_pfn_files(data, caps, flags=flags, counts=counts, cgroups=cgroups)
             if writes:
                 ranges = _user_ranges(maps, caps.page_size)
                 span = (ranges[0][0] * caps.page_size, ranges[-1][1] * caps.page_size) if ranges else (0, 0)
@@ -531,7 +532,7 @@ def _resolve_pmd_pages(fd: int, data: _PageData, kinds: list[str], caps: Capabil
     data.notes.append("huge page mappings cannot be seen here (no PAGEMAP_SCAN and no visible PFNs): thp is unknown")
 
 
-def _read_pfn_files(data: _PageData, *, flags: bool, counts: bool, cgroups: bool) -> None:
+def _read_pfn_files(data: _PageData, caps: Capabilities, *, flags: bool, counts: bool, cgroups: bool) -> None:
     entry = data.arrays.entry
     present_mask = data.arrays.top >= np.uint8(_TOP_PRESENT)
     # Usually every page is present: then no index array, and the look-ups are the per-page arrays.
@@ -544,6 +545,11 @@ def _read_pfn_files(data: _PageData, *, flags: bool, counts: bool, cgroups: bool
     if flags:
         page_flags = _per_page(results["/proc/kpageflags"], present, len(entry), np.uint64)
         reader.top_byte_view(page_flags)[:] |= _synthetic_flags(data.arrays.top)
+        for name in bits.KPF_BITS:
+            if reason := caps.missing_for_flag(name):
+                page_flags &= ~np.uint64(1 << bits.KPF_BITS[name])
+                data.withheld_flags += (name,)
+                data.notes.append(f"page flag {name} is not reported: {reason}")
         data.page_flags = page_flags
     if counts:
         data.mapcounts = _per_page(results["/proc/kpagecount"], present, len(entry), np.uint32)
@@ -608,9 +614,10 @@ def _value_counts(values: U64) -> tuple[U64, I64]:
     return distinct, np.bincount(which, weights=lengths, minlength=len(distinct)).astype(np.int64)
 
 
-def _flag_counts(page_flags: U64) -> Mapping[str, int]:
+def count_flags(page_flags: U64, withheld: Collection[str] = ()) -> Mapping[str, int]:
+    """Pages per flag (KPF and synthetic) in `page_flags`; `withheld` flags are left out: unknown, not zero."""
     values, counts = _value_counts(page_flags)
-    names = {**bits.ALL_KPF_BITS, **bits.SYNTHETIC_FLAG_BITS}
+    names = {name: bit for name, bit in bits.FLAG_BITS.items() if name not in withheld}
     result = dict.fromkeys(names, 0)
     for value, count in zip(values.tolist(), counts.tolist(), strict=True):
         for name, bit in names.items():
@@ -765,7 +772,7 @@ def _build(
     if pss_fixed is not None:  # the snapshot's PSS is rounded once, not per region
         hugetlb_rows = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
         totals["pss"] = int(pss_fixed[~hugetlb_rows].sum()) >> 12
-    flag_counts = _flag_counts(data.page_flags) if data.page_flags is not None else None
+    flag_counts = count_flags(data.page_flags, data.withheld_flags) if data.page_flags is not None else None
     for array in (arrays.runs.first, arrays.runs.start, arrays.entry, data.page_flags, data.mapcounts):
         if array is not None:
             array.flags.writeable = False
