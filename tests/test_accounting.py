@@ -56,7 +56,6 @@ needs_thp = pytest.mark.skipif(
     CAPS.thp_mode in (None, "never"), reason=f"transparent huge pages are unavailable (mode {CAPS.thp_mode})"
 )
 needs_scan = pytest.mark.skipif(not CAPS.pagemap_scan, reason="method='scan' needs PAGEMAP_SCAN (Linux 6.7+)")
-_FLAG_BITS = bits.FLAG_BITS
 
 
 # --- the kernel's view: smaps and smaps_rollup ---------------------------------------------------------------
@@ -181,7 +180,7 @@ class View:
         if mapping is not None:
             inside = (snap.vpn >= np.uint64(mapping.address // PAGE)) & (snap.vpn < np.uint64(mapping.end // PAGE))
             flags = flags[inside]
-        return int(np.count_nonzero((flags >> np.uint64(_FLAG_BITS[name])) & np.uint64(1)))
+        return int(np.count_nonzero((flags >> np.uint64(bits.FLAG_BITS[name])) & np.uint64(1)))
 
     def mapcounts(self, method: str, mapping: Mapping) -> list[int]:
         snap = self.snaps[method]

@@ -24,7 +24,7 @@ from typing import Any
 
 from .capabilities import capabilities
 from .errors import PagesnapError
-from .measure import Measurement, NotMeasured
+from .measure import METRICS, Measurement, NotMeasured
 from .procfs import status_field
 
 __all__ = [
@@ -56,18 +56,7 @@ LOCK_NAME = ".lock"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _CONTEXT_KEYS_THAT_MATTER = ("kernel", "machine", "page_size")
 # What a record keeps of each measurement, in bytes (None when not measured); smaller is better for all.
-RECORDED_METRICS = (
-    "uss",
-    "rss",
-    "pss",
-    "swap",
-    "anon",
-    "uss_growth",
-    "rss_growth",
-    "anon_growth",
-    "written",
-    "accessed",
-)
+RECORDED_METRICS = tuple(METRICS)
 KEY_SEPARATOR = " > "  # between a test id and a measurement's label, when a test measures several times
 
 

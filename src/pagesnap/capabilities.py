@@ -103,9 +103,14 @@ def _readable(path: str) -> bool:
         os.close(fd)
 
 
+def _word_at(fd: int, index: int) -> int | None:
+    """The 8-byte word `index` of a pagemap or PFN-indexed file, or None past its end."""
+    raw = os.pread(fd, 8, index * 8)
+    return int(struct.unpack("<Q", raw)[0]) if len(raw) == 8 else None
+
+
 def _own_entry(fd: int, address: int) -> int:
-    raw = os.pread(fd, 8, address // mmap.PAGESIZE * 8)
-    return int(struct.unpack("<Q", raw)[0])
+    return _word_at(fd, address // mmap.PAGESIZE) or 0
 
 
 def _buffer_address(buf: mmap.mmap) -> int:
@@ -156,12 +161,11 @@ def _kpageflags_of(pfn: int) -> int | None:
     except OSError:
         return None
     try:
-        raw = os.pread(fd, 8, pfn * 8)
+        return _word_at(fd, pfn)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return int(struct.unpack("<Q", raw)[0]) if len(raw) == 8 else None
 
 
 def _probe_scan() -> tuple[str, ...] | None:

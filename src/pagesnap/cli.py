@@ -154,6 +154,14 @@ def _pid(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a pid (a positive integer)") from None
 
 
+def _add_output_options(command: argparse.ArgumentParser) -> None:
+    """The reading and printing options `snapshot` and `delta` share."""
+    command.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
+    command.add_argument("--no-freeze", action="store_true", help="do not stop the process while reading")
+    command.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
+    command.add_argument("--top", type=int, default=15, help="regions to list in the table (default 15)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pagesnap",
@@ -167,10 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     pss = snap.add_mutually_exclusive_group()
     pss.add_argument("--pss", dest="counts", action="store_true", default=None, help="require PSS (needs root)")
     pss.add_argument("--no-pss", dest="counts", action="store_false", help="skip PSS (faster)")
-    snap.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
-    snap.add_argument("--no-freeze", action="store_true", help="do not stop the process while reading")
-    snap.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
-    snap.add_argument("--top", type=int, default=15, help="regions to list in the table (default 15)")
+    _add_output_options(snap)
     snap.set_defaults(handler=_cmd_snapshot)
 
     delta = commands.add_parser("delta", help="snapshot, wait, snapshot again and print what changed")
@@ -179,10 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     delta.add_argument("--writes", action="store_true", help="count pages written (needs soft-dirty)")
     delta.add_argument("--accessed", action="store_true", help="count bytes accessed")
     delta.add_argument("--flags", action="store_true", help="page flags gained and lost (needs root)")
-    delta.add_argument("--json", action="store_true", help="print JSON (keys documented in the README)")
-    delta.add_argument("--no-freeze", action="store_true", help="do not stop the process while reading")
-    delta.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
-    delta.add_argument("--top", type=int, default=15, help="regions to list (default 15)")
+    _add_output_options(delta)
     delta.set_defaults(handler=_cmd_delta)
 
     caps = commands.add_parser("capabilities", help="what this kernel and user allow")
