@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Benchmark pagesnap.snapshot against smaps_rollup, psutil and the pagemap doc's naive procedure.
+"""Benchmark pagewalk.snapshot against smaps_rollup, psutil and the pagemap doc's naive procedure.
 
 Builds target processes one at a time (T1 1 GiB touched, T2 8 GiB touched, T3 a 64 GiB MAP_NORESERVE
 reservation with 100 MiB touched, T4 1 GiB of THP), times every method for several rounds in shuffled
@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 try:
-    import pagesnap
+    import pagewalk
 except ImportError:  # not installed: use the repository's source tree
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
-    import pagesnap
+    import pagewalk
 
 import numpy as np
 import psutil
@@ -226,15 +226,15 @@ def naive_procedure(pid: int, sample: int = 1, small: int = 1 << 16) -> dict[str
 
 def snapshot_methods() -> dict[str, Callable[[int], Any]]:
     return {
-        "snapshot() USS-only": lambda pid: pagesnap.snapshot(pid),
-        "snapshot(method=read)": lambda pid: pagesnap.snapshot(pid, method="read"),
-        "snapshot(method=scan)": lambda pid: pagesnap.snapshot(pid, method="scan"),
-        "snapshot(flags)": lambda pid: pagesnap.snapshot(pid, flags=True),
-        "snapshot(flags,counts)": lambda pid: pagesnap.snapshot(pid, flags=True, counts=True),
+        "snapshot() USS-only": lambda pid: pagewalk.snapshot(pid),
+        "snapshot(method=read)": lambda pid: pagewalk.snapshot(pid, method="read"),
+        "snapshot(method=scan)": lambda pid: pagewalk.snapshot(pid, method="scan"),
+        "snapshot(flags)": lambda pid: pagewalk.snapshot(pid, flags=True),
+        "snapshot(flags,counts)": lambda pid: pagewalk.snapshot(pid, flags=True, counts=True),
     }
 
 
-def all_methods(caps: pagesnap.Capabilities) -> dict[str, Callable[[int], Any]]:
+def all_methods(caps: pagewalk.Capabilities) -> dict[str, Callable[[int], Any]]:
     methods = snapshot_methods()
     if not caps.pagemap_scan:
         del methods["snapshot(method=scan)"]
@@ -310,7 +310,7 @@ def thp_check(pid: int, target: Target) -> str | None:
 
 
 def run_target(
-    target: Target, args: argparse.Namespace, caps: pagesnap.Capabilities, rng: random.Random
+    target: Target, args: argparse.Namespace, caps: pagewalk.Capabilities, rng: random.Random
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     proc = start_target(target)
@@ -333,7 +333,7 @@ def run_target(
                 walked, total, measured = naive["pages_walked"], naive["pages_total"], naive["measured_ms"]
                 r.note = f"extrapolated from {walked:,} of {total:,} pages ({measured:.0f} ms)"
             results["naive: seek+read per page"] = r
-        snap = pagesnap.snapshot(pid)
+        snap = pagewalk.snapshot(pid)
         rollup = smaps_rollup(pid)
         info = psutil.Process(pid).memory_full_info()
         check = {
@@ -360,31 +360,31 @@ def run_target(
         _kill(proc)
 
 
-def run_delta(target: Target, args: argparse.Namespace, caps: pagesnap.Capabilities, rng: random.Random) -> None:
+def run_delta(target: Target, args: argparse.Namespace, caps: pagewalk.Capabilities, rng: random.Random) -> None:
     """The delta of a dense target in which 1% of the pages changed frame: diff() alone and with the
     after-snapshot, USS-only and with flags, against the smaps_rollup read of the same target."""
     proc = start_target(target)
     try:
         pid = proc.pid
         with_flags = caps.missing_for_flags() is None
-        before = pagesnap.snapshot(pid)
-        before_flags = pagesnap.snapshot(pid, flags=True) if with_flags else None
+        before = pagewalk.snapshot(pid)
+        before_flags = pagewalk.snapshot(pid, flags=True) if with_flags else None
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(b"change\n")
         proc.stdin.flush()
         assert proc.stdout.readline().startswith(b"changed")
-        after = pagesnap.snapshot(pid)
+        after = pagewalk.snapshot(pid)
         methods: dict[str, Callable[[int], Any]] = {
-            "diff (USS-only snapshots)": lambda _: pagesnap.diff(before, after),
-            "snapshot + diff": lambda p: pagesnap.diff(before, pagesnap.snapshot(p)),
+            "diff (USS-only snapshots)": lambda _: pagewalk.diff(before, after),
+            "snapshot + diff": lambda p: pagewalk.diff(before, pagewalk.snapshot(p)),
             ROLLUP: smaps_rollup,
         }
         if before_flags is not None:
-            after_flags = pagesnap.snapshot(pid, flags=True)
-            methods["diff (flags snapshots)"] = lambda _: pagesnap.diff(before_flags, after_flags)
-            methods["snapshot(flags) + diff"] = lambda p: pagesnap.diff(before_flags, pagesnap.snapshot(p, flags=True))
+            after_flags = pagewalk.snapshot(pid, flags=True)
+            methods["diff (flags snapshots)"] = lambda _: pagewalk.diff(before_flags, after_flags)
+            methods["snapshot(flags) + diff"] = lambda p: pagewalk.diff(before_flags, pagewalk.snapshot(p, flags=True))
         results = time_rounds(pid, methods, args.rounds, rng)
-        delta = pagesnap.diff(before_flags, after_flags) if before_flags is not None else pagesnap.diff(before, after)
+        delta = pagewalk.diff(before_flags, after_flags) if before_flags is not None else pagewalk.diff(before, after)
         base = results[ROLLUP].median
         print(f"\nD: delta of {target.name} ({target.what}) with 1% of the pages given new frames")
         print(
@@ -401,7 +401,7 @@ def run_delta(target: Target, args: argparse.Namespace, caps: pagesnap.Capabilit
 # --- reporting ------------------------------------------------------------------------------------------
 
 
-def environment(caps: pagesnap.Capabilities) -> dict[str, Any]:
+def environment(caps: pagewalk.Capabilities) -> dict[str, Any]:
     return {
         "kernel": platform.release(),
         "machine": platform.machine(),
@@ -412,7 +412,7 @@ def environment(caps: pagesnap.Capabilities) -> dict[str, Any]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "psutil": psutil.__version__,
-        "pagesnap": f"{pagesnap.__version__} ({os.path.dirname(pagesnap.__file__)})",
+        "pagewalk": f"{pagewalk.__version__} ({os.path.dirname(pagewalk.__file__)})",
         "capabilities": caps.as_dict(),
     }
 
@@ -423,7 +423,7 @@ def print_environment(env: dict[str, Any]) -> None:
         f"kernel {env['kernel']} {env['machine']}, {env['cpus']} CPUs ({env['cpus_usable']} usable), "
         f"{env['mem_total_gib']} GiB RAM, load {' '.join(f'{x:.2f}' for x in env['loadavg'])}"
     )
-    print(f"python {env['python']}, numpy {env['numpy']}, psutil {env['psutil']}, pagesnap {env['pagesnap']}")
+    print(f"python {env['python']}, numpy {env['numpy']}, psutil {env['psutil']}, pagewalk {env['pagewalk']}")
     flags = [k for k, v in caps.items() if v is True]
     print(
         f"capabilities: {' '.join(flags)}; thp={caps['thp_mode']} page={caps['page_size']} euid={caps['euid']} "
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
 
-    caps = pagesnap.capabilities()
+    caps = pagewalk.capabilities()
     env = environment(caps)
     print_environment(env)
     print(

@@ -2,12 +2,12 @@
 
 The pytest plugin (`pytest_pagemap.plugin`, loaded through the `pytest11` entry point) provides the `pagemap`
 fixture, the `@pytest.mark.pagemap(...)` marker and the `--pagemap` options. The measuring itself lives in
-the pytest-free core, `pagesnap`.
+the pytest-free core, `pagewalk`.
 """
 
 from __future__ import annotations
 
-from pagesnap.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
+from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
 
 from .fixtures import Pagemap, Runner
 from .processes import AttachedProcess, ProcessNotReady, SpawnedProcess

@@ -10,7 +10,7 @@ from typing import NoReturn, ParamSpec, Protocol, TypeVar
 
 import pytest
 
-from pagesnap.measure import METRICS, Limits, Measurement, Option, missing_requirements
+from pagewalk.measure import METRICS, Limits, Measurement, Option, missing_requirements
 
 from .markers import marker_limits
 from .processes import AttachedProcess, Ready, SpawnedProcess

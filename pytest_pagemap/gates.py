@@ -3,7 +3,7 @@
 The options (`--pagemap-save`, `--pagemap-compare`, `--pagemap-fail`, `--pagemap-repeat`, the report files)
 and the `PagemapGates` plugin object that carries a session's records from the tests (on xdist workers too)
 to the controller, which alone compares and writes files. The work itself is the core's:
-`pagesnap.baseline`, `pagesnap.gate` and `pagesnap.ci_reports`.
+`pagewalk.baseline`, `pagewalk.gate` and `pagewalk.ci_reports`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol
 
-from pagesnap.baseline import (
+from pagewalk.baseline import (
     DEFAULT_STORAGE,
     BaselineError,
     MeasurementRecord,
@@ -34,7 +34,7 @@ from pagesnap.baseline import (
     save_record,
     write_json_atomic,
 )
-from pagesnap.ci_reports import (
+from pagewalk.ci_reports import (
     JUNIT_PREFIX,
     Tone,
     benchmark_action_entries,
@@ -43,7 +43,7 @@ from pagesnap.ci_reports import (
     junit_properties,
     markdown_summary,
 )
-from pagesnap.gate import FORMS, ComparisonResult, Threshold, compare, parse_threshold
+from pagewalk.gate import FORMS, ComparisonResult, Threshold, compare, parse_threshold
 
 from .fixtures import MEASUREMENTS_KEY
 from .markers import marker_tolerance

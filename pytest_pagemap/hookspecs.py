@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from pagesnap.measure import Limits, Measurement
+    from pagewalk.measure import Limits, Measurement
 
 
 @pytest.hookspec()
@@ -45,7 +45,7 @@ def pytest_pagemap_limits(item: pytest.Item, limits: Limits) -> Limits | None:
         # conftest.py
         import os
         from types import MappingProxyType
-        from pagesnap.measure import Limits
+        from pagewalk.measure import Limits
 
         def pytest_pagemap_limits(item, limits):
             if os.environ.get("CI"):

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from pagesnap.gate import Threshold, parse_thresholds
-from pagesnap.measure import LIMIT_KEYS, NO_FLAG_GAIN, Limits
+from pagewalk.gate import Threshold, parse_thresholds
+from pagewalk.measure import LIMIT_KEYS, NO_FLAG_GAIN, Limits
 
 __all__ = ["MARKER", "MARKER_HELP", "TOLERANCE", "marker_limits", "marker_tolerance"]
 

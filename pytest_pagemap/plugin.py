@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from pagesnap import capabilities
-from pagesnap.measure import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Limits, Measurement, MemoryLimitExceeded
+from pagewalk import capabilities
+from pagewalk.measure import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Limits, Measurement, MemoryLimitExceeded
 
 from . import hookspecs
 from .fixtures import DEFAULT_GRACE_SECONDS, MEASUREMENTS_KEY, SETTINGS_KEY, Settings, pagemap

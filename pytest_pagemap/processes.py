@@ -21,7 +21,7 @@ from typing import TypeAlias
 
 import psutil
 
-from pagesnap.measure import default_label
+from pagewalk.measure import default_label
 
 __all__ = [
     "AttachedProcess",

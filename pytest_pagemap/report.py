@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pagesnap.units import PAGE_SIZE, format_size
+from pagewalk.units import PAGE_SIZE, format_size
 
 __all__ = ["SECTION_TITLE", "summary_lines", "verdict_text"]
 

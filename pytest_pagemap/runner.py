@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from pagesnap import Delta, Snapshot
-from pagesnap.measure import Measurement
+from pagewalk import Delta, Snapshot
+from pagewalk.measure import Measurement
 
 from . import _child
 from .processes import end_process_tree

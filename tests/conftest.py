@@ -1,7 +1,7 @@
 """Shared fixtures: the puppet process, the `root` marker, and fixtures that change the system.
 
 The system-changing fixtures (`swap_space`, `hugetlb_pages`, `ksm`) hold an exclusive `flock` on
-`/tmp/pagesnap-tests-system.lock` for the whole test, so that under `pytest -n 2` (and across users) only
+`/tmp/pagewalk-tests-system.lock` for the whole test, so that under `pytest -n 2` (and across users) only
 one such test runs at a time, and they restore what they changed in a `finally`, whatever the test did.
 Unprivileged, each uses what the system already offers (swap space, free huge pages, a running KSM) and
 skips with the reason when there is none.
@@ -30,16 +30,16 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))  # for `from puppet import ...` in test modules (importlib import mode)
 try:
-    import pagesnap  # noqa: F401 - normally installed
+    import pagewalk  # noqa: F401 - normally installed
 except ImportError:
     sys.path.insert(0, str(TESTS.parent / "src"))
 
 from puppet import Puppet, PuppetError  # noqa: E402
 
 ROOT = os.geteuid() == 0
-LOCK_PATH = "/tmp/pagesnap-tests-system.lock"  # fixed: shared by xdist workers and by the root and nobody runs
+LOCK_PATH = "/tmp/pagewalk-tests-system.lock"  # fixed: shared by xdist workers and by the root and nobody runs
 SWAP_DIR = "/var/tmp"
-SWAP_PREFIX = "pagesnap-test-swap-"
+SWAP_PREFIX = "pagewalk-test-swap-"
 KSM_DIR = Path("/sys/kernel/mm/ksm")
 
 

@@ -1,4 +1,4 @@
-"""pagesnap's totals against the kernel's own accounting, one kind of memory at a time.
+"""pagewalk's totals against the kernel's own accounting, one kind of memory at a time.
 
 Each test builds memory of one kind in a puppet process (tests/puppet.py), stops the puppet and its forked
 children with SIGSTOP, takes snapshots with both front ends (method="read" and method="scan"; `freeze=True`
@@ -37,15 +37,15 @@ import numpy as np
 import pytest
 from puppet import Mapping, Puppet, PuppetError
 
-import pagesnap
-from pagesnap import bits
+import pagewalk
+from pagewalk import bits
 
 if TYPE_CHECKING:  # the fixtures' types, for annotations only
     from conftest import HugetlbPages, Ksm, SwapSpace
 
 PAGE = mmap.PAGESIZE
 PMD_PAGES = PAGE // 8  # pages per PMD-mapped huge page: 512 with 4 KiB pages
-CAPS = pagesnap.capabilities()
+CAPS = pagewalk.capabilities()
 FLAGS = CAPS.missing_for_flags() is None  # kpageflags readable and PFNs visible (root)
 COUNTS = CAPS.missing_for_pss() is None  # kpagecount readable: PSS
 METHODS = ("read", "scan") if CAPS.pagemap_scan else ("read",)
@@ -99,7 +99,7 @@ def read_rollup(pid: int) -> Vma:
 
 
 def kernel_metrics(vma: Vma) -> dict[str, int]:
-    """What pagesnap's totals should be, from the kernel's fields (pss in kB, as the kernel prints it)."""
+    """What pagewalk's totals should be, from the kernel's fields (pss in kB, as the kernel prints it)."""
     return {
         "rss": vma["Rss"],
         "uss": vma["Private_Clean"] + vma["Private_Dirty"] + vma["Private_Hugetlb"],
@@ -112,7 +112,7 @@ def kernel_metrics(vma: Vma) -> dict[str, int]:
     }
 
 
-def pagesnap_metrics(totals: pagesnap.Totals) -> dict[str, int | None]:
+def pagewalk_metrics(totals: pagewalk.Totals) -> dict[str, int | None]:
     return {
         "rss": totals.rss,
         "uss": totals.uss,
@@ -125,11 +125,11 @@ def pagesnap_metrics(totals: pagesnap.Totals) -> dict[str, int | None]:
     }
 
 
-def differences(label: str, totals: pagesnap.Totals, vma: Vma) -> list[str]:
+def differences(label: str, totals: pagewalk.Totals, vma: Vma) -> list[str]:
     expected = kernel_metrics(vma)
-    if isinstance(totals, pagesnap.Region) and totals.kind == "hugetlb":
-        expected["file+shmem"] = 0  # hugetlb is never in Rss; pagesnap counts it in `hugetlb` only
-    found = pagesnap_metrics(totals)
+    if isinstance(totals, pagewalk.Region) and totals.kind == "hugetlb":
+        expected["file+shmem"] = 0  # hugetlb is never in Rss; pagewalk counts it in `hugetlb` only
+    found = pagewalk_metrics(totals)
     if found["pss_kb"] is None:
         del expected["pss_kb"], found["pss_kb"]
     return [
@@ -147,11 +147,11 @@ class View:
     """Snapshots by each method and the kernel's smaps, all taken while the process was stopped."""
 
     pid: int
-    snaps: dict[str, pagesnap.Snapshot]
+    snaps: dict[str, pagewalk.Snapshot]
     rollup: Vma
     smaps: dict[int, Vma]
 
-    def regions(self, method: str, mapping: Mapping) -> list[pagesnap.Region]:
+    def regions(self, method: str, mapping: Mapping) -> list[pagewalk.Region]:
         """The regions (VMAs) inside a mapping: one, unless something split it (mlock, mprotect)."""
         found = [r for r in self.snaps[method].regions if mapping.address <= r.start and r.end <= mapping.end]
         assert found and found[0].start == mapping.address and found[-1].end == mapping.end, found
@@ -206,7 +206,7 @@ def _changed_vmas(before: dict[int, Vma], after: dict[int, Vma]) -> set[int]:
     }
 
 
-def _totals_are_region_sums(method: str, snap: pagesnap.Snapshot) -> list[str]:
+def _totals_are_region_sums(method: str, snap: pagewalk.Snapshot) -> list[str]:
     problems = []
     for name, total in snap.metrics().items():
         values = [getattr(region, name) for region in snap.regions]
@@ -220,7 +220,7 @@ def _totals_are_region_sums(method: str, snap: pagesnap.Snapshot) -> list[str]:
 
 def _compare(
     pid: int,
-    snaps: dict[str, pagesnap.Snapshot],
+    snaps: dict[str, pagewalk.Snapshot],
     rollup: Vma,
     smaps: dict[int, Vma],
     unstable: set[int] | None = None,
@@ -236,7 +236,7 @@ def _compare(
             problems += _totals_are_region_sums(method, snap)
         starts = {region.start for region in snap.regions}
         if starts != set(smaps):
-            problems.append(f"{method}: regions {sorted(starts ^ set(smaps))} only in one of pagesnap and smaps")
+            problems.append(f"{method}: regions {sorted(starts ^ set(smaps))} only in one of pagewalk and smaps")
         for region in snap.regions:
             vma = smaps.get(region.start)
             if vma is None or (unstable and region.start in unstable):
@@ -263,7 +263,7 @@ def _compare(
     return problems
 
 
-def _entries_outside_files(snap: pagesnap.Snapshot) -> np.ndarray:
+def _entries_outside_files(snap: pagewalk.Snapshot) -> np.ndarray:
     """(virtual page, entry) pairs of the snapshot's pages outside file mappings."""
     vpn = snap.vpn
     outside = np.ones(len(vpn), dtype=bool)
@@ -290,14 +290,14 @@ def look(puppet: Puppet, pid: int | None = None, *, methods: Iterable[str] = MET
         with puppet.stopped():
             before = read_rollup(pid)
             smaps_before = read_smaps(pid)
-            snaps = {m: pagesnap.snapshot(pid, flags=FLAGS, counts=COUNTS, method=m) for m in methods}  # type: ignore[arg-type]
+            snaps = {m: pagewalk.snapshot(pid, flags=FLAGS, counts=COUNTS, method=m) for m in methods}  # type: ignore[arg-type]
             smaps = read_smaps(pid)
             rollup = read_rollup(pid)
         for method, snap in snaps.items():
             assert snap.frozen and snap.method == method and snap.pid == pid
             assert (snap.flag_counts is not None) == FLAGS and (snap.pss is not None) == COUNTS
             if snap.zero is None or snap.thp is None:  # documented: rss may then include zero pages
-                pytest.skip(f"pagesnap cannot tell zero pages or huge mappings here: {'; '.join(snap.notes)}")
+                pytest.skip(f"pagewalk cannot tell zero pages or huge mappings here: {'; '.join(snap.notes)}")
         changed = {k: (before[k], rollup[k]) for k in sorted(before.fields) if _checked(k) and before[k] != rollup[k]}
         unstable = _changed_vmas(smaps_before, smaps) if changed else None
         kinds = {region.start: region.kind for region in next(iter(snaps.values())).regions}
@@ -312,7 +312,7 @@ def look(puppet: Puppet, pid: int | None = None, *, methods: Iterable[str] = MET
             if repeats >= REPEATS:
                 break
         time.sleep(min(0.02 * (attempt + 1), 0.25))
-    pytest.fail(f"pagesnap disagrees with smaps (pid {pid}, {attempt + 1} tries); the last:\n" + "\n".join(problems))
+    pytest.fail(f"pagewalk disagrees with smaps (pid {pid}, {attempt + 1} tries); the last:\n" + "\n".join(problems))
 
 
 def expect(view: View, mapping: Mapping, *, pss: int | None = None, **pages: int) -> None:
@@ -333,7 +333,7 @@ def pss_of(*groups: tuple[int, int]) -> int:
 
 
 def raw_entries(pid: int, mapping: Mapping) -> list[int]:
-    """The mapping's pagemap entries, read directly (an oracle independent of pagesnap)."""
+    """The mapping's pagemap entries, read directly (an oracle independent of pagewalk)."""
     fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     try:
         data = os.pread(fd, mapping.pages * 8, mapping.address // PAGE * 8)
@@ -373,7 +373,7 @@ def test_zero_page(puppet: Puppet) -> None:
     """Read faults on private anonymous memory map the shared zero page.
 
     pagemap shows those pages present (PRESENT only: no FILE, no EXCLUSIVE), but the kernel leaves them out
-    of Rss and every other smaps total (`vm_normal_page()` is NULL for the zero PFN). pagesnap does the same
+    of Rss and every other smaps total (`vm_normal_page()` is NULL for the zero PFN). pagewalk does the same
     and counts them in `zero` (PAGE_IS_PFNZERO; as root also the zero PFN). Their kpagecount is 0, so they
     add nothing to PSS. A write replaces the zero page with a private page.
     """
@@ -410,7 +410,7 @@ def test_huge_zero_page(puppet: Puppet) -> None:
 
     pagemap reads its 512 entries as PRESENT|FILE (the huge zero folio is not anonymous), PAGEMAP_SCAN as
     PFNZERO|HUGE, kpageflags as ZERO_PAGE|THP. The kernel counts none of it: not in Rss, AnonHugePages or
-    FilePmdMapped. pagesnap counts it in `zero` only: not in rss, file or thp.
+    FilePmdMapped. pagewalk counts it in `zero` only: not in rss, file or thp.
     """
     area = puppet.map(2 * PMD_PAGES, thp=True)
     puppet.madvise(area, "HUGEPAGE")
@@ -635,7 +635,7 @@ def test_ksm_merged(ksm: Ksm, puppet: Puppet) -> None:
     """KSM merges identical MADV_MERGEABLE pages into one page mapped many times.
 
     48 identical pages become one KSM page with map count 48: shared, so in neither the kernel's
-    Private_* nor pagesnap's USS; PSS gives each mapping PAGE/48 (floored in 12-bit fixed point), so the
+    Private_* nor pagewalk's USS; PSS gives each mapping PAGE/48 (floored in 12-bit fixed point), so the
     48 weigh one page. They stay resident and Anonymous. The 16 pages with distinct content stay private.
     """
     area = puppet.map(64)
@@ -659,7 +659,7 @@ def test_ksm_merged(ksm: Ksm, puppet: Puppet) -> None:
 def test_ksm_zero_pages(ksm: Ksm, puppet: Puppet) -> None:
     """With use_zero_pages=1, KSM maps zero-filled mergeable pages to the shared zero page.
 
-    They leave Rss (no KSM page, no map count) as any zero page does: pagesnap counts them in `zero`.
+    They leave Rss (no KSM page, no map count) as any zero page does: pagewalk counts them in `zero`.
     """
     ksm.use_zero_pages(True)
     area = puppet.map(64)
@@ -692,7 +692,7 @@ def test_swapped_out(swap_space: SwapSpace, puppet: Puppet) -> None:
     """MADV_PAGEOUT swaps private pages out: swap == Swap, out of rss and uss; guard markers are not swap.
 
     Read back, a page comes in through the swap cache (its refcount is then 2, its map count 1): the kernel
-    counts it private by map count, as pagesnap does.
+    counts it private by map count, as pagewalk does.
     """
     area = puppet.map(64)
     puppet.write(area, range(56))
@@ -722,7 +722,7 @@ def test_swapped_out(swap_space: SwapSpace, puppet: Puppet) -> None:
 
 
 BUG_SHMEM_SWAP = (
-    "pagesnap limitation: swapped-out shmem pages leave no PTE (pte_none), so pagemap cannot show them, "
+    "pagewalk limitation: swapped-out shmem pages leave no PTE (pte_none), so pagemap cannot show them, "
     "while smaps counts them in Swap (shmem_swap_usage)"
 )
 
@@ -742,7 +742,7 @@ def test_swapped_out_shmem(swap_space: SwapSpace, puppet: Puppet) -> None:
 def test_hugetlb(hugetlb_pages: HugetlbPages, puppet: Puppet) -> None:
     """hugetlb pages are never in Rss or Pss, but in Private_Hugetlb (USS) or Shared_Hugetlb.
 
-    pagesnap counts them in `hugetlb`, and in `uss` while mapped once; after fork the private mapping's
+    pagewalk counts them in `hugetlb`, and in `uss` while mapped once; after fork the private mapping's
     pages are shared copy-on-write and the shared mapping's are mapped by both (once the child touches
     them), so they leave USS in both processes.
     """
@@ -772,7 +772,7 @@ def test_guard_regions(puppet: Puppet) -> None:
     """MADV_GUARD_INSTALL (Linux 6.13+) replaces pages with guard markers, which hold no memory.
 
     pagemap reads a guard marker as PM_SWAP|PM_GUARD and PAGEMAP_SCAN as SWAPPED, yet smaps counts nothing
-    for it: pagesnap must not count guard pages as swap (nor as resident).
+    for it: pagewalk must not count guard pages as swap (nor as resident).
     """
     area = puppet.map(64)
     puppet.write(area)

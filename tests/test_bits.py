@@ -9,8 +9,8 @@ import struct
 
 import pytest
 
-import pagesnap
-from pagesnap import bits
+import pagewalk
+from pagewalk import bits
 
 
 def own_entry(address: int) -> int:
@@ -74,7 +74,7 @@ def test_real_written_and_zero_pages() -> None:
     zero = bits.decode_entry(own_entry(address + mmap.PAGESIZE))
     assert written.present and written.exclusive and not written.file_or_shared_anon
     assert zero.present and not zero.exclusive and not zero.file_or_shared_anon
-    caps = pagesnap.capabilities()
+    caps = pagewalk.capabilities()
     assert (written.pfn is not None) == caps.pfn_visible
     if caps.pfn_visible:
         assert zero.pfn == caps.zero_pfn
@@ -82,7 +82,7 @@ def test_real_written_and_zero_pages() -> None:
 
 
 def test_capabilities_match_the_user() -> None:
-    caps = pagesnap.capabilities()
+    caps = pagewalk.capabilities()
     is_root = os.geteuid() == 0
     assert caps.euid == os.geteuid()
     assert caps.pfn_visible == (is_root and caps.cap_sys_admin)

@@ -1,4 +1,4 @@
-"""The command line, run as users run it: `python -m pagesnap ...` in a subprocess, against real processes."""
+"""The command line, run as users run it: `python -m pagewalk ...` in a subprocess, against real processes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-import pagesnap
+import pagewalk
 
 TARGET = (
     "import mmap, sys\n"
@@ -33,12 +33,12 @@ def target() -> Iterator[subprocess.Popen[str]]:
     process.wait()
 
 
-def pagesnap_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pagesnap", *args], capture_output=True, text=True, timeout=60)
+def pagewalk_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pagewalk", *args], capture_output=True, text=True, timeout=60)
 
 
 def test_snapshot_json_has_the_documented_keys(target: subprocess.Popen[str]) -> None:
-    result = pagesnap_cli("snapshot", str(target.pid), "--json")
+    result = pagewalk_cli("snapshot", str(target.pid), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     for key in ("pid", "rss", "uss", "pss", "swap", "regions", "anon", "file", "shmem", "thp", "zero", "hugetlb"):
@@ -49,26 +49,26 @@ def test_snapshot_json_has_the_documented_keys(target: subprocess.Popen[str]) ->
     for key in ("start", "end", "perms", "name", "kind", "rss", "uss", "swap"):
         assert key in region
     assert sum(r["uss"] for r in data["regions"]) == data["uss"]
-    caps = pagesnap.capabilities()
+    caps = pagewalk.capabilities()
     assert (data["pss"] is None) == (caps.missing_for_pss() is not None)
 
 
-@pytest.mark.skipif(pagesnap.capabilities().missing_for_flags() is not None, reason="page flags need CAP_SYS_ADMIN")
+@pytest.mark.skipif(pagewalk.capabilities().missing_for_flags() is not None, reason="page flags need CAP_SYS_ADMIN")
 def test_snapshot_json_with_flags(target: subprocess.Popen[str]) -> None:
-    data = json.loads(pagesnap_cli("snapshot", str(target.pid), "--json", "--flags").stdout)
+    data = json.loads(pagewalk_cli("snapshot", str(target.pid), "--json", "--flags").stdout)
     assert data["flags"]["ANON"] > 16
     assert all(isinstance(pages, int) for pages in data["flags"].values())
 
 
-@pytest.mark.skipif(pagesnap.capabilities().missing_for_flags() is None, reason="needs an unprivileged user")
+@pytest.mark.skipif(pagewalk.capabilities().missing_for_flags() is None, reason="needs an unprivileged user")
 def test_flags_without_privilege_fail_naming_the_capability(target: subprocess.Popen[str]) -> None:
-    result = pagesnap_cli("snapshot", str(target.pid), "--flags")
+    result = pagewalk_cli("snapshot", str(target.pid), "--flags")
     assert result.returncode == 1
     assert "CAP_SYS_ADMIN" in result.stderr
 
 
 def test_snapshot_table(target: subprocess.Popen[str]) -> None:
-    result = pagesnap_cli("snapshot", str(target.pid))
+    result = pagewalk_cli("snapshot", str(target.pid))
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"pid {target.pid}: ")
     assert "uss " in result.stdout
@@ -87,7 +87,7 @@ def test_snapshot_table(target: subprocess.Popen[str]) -> None:
     ],
 )
 def test_bad_input_exits_with_a_clear_message(args: list[str], code: int, message: str) -> None:
-    result = pagesnap_cli(*args)
+    result = pagewalk_cli(*args)
     assert result.returncode == code
     assert message in result.stderr
 
@@ -95,7 +95,7 @@ def test_bad_input_exits_with_a_clear_message(args: list[str], code: int, messag
 def test_delta_json_reports_growth(target: subprocess.Popen[str]) -> None:
     assert target.stdin is not None and target.stdout is not None
     process = subprocess.Popen(
-        [sys.executable, "-m", "pagesnap", "delta", str(target.pid), "--for", "2", "--json", "--accessed"],
+        [sys.executable, "-m", "pagewalk", "delta", str(target.pid), "--for", "2", "--json", "--accessed"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -112,29 +112,29 @@ def test_delta_json_reports_growth(target: subprocess.Popen[str]) -> None:
         assert key in data
     # The mapping the target grew, exactly; the total also moves with shared-library pages other
     # processes map and unmap meanwhile.
-    grown = [region for region in data["regions"] if region["uss_growth"] == 32 * pagesnap.units.PAGE_SIZE]
+    grown = [region for region in data["regions"] if region["uss_growth"] == 32 * pagewalk.units.PAGE_SIZE]
     assert [region["name"] for region in grown] == ["[anon]"]
     assert data["written"] is None  # not asked for
-    assert data["accessed"] >= 32 * pagesnap.units.PAGE_SIZE
+    assert data["accessed"] >= 32 * pagewalk.units.PAGE_SIZE
 
 
 def test_delta_writes_on_a_kernel_without_soft_dirty(target: subprocess.Popen[str]) -> None:
-    if pagesnap.capabilities().soft_dirty:
+    if pagewalk.capabilities().soft_dirty:
         pytest.skip("this kernel has soft-dirty")
-    result = pagesnap_cli("delta", str(target.pid), "--for", "0", "--writes")
+    result = pagewalk_cli("delta", str(target.pid), "--for", "0", "--writes")
     assert result.returncode == 1
     assert "CONFIG_MEM_SOFT_DIRTY" in result.stderr
 
 
 def test_capabilities_json() -> None:
-    data = json.loads(pagesnap_cli("capabilities", "--json").stdout)
+    data = json.loads(pagewalk_cli("capabilities", "--json").stdout)
     assert set(data) >= {"pfn_visible", "kpageflags", "pagemap_scan", "soft_dirty", "thp_mode"}
 
 
 def test_delta_of_a_process_that_exits_during_the_wait() -> None:
     short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
     try:
-        result = pagesnap_cli("delta", str(short.pid), "--for", "30")
+        result = pagewalk_cli("delta", str(short.pid), "--for", "30")
     finally:
         short.wait()
     assert result.returncode == 1

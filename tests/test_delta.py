@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 from puppet import Mapping, Puppet
 
-import pagesnap
-from pagesnap.measure import missing_requirements
+import pagewalk
+from pagewalk.measure import missing_requirements
 
-CAPS = pagesnap.capabilities()
+CAPS = pagewalk.capabilities()
 PAGE = CAPS.page_size
 needs_flags = pytest.mark.skipif(CAPS.missing_for_flags() is not None, reason=CAPS.missing_for_flags() or "")
 KSM_MISREPORTED = CAPS.missing_for_flag("KSM")
@@ -31,13 +31,13 @@ def child() -> Iterator[Puppet]:
         yield puppet
 
 
-def gained_in(before: pagesnap.Snapshot, after: pagesnap.Snapshot, area: Mapping, flag: str) -> list[int]:
+def gained_in(before: pagewalk.Snapshot, after: pagewalk.Snapshot, area: Mapping, flag: str) -> list[int]:
     """Indexes of the pages of `area` that have `flag` after and did not before (all that have it, when
     `before` is `after`)."""
-    bit = np.uint64(1 << pagesnap.bits.FLAG_BITS[flag])
+    bit = np.uint64(1 << pagewalk.bits.FLAG_BITS[flag])
     first = area.address // PAGE
 
-    def pages_with_flag(snap: pagesnap.Snapshot) -> set[int]:
+    def pages_with_flag(snap: pagewalk.Snapshot) -> set[int]:
         assert snap.page_flags is not None
         vpn = snap.vpn
         inside = (vpn >= np.uint64(first)) & (vpn < np.uint64(first + area.pages))
@@ -48,7 +48,7 @@ def gained_in(before: pagesnap.Snapshot, after: pagesnap.Snapshot, area: Mapping
     return sorted(now if before is after else now - pages_with_flag(before))
 
 
-def region_delta(delta: pagesnap.Delta, mapping: Mapping) -> pagesnap.RegionDelta:
+def region_delta(delta: pagewalk.Delta, mapping: Mapping) -> pagewalk.RegionDelta:
     (found,) = [r for r in delta.regions if r.start <= mapping.address < r.end and r.status != "removed"]
     return found
 
@@ -56,9 +56,9 @@ def region_delta(delta: pagesnap.Delta, mapping: Mapping) -> pagesnap.RegionDelt
 def test_growth_is_exact_per_region_and_close_in_total(child: Puppet) -> None:
     area = child.map(256)
     child.write(area, range(0, 64))
-    before = pagesnap.snapshot(child.pid)
+    before = pagewalk.snapshot(child.pid)
     child.write(area, range(64, 192))
-    after = pagesnap.snapshot(child.pid)
+    after = pagewalk.snapshot(child.pid)
     delta = after - before
     assert region_delta(delta, area).uss_growth == 128 * PAGE
     assert region_delta(delta, area).rss_growth == 128 * PAGE
@@ -66,31 +66,31 @@ def test_growth_is_exact_per_region_and_close_in_total(child: Puppet) -> None:
     assert region_delta(delta, area).status == "kept"
     assert delta.uss_growth == pytest.approx(128 * PAGE, abs=32 * PAGE)  # the interpreter's own noise
     assert delta.pages_appeared >= 128
-    assert delta == pagesnap.diff(before, after)
+    assert delta == pagewalk.diff(before, after)
 
 
 def test_private_file_pages_become_anonymous_when_written(child: Puppet, tmp_path: Any) -> None:
     path = tmp_path / "data"
     path.write_bytes(b"\x01" * 32 * PAGE)
     area = child.map(32, path=path)
-    before = pagesnap.snapshot(child.pid)
+    before = pagewalk.snapshot(child.pid)
     child.read(area)  # page cache, mapped: resident but not anonymous
-    read = pagesnap.snapshot(child.pid)
+    read = pagewalk.snapshot(child.pid)
     assert (region_delta(read - before, area).rss_growth, region_delta(read - before, area).anon_growth) == (
         32 * PAGE,
         0,
     )
     child.write(area, range(0, 12))  # copy-on-write: 12 private anonymous copies replace page-cache pages
-    change = region_delta(pagesnap.snapshot(child.pid) - read, area)
+    change = region_delta(pagewalk.snapshot(child.pid) - read, area)
     assert (change.rss_growth, change.anon_growth) == (0, 12 * PAGE)
 
 
 def test_shrinking_is_negative_growth(child: Puppet) -> None:
     area = child.map(100)
     child.write(area)
-    before = pagesnap.snapshot(child.pid)
+    before = pagewalk.snapshot(child.pid)
     child.madvise(area, "DONTNEED", range(0, 40))
-    delta = pagesnap.snapshot(child.pid) - before
+    delta = pagewalk.snapshot(child.pid) - before
     assert region_delta(delta, area).uss_growth == -40 * PAGE
     assert delta.pages_disappeared >= 40
 
@@ -99,9 +99,9 @@ def test_shrinking_is_negative_growth(child: Puppet) -> None:
 def test_munmap_removes_the_region_and_its_pages(child: Puppet, flags: bool) -> None:
     area = child.map(50)
     child.write(area)
-    before = pagesnap.snapshot(child.pid, flags=flags)
+    before = pagewalk.snapshot(child.pid, flags=flags)
     child.munmap(area)
-    after = pagesnap.snapshot(child.pid, flags=flags)
+    after = pagewalk.snapshot(child.pid, flags=flags)
     delta = after - before
     (removed,) = [r for r in delta.regions_removed if r.start == area.address]
     assert removed.uss_growth == -50 * PAGE
@@ -113,10 +113,10 @@ def test_munmap_removes_the_region_and_its_pages(child: Puppet, flags: bool) -> 
 
 
 def test_new_region_is_added(child: Puppet) -> None:
-    before = pagesnap.snapshot(child.pid)
+    before = pagewalk.snapshot(child.pid)
     area = child.map(30)
     child.write(area, range(0, 10))
-    delta = pagesnap.snapshot(child.pid) - before
+    delta = pagewalk.snapshot(child.pid) - before
     added = region_delta(delta, area)
     assert added.status == "added" and added.uss_growth == 10 * PAGE and added.size_growth == 30 * PAGE
 
@@ -125,11 +125,11 @@ def test_fork_then_write_changes_frames_and_grows_uss(child: Puppet) -> None:
     area = child.map(64)
     child.write(area)
     child.fork()  # a sleeping copy now shares the 64 pages copy-on-write: none is exclusive
-    before = pagesnap.snapshot(child.pid)
+    before = pagewalk.snapshot(child.pid)
     (shared,) = [r for r in before.regions if r.start == area.address]
     assert (shared.rss, shared.uss) == (64 * PAGE, 0)
     child.write(area, range(0, 24))  # copy-on-write breaks: 24 private copies
-    after = pagesnap.snapshot(child.pid)
+    after = pagewalk.snapshot(child.pid)
     delta = after - before
     assert region_delta(delta, area).uss_growth == 24 * PAGE
     assert region_delta(delta, area).rss_growth == 0
@@ -143,9 +143,9 @@ def test_fork_then_write_changes_frames_and_grows_uss(child: Puppet) -> None:
 def test_mlock_gains_unevictable(child: Puppet) -> None:
     area = child.map(40)
     child.write(area)
-    before = pagesnap.snapshot(child.pid, flags=True)
+    before = pagewalk.snapshot(child.pid, flags=True)
     child.mlock(area, range(0, 16))
-    after = pagesnap.snapshot(child.pid, flags=True)
+    after = pagewalk.snapshot(child.pid, flags=True)
     delta = after - before
     assert delta.flags_gained is not None and delta.flags_lost is not None
     # The 16 locked pages of the area. Page flags belong to folios: where a large folio (mTHP) straddles
@@ -163,11 +163,11 @@ def test_collapse_gains_thp_and_changes_frames(child: Puppet) -> None:
     area = child.map(512, thp=True)
     child.madvise(area, "NOHUGEPAGE")  # small pages first, even where THP is "always" (khugepaged too)
     child.write(area)
-    before = pagesnap.snapshot(child.pid, flags=True)
+    before = pagewalk.snapshot(child.pid, flags=True)
     assert gained_in(before, before, area, "THP") == []
     child.madvise(area, "HUGEPAGE")
     child.madvise(area, "COLLAPSE")
-    after = pagesnap.snapshot(child.pid, flags=True)
+    after = pagewalk.snapshot(child.pid, flags=True)
     delta = after - before
     assert delta.flags_gained is not None
     assert gained_in(before, after, area, "THP") == list(range(512))
@@ -179,16 +179,16 @@ def test_collapse_gains_thp_and_changes_frames(child: Puppet) -> None:
 
 
 def test_pids_must_match(child: Puppet) -> None:
-    own = pagesnap.snapshot(os.getpid())
-    with pytest.raises(pagesnap.PagesnapError, match="different processes"):
-        pagesnap.diff(own, pagesnap.snapshot(child.pid))
+    own = pagewalk.snapshot(os.getpid())
+    with pytest.raises(pagewalk.PagewalkError, match="different processes"):
+        pagewalk.diff(own, pagewalk.snapshot(child.pid))
 
 
 def test_order_is_checked(child: Puppet) -> None:
-    first = pagesnap.snapshot(child.pid)
-    second = pagesnap.snapshot(child.pid)
-    with pytest.raises(pagesnap.PagesnapError, match="older"):
-        pagesnap.diff(second, first)
+    first = pagewalk.snapshot(child.pid)
+    second = pagewalk.snapshot(child.pid)
+    with pytest.raises(pagewalk.PagewalkError, match="older"):
+        pagewalk.diff(second, first)
 
 
 @needs_flags
@@ -196,10 +196,10 @@ def test_order_is_checked(child: Puppet) -> None:
 def test_pageout_gains_swapped(swap_space: object, child: Puppet) -> None:
     area = child.map(64)
     child.write(area)
-    before = pagesnap.snapshot(child.pid, flags=True)
+    before = pagewalk.snapshot(child.pid, flags=True)
     for attempt in range(20):  # pages still in another CPU's LRU batch may resist a first MADV_PAGEOUT
         child.madvise(area, "PAGEOUT", range(0, 32))
-        after = pagesnap.snapshot(child.pid, flags=True)
+        after = pagewalk.snapshot(child.pid, flags=True)
         if len(gained_in(before, after, area, "SWAPPED")) == 32:
             break
         time.sleep(0.02 * (attempt + 1))
@@ -218,11 +218,11 @@ def test_ksm_merge_gains_ksm_and_changes_frames(ksm: Any, child: Puppet) -> None
     child.madvise(area, "MERGEABLE")
     child.write(area)  # 48 distinct pages: nothing to merge yet, however soon ksmd looks
     ksm.use_zero_pages(False)
-    before = pagesnap.snapshot(child.pid, flags=True)
+    before = pagewalk.snapshot(child.pid, flags=True)
     child.fill(area, range(32), value=0x5A)  # now 32 identical pages: KSM merges them into one
     deadline = time.monotonic() + 60
     # Wait on the area's own pages: the process counters also count other pages KSM merges meanwhile.
-    while len(gained_in(before, after := pagesnap.snapshot(child.pid, flags=True), area, "KSM")) < 32:
+    while len(gained_in(before, after := pagewalk.snapshot(child.pid, flags=True), area, "KSM")) < 32:
         if time.monotonic() > deadline:
             pytest.fail("KSM did not merge 32 identical mergeable pages within 60 s")
         time.sleep(0.05)
@@ -238,11 +238,11 @@ def test_a_misreported_ksm_flag_is_withheld_not_counted(child: Puppet) -> None:
     that, KSM is left out of the counts and deltas and a limit on it says why; elsewhere it is counted."""
     area = child.map(16)
     child.write(area)
-    before = pagesnap.snapshot(child.pid, flags=True)
+    before = pagewalk.snapshot(child.pid, flags=True)
     child.write(area, range(8))
-    with pagesnap.measure(child.pid, flags=True) as m:
+    with pagewalk.measure(child.pid, flags=True) as m:
         child.munmap(area)
-    delta = pagesnap.snapshot(child.pid, flags=True) - before
+    delta = pagewalk.snapshot(child.pid, flags=True) - before
     assert before.flag_counts is not None and delta.flags_gained is not None and delta.flags_lost is not None
     if KSM_MISREPORTED is None:
         assert CAPS.ksm_flag_reliable is True
@@ -254,10 +254,10 @@ def test_a_misreported_ksm_flag_is_withheld_not_counted(child: Puppet) -> None:
     assert "KSM" not in before.flag_counts and "KSM" not in delta.flags_gained and "KSM" not in delta.flags_lost
     assert before.flag_counts["ANON"] >= 16  # the other flags are still read
     assert before.page_flags is not None and not np.any(
-        before.page_flags & np.uint64(1 << pagesnap.bits.FLAG_BITS["KSM"])
+        before.page_flags & np.uint64(1 << pagewalk.bits.FLAG_BITS["KSM"])
     )
     assert any("page flag KSM is not reported" in note for note in before.notes)
-    with pytest.raises(pagesnap.Unsupported, match=r"page flag KSM of .* is unknown: .*every anonymous page KSM"):
+    with pytest.raises(pagewalk.Unsupported, match=r"page flag KSM of .* is unknown: .*every anonymous page KSM"):
         m.assert_no_flag_gain("KSM")
     (reason,) = missing_requirements(flags=True, flag_names=["KSM", "THP"])
     assert reason.startswith("page flag KSM cannot be checked")

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-import pagesnap
-from pagesnap import procfs, reader
+import pagewalk
+from pagewalk import procfs, reader
 
 SLEEPER = [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.readline()"]
 
@@ -40,26 +40,26 @@ def thread_state(pid: int) -> str:
 
 @pytest.mark.parametrize("pid", [0, -1, -4242])
 def test_non_positive_pid(pid: int) -> None:
-    with pytest.raises(pagesnap.InvalidPid, match="positive"):
-        pagesnap.snapshot(pid)
+    with pytest.raises(pagewalk.InvalidPid, match="positive"):
+        pagewalk.snapshot(pid)
 
 
 @pytest.mark.parametrize("pid", ["123", 1.0, None, True])
 def test_pid_of_wrong_type(pid: object) -> None:
-    with pytest.raises(pagesnap.InvalidPid, match="must be an int"):
-        pagesnap.snapshot(pid)  # type: ignore[arg-type]
+    with pytest.raises(pagewalk.InvalidPid, match="must be an int"):
+        pagewalk.snapshot(pid)  # type: ignore[arg-type]
 
 
 def test_invalid_pid_is_also_a_value_error() -> None:
     with pytest.raises(ValueError):
-        pagesnap.snapshot(0)
+        pagewalk.snapshot(0)
 
 
 def test_no_such_process() -> None:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     process.wait()  # reaped: the pid is free
-    with pytest.raises(pagesnap.ProcessGone, match=f"process {process.pid} does not exist") as info:
-        pagesnap.snapshot(process.pid)
+    with pytest.raises(pagewalk.ProcessGone, match=f"process {process.pid} does not exist") as info:
+        pagewalk.snapshot(process.pid)
     assert info.value.pid == process.pid
 
 
@@ -67,8 +67,8 @@ def test_kernel_thread() -> None:
     kthreadd = 2  # the parent of all kernel threads
     with open("/proc/2/comm") as comm:
         assert comm.read().strip() == "kthreadd"
-    with pytest.raises(pagesnap.NoAddressSpace, match="kernel thread"):
-        pagesnap.snapshot(kthreadd)
+    with pytest.raises(pagewalk.NoAddressSpace, match="kernel thread"):
+        pagewalk.snapshot(kthreadd)
 
 
 def test_zombie() -> None:
@@ -78,28 +78,28 @@ def test_zombie() -> None:
         assert time.monotonic() < deadline, "child never became a zombie"
         time.sleep(0.01)
     try:
-        with pytest.raises(pagesnap.NoAddressSpace, match="zombie"):
-            pagesnap.snapshot(process.pid)
+        with pytest.raises(pagewalk.NoAddressSpace, match="zombie"):
+            pagewalk.snapshot(process.pid)
     finally:
         process.wait()
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may read every process; run unprivileged to test denial")
 def test_permission_denied_names_the_fix() -> None:
-    with pytest.raises(pagesnap.AccessDenied, match="ptrace") as info:
-        pagesnap.snapshot(1)
+    with pytest.raises(pagewalk.AccessDenied, match="ptrace") as info:
+        pagewalk.snapshot(1)
     assert info.value.pid == 1
     assert isinstance(info.value, PermissionError)
 
 
 def test_unknown_method(child: subprocess.Popen[str]) -> None:
     with pytest.raises(ValueError, match="'auto', 'read' or 'scan'"):
-        pagesnap.snapshot(child.pid, method="fast")  # type: ignore[arg-type]
+        pagewalk.snapshot(child.pid, method="fast")  # type: ignore[arg-type]
 
 
 def test_unknown_tracking(child: subprocess.Popen[str]) -> None:
     with pytest.raises(ValueError, match="choose from writes, accessed"):
-        pagesnap.snapshot(child.pid, track=("reads",))
+        pagewalk.snapshot(child.pid, track=("reads",))
 
 
 @pytest.mark.parametrize("method", ["read", "scan"])
@@ -107,7 +107,7 @@ def test_process_exiting_mid_snapshot_is_gone_not_partial(
     child: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch, method: str
 ) -> None:
     """The child is killed and reaped between the maps read and the pagemap read: a real exit mid-snapshot."""
-    if method == "scan" and not pagesnap.capabilities().pagemap_scan:
+    if method == "scan" and not pagewalk.capabilities().pagemap_scan:
         pytest.skip("PAGEMAP_SCAN needs Linux 6.7+")
     real_read_maps = procfs.read_maps
 
@@ -119,8 +119,8 @@ def test_process_exiting_mid_snapshot_is_gone_not_partial(
 
     monkeypatch.setattr(procfs, "read_maps", read_maps_then_die)
     before = open_fds()
-    with pytest.raises(pagesnap.ProcessGone, match="exited while") as info:
-        pagesnap.snapshot(child.pid, freeze=False, method=method)  # type: ignore[arg-type]
+    with pytest.raises(pagewalk.ProcessGone, match="exited while") as info:
+        pagewalk.snapshot(child.pid, freeze=False, method=method)  # type: ignore[arg-type]
     assert info.value.pid == child.pid
     assert open_fds() <= before
 
@@ -133,7 +133,7 @@ def test_process_is_resumed_after_an_error(child: subprocess.Popen[str], monkeyp
     monkeypatch.setattr(reader, "read_entries", interrupted)
     before = open_fds()
     with pytest.raises(KeyboardInterrupt):
-        pagesnap.snapshot(child.pid, method="read")
+        pagewalk.snapshot(child.pid, method="read")
     assert thread_state(child.pid) in ("S", "R")
     assert open_fds() <= before
 
@@ -144,32 +144,32 @@ def test_already_stopped_process_stays_stopped(child: subprocess.Popen[str]) -> 
     while thread_state(child.pid) != "T":
         assert time.monotonic() < deadline
         time.sleep(0.001)
-    snap = pagesnap.snapshot(child.pid)
+    snap = pagewalk.snapshot(child.pid)
     assert snap.frozen
     assert thread_state(child.pid) == "T"
     os.kill(child.pid, signal.SIGCONT)
 
 
 def test_snapshot_of_self_does_not_freeze() -> None:
-    snap = pagesnap.snapshot(os.getpid())
+    snap = pagewalk.snapshot(os.getpid())
     assert not snap.frozen
     assert snap.uss > 0
 
 
 def test_errors_pickle_with_pid_and_message() -> None:
-    error = pagesnap.ProcessGone("process 7 does not exist", 7)
+    error = pagewalk.ProcessGone("process 7 does not exist", 7)
     copy = pickle.loads(pickle.dumps(error))
-    assert type(copy) is pagesnap.ProcessGone
+    assert type(copy) is pagewalk.ProcessGone
     assert (copy.pid, str(copy)) == (7, "process 7 does not exist")
 
 
 def test_non_linux_platform_is_unsupported(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "platform", "darwin")
-    with pytest.raises(pagesnap.Unsupported, match="Linux"):
-        pagesnap.snapshot(os.getpid())
+    with pytest.raises(pagewalk.Unsupported, match="Linux"):
+        pagewalk.snapshot(os.getpid())
 
 
 def test_core_does_not_import_pytest() -> None:
-    code = "import sys, pagesnap, pagesnap.cli, pagesnap.delta; print('pytest' in sys.modules)"
+    code = "import sys, pagewalk, pagewalk.cli, pagewalk.delta; print('pytest' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

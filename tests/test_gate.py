@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pagesnap import baseline, ci_reports, gate
-from pagesnap.baseline import BaselineError, MeasurementRecord, SessionRecord
+from pagewalk import baseline, ci_reports, gate
+from pagewalk.baseline import BaselineError, MeasurementRecord, SessionRecord
 
 MiB = 1 << 20
 CONTEXT = {"kernel": "6.18.0", "machine": "x86_64", "page_size": 4096, "git": {"commit": "abc123def4567890"}}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pagesnap.procfs import parse_maps, parse_maps_line, read_maps
-from pagesnap.regions import classify, display_name
+from pagewalk.procfs import parse_maps, parse_maps_line, read_maps
+from pagewalk.regions import classify, display_name
 
 PADDING = " " * 26
 

@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from pagesnap.delta import _match_pages
-from pagesnap.reader import PFN_GAP, PageRuns, lookup_pfns, read_scanned
+from pagewalk.delta import _match_pages
+from pagewalk.reader import PFN_GAP, PageRuns, lookup_pfns, read_scanned
 
 
 def random_pages(rng: np.random.Generator, span: int, density: float) -> np.ndarray:

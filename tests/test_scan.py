@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from puppet import Puppet
 
-import pagesnap
+import pagewalk
 
-CAPS = pagesnap.capabilities()
+CAPS = pagewalk.capabilities()
 pytestmark = pytest.mark.skipif(not CAPS.pagemap_scan, reason="PAGEMAP_SCAN needs Linux 6.7+")
 
 
@@ -27,8 +27,8 @@ def test_many_ranges_are_read_once(puppet: Puppet, pages: int, stride: int) -> N
     area = puppet.map(pages)
     puppet.write(area, range(0, pages, stride))
     with puppet.stopped():
-        by_scan = pagesnap.snapshot(puppet.pid, method="scan")
-        by_read = pagesnap.snapshot(puppet.pid, method="read")
+        by_scan = pagewalk.snapshot(puppet.pid, method="scan")
+        by_read = pagewalk.snapshot(puppet.pid, method="read")
     assert np.array_equal(by_scan.vpn, by_read.vpn)
     assert np.all(np.diff(by_scan.vpn.astype(np.int64)) > 0)
     assert by_scan.rss == by_read.rss

@@ -1,6 +1,6 @@
 import pytest
 
-from pagesnap.units import PAGE_SIZE, format_size, parse_size
+from pagewalk.units import PAGE_SIZE, format_size, parse_size
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 """Kernel-level checks for soft-dirty tracking and PAGEMAP_SCAN.
 
-These tests exercise the kernel itself, not pagesnap, using only the standard
+These tests exercise the kernel itself, not pagewalk, using only the standard
 library. They are meant to run inside the kernel matrix (``scripts/kernel-matrix``),
 which boots Debian kernels built with CONFIG_MEM_SOFT_DIRTY and sets
 ``PAGEMAP_KERNEL_MATRIX`` to the leg's name (``6.1``, ``6.12``, ...).

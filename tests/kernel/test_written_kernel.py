@@ -1,4 +1,4 @@
-"""Pages written, through pagesnap, with exact expectations. Needs a kernel with CONFIG_MEM_SOFT_DIRTY.
+"""Pages written, through pagewalk, with exact expectations. Needs a kernel with CONFIG_MEM_SOFT_DIRTY.
 
 A puppet child (tests/puppet.py) maps fenced regions of private anonymous memory (PROT_NONE pages on both
 sides keep the kernel from merging them with other mappings, which would mark them soft-dirty as a whole),
@@ -16,19 +16,19 @@ import os
 import pytest
 from puppet import Puppet
 
-import pagesnap
+import pagewalk
 
 LEG = os.environ.get("PAGEMAP_KERNEL_MATRIX")
-CAPS = pagesnap.capabilities()
+CAPS = pagewalk.capabilities()
 SCAN_WRITES = "SOFT_DIRTY" in CAPS.scan_categories
 
 if not CAPS.soft_dirty:
     if LEG:
-        raise AssertionError(f"kernel matrix leg {LEG}: pagesnap finds no soft-dirty support; the leg is broken")
+        raise AssertionError(f"kernel matrix leg {LEG}: pagewalk finds no soft-dirty support; the leg is broken")
     pytest.skip(CAPS.missing_for_soft_dirty() or "", allow_module_level=True)
 
 
-def region_at(snap: pagesnap.Snapshot, address: int) -> pagesnap.Region:
+def region_at(snap: pagewalk.Snapshot, address: int) -> pagewalk.Region:
     (region,) = [r for r in snap.regions if r.start == address]
     return region
 
@@ -38,15 +38,15 @@ METHODS = ["read", "scan"] if SCAN_WRITES else ["read"]
 
 @pytest.mark.parametrize("method", METHODS)
 def test_exactly_the_pages_written(puppet: Puppet, method: str) -> None:
-    page = pagesnap.units.PAGE_SIZE
+    page = pagewalk.units.PAGE_SIZE
     target_area, untouched_area = puppet.map(64), puppet.map(32)  # fenced: they never merge
     puppet.write(target_area)
     puppet.write(untouched_area)
     target, untouched = target_area.address, untouched_area.address
-    before = pagesnap.snapshot(puppet.pid, track=("writes",), method=method)  # type: ignore[arg-type]
+    before = pagewalk.snapshot(puppet.pid, track=("writes",), method=method)  # type: ignore[arg-type]
     written_pages = [0, 3, 7, 8, 9, 31, 62, 63]
     puppet.write(target_area, written_pages)
-    after = pagesnap.snapshot(puppet.pid, writes=True, method=method)  # type: ignore[arg-type]
+    after = pagewalk.snapshot(puppet.pid, writes=True, method=method)  # type: ignore[arg-type]
     delta = after - before
 
     assert region_at(after, target).written == len(written_pages) * page
@@ -60,15 +60,15 @@ def test_exactly_the_pages_written(puppet: Puppet, method: str) -> None:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_new_regions_are_reported_apart(puppet: Puppet, method: str) -> None:
-    """Every page of a mapping made after tracking started reads soft-dirty; pagesnap reports the
+    """Every page of a mapping made after tracking started reads soft-dirty; pagewalk reports the
     present pages of such regions as written_new_regions, not as writes to existing memory."""
-    page = pagesnap.units.PAGE_SIZE
+    page = pagewalk.units.PAGE_SIZE
     puppet.write(puppet.map(16))
-    before = pagesnap.snapshot(puppet.pid, track=("writes",), method=method)  # type: ignore[arg-type]
+    before = pagewalk.snapshot(puppet.pid, track=("writes",), method=method)  # type: ignore[arg-type]
     fresh_area = puppet.map(20)
     puppet.write(fresh_area, [0, 1, 2, 10, 19])
     fresh = fresh_area.address
-    after = pagesnap.snapshot(puppet.pid, writes=True, method=method)  # type: ignore[arg-type]
+    after = pagewalk.snapshot(puppet.pid, writes=True, method=method)  # type: ignore[arg-type]
     delta = after - before
 
     (fresh_delta,) = [r for r in delta.regions if r.start == fresh]
@@ -84,12 +84,12 @@ def test_both_readers_agree(puppet: Puppet) -> None:
         pytest.skip("PAGE_IS_SOFT_DIRTY needs Linux 6.8+")
     area = puppet.map(128)
     puppet.write(area)
-    pagesnap.start_tracking(puppet.pid)
+    pagewalk.start_tracking(puppet.pid)
     puppet.write(area, range(0, 128, 3))
-    # Both reads of one stopped moment: pagesnap leaves an already stopped process stopped.
+    # Both reads of one stopped moment: pagewalk leaves an already stopped process stopped.
     with puppet.stopped():
-        by_bits = pagesnap.snapshot(puppet.pid, writes=True, method="read")
-        by_scan = pagesnap.snapshot(puppet.pid, writes=True, method="scan")
+        by_bits = pagewalk.snapshot(puppet.pid, writes=True, method="read")
+        by_scan = pagewalk.snapshot(puppet.pid, writes=True, method="scan")
     assert [r.written for r in by_bits.regions] == [r.written for r in by_scan.regions]
 
 

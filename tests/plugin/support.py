@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pagesnap import capabilities
+from pagewalk import capabilities
 
 # A function an inner test runs with `pagemap.run` to grow the child by a known amount.
 GROW = """

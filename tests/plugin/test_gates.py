@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pagesnap.baseline import SCHEMA, load_record
-from pagesnap.ci_reports import REPORT_SCHEMA
+from pagewalk.baseline import SCHEMA, load_record
+from pagewalk.ci_reports import REPORT_SCHEMA
 
 from .support import GROW
 

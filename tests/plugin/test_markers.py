@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pagesnap import capabilities
+from pagewalk import capabilities
 
 from .support import GROW, privileged, without_soft_dirty
 
@@ -253,8 +253,8 @@ def unprivileged(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
     import importlib
 
-    # `pagesnap.measure` as an attribute is the `measure` function the package re-exports, not the module.
-    measure_module = importlib.import_module("pagesnap.measure")
+    # `pagewalk.measure` as an attribute is the `measure` function the package re-exports, not the module.
+    measure_module = importlib.import_module("pagewalk.measure")
     real = capabilities()
     limited = dataclasses.replace(real, cap_sys_admin=False, pfn_visible=False, kpageflags=False, kpagecount=False)
     monkeypatch.setattr(measure_module, "capabilities", lambda: limited)

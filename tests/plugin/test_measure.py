@@ -1,4 +1,4 @@
-"""The pytest-free core of measuring: `pagesnap.measure`, against real child processes."""
+"""The pytest-free core of measuring: `pagewalk.measure`, against real child processes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from pagesnap import PagesnapError, Unsupported
-from pagesnap.measure import (
+from pagewalk import PagewalkError, Unsupported
+from pagewalk.measure import (
     Limits,
     Measurement,
     MemoryLimitExceeded,
@@ -182,19 +182,19 @@ def test_bad_limits_list_the_accepted_forms(allocator, limit):
 
 def test_a_running_measurement_has_no_after(allocator):
     with measure(allocator.pid) as m:
-        with pytest.raises(PagesnapError, match="still running"):
+        with pytest.raises(PagewalkError, match="still running"):
             _ = m.after
-        with pytest.raises(PagesnapError, match="still running"):
+        with pytest.raises(PagewalkError, match="still running"):
             m.assert_uss_below("1 GiB")
 
 
 @privileged
 def test_from_snapshots_reads_the_options_off_them(allocator):
-    import pagesnap
+    import pagewalk
 
-    before = pagesnap.snapshot(allocator.pid, counts=True)
+    before = pagewalk.snapshot(allocator.pid, counts=True)
     allocator.allocate(MiB)
-    after = pagesnap.snapshot(allocator.pid, counts=True)
+    after = pagewalk.snapshot(allocator.pid, counts=True)
     m = Measurement.from_snapshots(before, after, label="by hand")
     assert m.counts and not m.writes and m.label == "by hand"
     assert m.to_dict()["delta"]["uss_growth"] == m.delta.uss_growth >= MiB
@@ -228,5 +228,5 @@ def test_limits_reject_bad_values(values, message):
 
 
 def test_the_core_does_not_import_pytest():
-    code = "import sys, pagesnap.measure; print('pytest' in sys.modules)"
+    code = "import sys, pagewalk.measure; print('pytest' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pagesnap.measure import LIMIT_KEYS
+from pagewalk.measure import LIMIT_KEYS
 
 from .support import GROW, privileged
 

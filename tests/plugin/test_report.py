@@ -155,7 +155,7 @@ def test_limits_hook_can_change_the_limits(pytester):
     pytester.makeconftest(
         """
         from types import MappingProxyType
-        from pagesnap.measure import Limits
+        from pagewalk.measure import Limits
 
         def pytest_pagemap_limits(item, limits):
             if item.name == "test_big":
@@ -198,7 +198,7 @@ def test_xdist_workers_report_to_the_controller(pytester):
 
 
 def test_summary_shows_pages_written_when_tracked():
-    from pagesnap.units import PAGE_SIZE, format_size
+    from pagewalk.units import PAGE_SIZE, format_size
     from pytest_pagemap.report import summary_lines
 
     result = {

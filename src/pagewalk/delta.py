@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import bits
-from .errors import PagesnapError
+from .errors import PagewalkError
 from .reader import PageRuns, intersect_ranges
 from .snapshot import Region, Snapshot, Totals, count_flags
 
@@ -144,9 +144,9 @@ def _changed(region: RegionDelta) -> bool:
 def diff(before: Snapshot, after: Snapshot) -> Delta:
     """The change from `before` to `after`, two snapshots of the same process (also `after - before`)."""
     if before.pid != after.pid:
-        raise PagesnapError(f"cannot diff snapshots of different processes ({before.pid} and {after.pid})")
+        raise PagewalkError(f"cannot diff snapshots of different processes ({before.pid} and {after.pid})")
     if after.taken_at < before.taken_at:
-        raise PagesnapError("the 'after' snapshot is older than the 'before' one: call diff(before, after)")
+        raise PagewalkError("the 'after' snapshot is older than the 'before' one: call diff(before, after)")
     common_before, common_after, common = _match_pages(before.vpn_runs, after.vpn_runs)
     appeared = len(after.vpn_runs) - common
     disappeared = len(before.vpn_runs) - common

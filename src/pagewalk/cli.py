@@ -1,4 +1,4 @@
-"""The command line: `python -m pagesnap snapshot PID`, `... capabilities`."""
+"""The command line: `python -m pagewalk snapshot PID`, `... capabilities`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ from typing import Any
 
 from .capabilities import capabilities
 from .delta import Delta
-from .errors import PagesnapError
+from .errors import PagewalkError
 from .snapshot import Region, Snapshot, snapshot
 from .units import format_size
 from .waiting import sleep_watching
 
 __all__ = ["main"]
 
-# Exit codes: 0 success, 1 a pagesnap error (process gone, access denied, unsupported), 2 usage error.
+# Exit codes: 0 success, 1 a pagewalk error (process gone, access denied, unsupported), 2 usage error.
 EXIT_ERROR = 1
 
 _METRICS = ("rss", "uss", "pss", "swap", "anon", "file", "shmem", "thp", "zero", "hugetlb")
@@ -164,7 +164,7 @@ def _add_output_options(command: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pagesnap",
+        prog="python -m pagewalk",
         description="Exact memory snapshots of a Linux process, read from /proc/PID/pagemap.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -198,8 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.handler(args)
-    except PagesnapError as exc:
-        print(f"pagesnap: error: {exc}", file=sys.stderr)
+    except PagewalkError as exc:
+        print(f"pagewalk: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

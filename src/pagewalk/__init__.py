@@ -1,7 +1,7 @@
-"""pagesnap: exact snapshots of a Linux process's page tables, read from /proc/PID/pagemap.
+"""pagewalk: exact snapshots of a Linux process's page tables, read from /proc/PID/pagemap.
 
->>> import pagesnap
->>> snap = pagesnap.snapshot(pid)
+>>> import pagewalk
+>>> snap = pagewalk.snapshot(pid)
 >>> snap.uss, snap.rss, snap.swap
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .capabilities import Capabilities, capabilities
 from .delta import Delta, RegionDelta, diff
-from .errors import AccessDenied, InvalidPid, NoAddressSpace, PagesnapError, ProcessGone, Unsupported
+from .errors import AccessDenied, InvalidPid, NoAddressSpace, PagewalkError, ProcessGone, Unsupported
 from .measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict, measure
 from .snapshot import Region, Snapshot, Totals, snapshot
 from .tracking import start_tracking
@@ -25,7 +25,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "NoAddressSpace",
     "NotMeasured",
-    "PagesnapError",
+    "PagewalkError",
     "ProcessGone",
     "Region",
     "RegionDelta",

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from .bits import FLAG_BITS
 from .capabilities import capabilities
 from .delta import Delta, RegionDelta, diff
-from .errors import PagesnapError, Unsupported
+from .errors import PagewalkError, Unsupported
 from .snapshot import Region, Snapshot, snapshot
 from .units import format_size, parse_size
 
@@ -86,7 +86,7 @@ LIMIT_KEYS: Mapping[str, str] = MappingProxyType({f"{name}_below": name for name
 NO_FLAG_GAIN = "no_flag_gain"
 
 
-class NotMeasured(PagesnapError, ValueError):
+class NotMeasured(PagewalkError, ValueError):
     """A limit was asked of a quantity this measurement did not record (PSS without counts=True, ...)."""
 
 
@@ -349,7 +349,7 @@ class Measurement:
     def stop(self, *, freeze: bool = True) -> None:
         """Take the `after` snapshot (with what was tracked since `start`) and compute the delta."""
         if self.before is None:
-            raise PagesnapError("stop() before start(): the measurement has no 'before' snapshot", self.pid)
+            raise PagewalkError("stop() before start(): the measurement has no 'before' snapshot", self.pid)
         after = snapshot(
             self.pid,
             flags=self.flags,
@@ -373,14 +373,14 @@ class Measurement:
     def after(self) -> Snapshot:
         """The snapshot taken when the block ended."""
         if self._after is None:
-            raise PagesnapError("the measurement is still running: 'after' exists once its block has ended", self.pid)
+            raise PagewalkError("the measurement is still running: 'after' exists once its block has ended", self.pid)
         return self._after
 
     @property
     def delta(self) -> Delta:
         """`after - before`."""
         if self._delta is None:
-            raise PagesnapError("the measurement is still running: 'delta' exists once its block has ended", self.pid)
+            raise PagewalkError("the measurement is still running: 'delta' exists once its block has ended", self.pid)
         return self._delta
 
     # --- values and verdicts ----------------------------------------------------------------------------

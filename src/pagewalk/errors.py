@@ -6,14 +6,14 @@ __all__ = [
     "AccessDenied",
     "InvalidPid",
     "NoAddressSpace",
-    "PagesnapError",
+    "PagewalkError",
     "ProcessGone",
     "Unsupported",
 ]
 
 
-class PagesnapError(Exception):
-    """Base class of every error raised by pagesnap."""
+class PagewalkError(Exception):
+    """Base class of every error raised by pagewalk."""
 
     def __init__(self, message: str, pid: int | None = None) -> None:
         super().__init__(message, pid)
@@ -23,26 +23,26 @@ class PagesnapError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self) -> tuple[type[PagesnapError], tuple[str, int | None]]:
+    def __reduce__(self) -> tuple[type[PagewalkError], tuple[str, int | None]]:
         # Keep errors picklable across the process boundary of `pagemap.run` and xdist.
         return (type(self), (self.message, self.pid))
 
 
-class InvalidPid(PagesnapError, ValueError):
+class InvalidPid(PagewalkError, ValueError):
     """The value given as a pid cannot name a process (zero, negative, not an integer)."""
 
 
-class ProcessGone(PagesnapError):
+class ProcessGone(PagewalkError):
     """The process does not exist, or exited while it was being read."""
 
 
-class NoAddressSpace(PagesnapError):
+class NoAddressSpace(PagewalkError):
     """The process has no user address space: a kernel thread, or a zombie."""
 
 
-class AccessDenied(PagesnapError, PermissionError):
+class AccessDenied(PagewalkError, PermissionError):
     """The caller may not read this process or this file (ptrace access or CAP_SYS_ADMIN missing)."""
 
 
-class Unsupported(PagesnapError):
+class Unsupported(PagewalkError):
     """This kernel, platform or configuration cannot provide what was asked."""

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from . import bits, procfs, reader, tracking
 from .capabilities import Capabilities, capabilities
-from .errors import AccessDenied, PagesnapError, ProcessGone, Unsupported
+from .errors import AccessDenied, PagewalkError, ProcessGone, Unsupported
 from .regions import classify, display_name
 from .scan import pagemap_scan
 
@@ -31,7 +31,7 @@ I64 = npt.NDArray[np.int64]
 U8 = npt.NDArray[np.uint8]
 _Word = TypeVar("_Word", np.uint64, np.uint32)
 
-# Per-page classes come from the top byte of an entry (bits 56-63 of pagemap, with pagesnap's marks in 59-60).
+# Per-page classes come from the top byte of an entry (bits 56-63 of pagemap, with pagewalk's marks in 59-60).
 _CODE = np.arange(256, dtype=np.int64)
 _PRESENT = (_CODE & 0x80) != 0
 # Not present, and not a guard (0x04) or userfaultfd write-protect (0x02) marker: markers are no memory.
@@ -124,7 +124,7 @@ class Snapshot(Totals):
 
     Per-page arrays (read-only) let a later delta compare page by page: `vpn` holds the virtual page
     numbers of every present or swapped page in ascending order, `entries` their pagemap entries (with
-    pagesnap's zero-page and PMD marks in bits 59-60), `page_flags` their KPF flags plus synthetic FILE,
+    pagewalk's zero-page and PMD marks in bits 59-60), `page_flags` their KPF flags plus synthetic FILE,
     SWAPPED and MMAP_EXCLUSIVE bits (with `flags=True`), and `mapcounts` their kpagecount (with `counts=True`).
     `vpn` is built on each access from `vpn_runs`, the same pages kept as runs of consecutive pages.
     """
@@ -326,7 +326,7 @@ def snapshot(
 
 
 def _command(pid: int) -> str:
-    with contextlib.suppress(PagesnapError):
+    with contextlib.suppress(PagewalkError):
         raw = procfs.read_proc_text(pid, "cmdline")
         if raw:
             command = " ".join(part for part in raw.split("\0") if part)
@@ -567,7 +567,7 @@ def _exclusive_from_mapcounts(data: _PageData) -> None:
     """
     assert data.mapcounts is not None
     top = data.arrays.top
-    huge = np.flatnonzero((top & np.uint8(0x90)) == np.uint8(0x90))  # PRESENT and pagesnap's PMD mark
+    huge = np.flatnonzero((top & np.uint8(0x90)) == np.uint8(0x90))  # PRESENT and pagewalk's PMD mark
     if not len(huge):
         return
     exclusive = (top[huge] & np.uint8(0x01)) != 0

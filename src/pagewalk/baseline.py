@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .capabilities import capabilities
-from .errors import PagesnapError
+from .errors import PagewalkError
 from .measure import METRICS, Measurement, NotMeasured
 from .procfs import status_field
 
@@ -60,7 +60,7 @@ RECORDED_METRICS = tuple(METRICS)
 KEY_SEPARATOR = " > "  # between a test id and a measurement's label, when a test measures several times
 
 
-class BaselineError(PagesnapError):
+class BaselineError(PagewalkError):
     """A baseline file is missing, unreadable, corrupt, of another schema, or would be overwritten."""
 
 
@@ -320,7 +320,7 @@ def _umask() -> int:
     try:
         umask = status_field("self", "Umask")  # Linux 4.7+
         return int(umask, 8) if umask else 0o022
-    except (PagesnapError, ValueError):
+    except (PagewalkError, ValueError):
         return 0o022
 
 

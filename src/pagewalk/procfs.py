@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import AccessDenied, InvalidPid, NoAddressSpace, PagesnapError, ProcessGone, Unsupported
+from .errors import AccessDenied, InvalidPid, NoAddressSpace, PagewalkError, ProcessGone, Unsupported
 
 __all__ = [
     "MapsEntry",
@@ -40,7 +40,7 @@ T = TypeVar("T")
 def check_platform() -> None:
     """Raise `Unsupported` unless this is Linux with a mounted `/proc`."""
     if not sys.platform.startswith("linux"):
-        raise Unsupported(f"pagesnap reads Linux page tables; this platform is {sys.platform!r}")
+        raise Unsupported(f"pagewalk reads Linux page tables; this platform is {sys.platform!r}")
     if not os.path.exists(f"{PROC}/self/pagemap"):
         raise Unsupported("/proc/self/pagemap is missing: mount procfs (mount -t proc proc /proc)")
 
@@ -54,11 +54,11 @@ def check_pid(pid: object) -> int:
     return pid
 
 
-def _describe_missing(pid: int) -> PagesnapError:
+def _describe_missing(pid: int) -> PagewalkError:
     return ProcessGone(f"process {pid} does not exist (or exited while being read)", pid)
 
 
-def translate_os_error(exc: OSError, pid: int, what: str) -> PagesnapError:
+def translate_os_error(exc: OSError, pid: int, what: str) -> PagewalkError:
     """Map an OS error met while reading `what` of process `pid` to the library's error."""
     if exc.errno in (errno.ENOENT, errno.ESRCH):
         return _describe_missing(pid)
@@ -68,7 +68,7 @@ def translate_os_error(exc: OSError, pid: int, what: str) -> PagesnapError:
             "(kernel.yama.ptrace_scope=0, or CAP_SYS_PTRACE), or as root",
             pid,
         )
-    return PagesnapError(f"reading {what} of process {pid} failed: {exc}", pid)
+    return PagewalkError(f"reading {what} of process {pid} failed: {exc}", pid)
 
 
 def call(pid: int, what: str, func: Callable[[], T]) -> T:

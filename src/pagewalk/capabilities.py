@@ -24,7 +24,7 @@ _MFD_HUGETLB = 0x0004
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What pagesnap can read here, for the calling user on the running kernel."""
+    """What pagewalk can read here, for the calling user on the running kernel."""
 
     kernel: str
     machine: str
@@ -201,7 +201,7 @@ def _thp_mode() -> str | None:
 def _memfd_device(flags: int) -> tuple[int, int] | None:
     # The kernel's internal shmem and hugetlbfs mounts have no path; a memfd lives on them.
     try:
-        fd = os.memfd_create("pagesnap-probe", _MFD_CLOEXEC | flags)
+        fd = os.memfd_create("pagewalk-probe", _MFD_CLOEXEC | flags)
     except (OSError, AttributeError):
         return None
     try:

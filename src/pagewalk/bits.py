@@ -170,7 +170,7 @@ SCAN_CATEGORY_NAMES: dict[str, int] = {
     "GUARD": PAGE_IS_GUARD,
 }
 
-# --- marks pagesnap sets in bits 59-60, which the kernel leaves zero --------------------------------------
+# --- marks pagewalk sets in bits 59-60, which the kernel leaves zero --------------------------------------
 MARK_ZERO = 1 << 59  # the page is the shared zero page or the huge zero page
 MARK_PMD = 1 << 60  # the page is part of a PMD-mapped huge page (THP or hugetlb)
 PM_KERNEL_FLAGS = PM_PRESENT | PM_SWAP | PM_FILE | PM_GUARD | PM_UFFD_WP | PM_EXCLUSIVE | PM_SOFT_DIRTY

@@ -1,4 +1,4 @@
-"""`python -m pagesnap`: see `pagesnap.cli`."""
+"""`python -m pagewalk`: see `pagewalk.cli`."""
 
 import sys
 
