@@ -175,6 +175,15 @@ MARK_ZERO = 1 << 59  # the page is the shared zero page or the huge zero page
 MARK_PMD = 1 << 60  # the page is part of a PMD-mapped huge page (THP or hugetlb)
 PM_KERNEL_FLAGS = PM_PRESENT | PM_SWAP | PM_FILE | PM_GUARD | PM_UFFD_WP | PM_EXCLUSIVE | PM_SOFT_DIRTY
 
+# The per-page passes read bits 56-63 of each entry (the kernel's flags and pagewalk's marks) as one byte.
+TOP_SHIFT = 56
+
+
+def top_bits(mask: int) -> int:
+    """The bits of the entry mask `mask` that lie in bits 56-63, as a top-byte mask."""
+    return mask >> TOP_SHIFT
+
+
 # Synthetic per-page flags (as page-types numbers them) beside the KPF bits, for flag counts and deltas.
 SYNTHETIC_FLAG_BITS: dict[str, int] = {
     "SWAPPED": 62,

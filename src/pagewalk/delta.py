@@ -10,9 +10,10 @@ import numpy as np
 import numpy.typing as npt
 
 from . import bits
+from ._accounting import count_flags
 from .errors import PagewalkError
 from .reader import PageRuns, intersect_ranges
-from .snapshot import Region, Snapshot, Totals, count_flags
+from .snapshot import Region, Snapshot, Totals
 
 __all__ = ["Delta", "RegionDelta", "diff"]
 

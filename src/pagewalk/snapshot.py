@@ -6,57 +6,26 @@ import contextlib
 import fnmatch
 import os
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from . import bits, procfs, reader, tracking
+from . import _accounting, bits, procfs, reader, tracking
+from ._accounting import Method, PageData, count_flags
 from .capabilities import Capabilities, capabilities
 from .errors import AccessDenied, PagewalkError, ProcessGone, Unsupported
 from .regions import classify, display_name
-from .scan import pagemap_scan
 
 if TYPE_CHECKING:
     from .delta import Delta
 
 __all__ = ["Region", "Snapshot", "Totals", "snapshot"]
 
-Method = Literal["auto", "read", "scan"]
 U64 = npt.NDArray[np.uint64]
-I64 = npt.NDArray[np.int64]
-U8 = npt.NDArray[np.uint8]
-_Word = TypeVar("_Word", np.uint64, np.uint32)
-
-# Per-page classes come from the top byte of an entry (bits 56-63 of pagemap, with pagewalk's marks in 59-60).
-_CODE = np.arange(256, dtype=np.int64)
-_PRESENT = (_CODE & 0x80) != 0
-# Not present, and not a guard (0x04) or userfaultfd write-protect (0x02) marker: markers are no memory.
-_SWAP = ((_CODE & 0xC0) == 0x40) & ((_CODE & 0x06) == 0)
-_GUARD = (_CODE & 0x04) != 0
-_ZERO = (_CODE & 0x08) != 0
-_PMD = (_CODE & 0x10) != 0
-_FILE = (_CODE & 0x20) != 0
-_EXCLUSIVE = (_CODE & 0x01) != 0
-_REAL = _PRESENT & ~_ZERO
-# Columns of the per-region page counts, computed by one matrix product over the 256 classes.
-_COLUMNS = ("present", "uss", "anon", "file", "thp", "zero", "swap", "guard")
-_CLASS_MATRIX = np.stack(
-    [
-        _REAL,
-        _REAL & _EXCLUSIVE,
-        _REAL & ~_FILE,
-        _REAL & _FILE,
-        _REAL & _PMD,
-        _PRESENT & _ZERO,
-        _SWAP,
-        _GUARD,
-    ],
-    axis=1,
-).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -209,44 +178,6 @@ def sum_totals(items: list[Region] | tuple[Region, ...]) -> Totals:
 
 # --- taking a snapshot ----------------------------------------------------------------------------------
 
-_ANON_KINDS = frozenset({"anon", "heap", "stack"})
-_TOP_PRESENT = 0x80  # bits 56-63 of an entry as one byte: PRESENT is its top bit
-# Top bytes that may be a zero page: present, not FILE, not exclusive (the zero page); in anonymous regions
-# also present and FILE (the huge zero page is not an anonymous folio, so it reads as FILE).
-_ZERO_SMALL = (_CODE & 0xA1) == 0x80
-_ZERO_IN_ANON = _ZERO_SMALL | ((_CODE & 0xA0) == 0xA0)
-_SCAN_GAP = 512  # candidates this many pages apart share a PAGEMAP_SCAN window...
-_SCAN_WINDOWS = 64  # ...and at most this many windows are scanned, the widest gaps between them skipped
-
-
-@dataclass(frozen=True)
-class _CodeRuns:
-    """Runs of pages with equal top bytes, none crossing a region boundary, in page order."""
-
-    first: I64  # index of each run's first page
-    length: I64
-    code: npt.NDArray[np.intp]  # the top byte
-    region: npt.NDArray[np.intp]
-
-
-@dataclass
-class _PageData:
-    arrays: reader.EntryArrays
-    bounds: I64  # index of each region's first page, then the page count
-    method: str
-    code_runs: _CodeRuns  # of the top bytes as read, before any mark
-    histogram: npt.NDArray[np.float64]  # pages per region and top byte, kept in step with the marks
-    stale: set[int] = field(default_factory=set)  # regions marked since `histogram` counted them
-    zero_known: bool = True
-    pmd_known: bool = True
-    page_flags: U64 | None = None
-    withheld_flags: tuple[str, ...] = ()  # flags this kernel misreports: cleared, and not counted
-    mapcounts: npt.NDArray[np.uint32] | None = None
-    written: npt.NDArray[np.bool_] | None = None
-    referenced: dict[int, int] | None = None
-    cgroup_pages: dict[int, int] | None = None
-    notes: list[str] = field(default_factory=list)
-
 
 def snapshot(
     pid: int,
@@ -304,11 +235,11 @@ def snapshot(
             taken_at = time.time()
             maps = procfs.read_maps(pid)
             kinds = _classify(pid, maps, caps)
-            data = _read_pages(pid, fd, maps, kinds, caps, method)
+            data = _accounting.read_pages(pid, fd, maps, kinds, caps, method)
             if flags or counts or cgroups:
-                _read_pfn_files(data, caps, flags=flags, counts=counts, cgroups=cgroups)
+                _accounting.read_pfn_files(data, caps, flags=flags, counts=counts, cgroups=cgroups)
             if writes:
-                ranges = _user_ranges(maps, caps.page_size)
+                ranges = _accounting.user_ranges(maps, caps.page_size)
                 span = (ranges[0][0] * caps.page_size, ranges[-1][1] * caps.page_size) if ranges else (0, 0)
                 data.written = tracking.written_mask(fd, data.arrays, caps, method, span)
             if accessed:
@@ -347,374 +278,6 @@ def _classify(pid: int, maps: list[procfs.MapsEntry], caps: Capabilities) -> lis
     return [classify(entry, shmem_devs, huge_devs) for entry in maps]
 
 
-def _user_ranges(maps: list[procfs.MapsEntry], page_size: int) -> list[tuple[int, int]]:
-    # [vsyscall] lies above the task size, where pagemap reads return end-of-file.
-    return [(m.start // page_size, m.end // page_size) for m in maps if m.path != "[vsyscall]"]
-
-
-def _capacity(pid: int, resident: int) -> int:
-    swap_kb = int((procfs.status_field(pid, "VmSwap") or "0 kB").split()[0])
-    return resident + swap_kb * 1024 // os.sysconf("SC_PAGE_SIZE") + 1024
-
-
-def _choose_method(size: int, resident: int, caps: Capabilities, method: Method) -> str:
-    if method != "auto":
-        return method
-    if not caps.pagemap_scan:
-        return "read"
-    # Dense address spaces read fastest mapping by mapping; sparse ones (big reservations) by scanning.
-    return "read" if resident * 4 >= size else "scan"
-
-
-def _read_pages(
-    pid: int,
-    fd: int,
-    maps: list[procfs.MapsEntry],
-    kinds: list[str],
-    caps: Capabilities,
-    method: Method,
-) -> _PageData:
-    page = caps.page_size
-    ranges = _user_ranges(maps, page)
-    size, resident = procfs.read_statm(pid)
-    if _choose_method(size, resident, caps, method) == "scan" and ranges:
-        rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
-        data = _page_data(reader.read_scanned(fd, rows[:, 0], rows[:, 1]), maps, page, "scan")
-        _mark_rows(data, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
-        _mark_rows(data, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
-        return data
-    data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident)), maps, page, "read")
-    _resolve_zero_pages(fd, data, kinds, caps)
-    _resolve_pmd_pages(fd, data, kinds, caps)
-    return data
-
-
-def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: int, method: str) -> _PageData:
-    starts = np.array([m.start // page for m in maps], dtype=np.uint64)
-    bounds = np.append(arrays.runs.index_of(starts), len(arrays))
-    runs = _code_runs(arrays.top, bounds)
-    return _PageData(arrays, bounds, method, runs, _histogram(runs, len(maps)))
-
-
-def _mark(data: _PageData, lo: I64, hi: I64, mark: int) -> None:
-    """Set `mark` on the pages at indexes `[lo, hi)`, in the entries and their top bytes alike."""
-    reader.mark_index_ranges((data.arrays.entry, data.arrays.top), lo, hi, (mark, mark >> 56))
-    keep = hi > lo
-    _touch_regions(data, lo[keep], hi[keep] - 1)
-
-
-def _mark_pages(data: _PageData, index: I64, mark: int) -> None:
-    data.arrays.entry[index] |= np.uint64(mark)
-    data.arrays.top[index] |= np.uint8(mark >> 56)
-    _touch_regions(data, index, index)
-
-
-def _touch_regions(data: _PageData, first: I64, last: I64) -> None:
-    """Note the regions holding pages `first[i]` to `last[i]` as changed since their histogram was counted."""
-    if len(first):
-        lo = np.searchsorted(data.bounds, first, side="right") - 1
-        hi = np.searchsorted(data.bounds, last, side="right") - 1
-        for low, high in set(zip(lo.tolist(), hi.tolist(), strict=True)):
-            data.stale.update(range(low, high + 1))
-
-
-def _mark_rows(data: _PageData, rows: U64, category: int, mark: int) -> None:
-    """Mark the pages of the PAGEMAP_SCAN rows (in pages) that have `category`."""
-    chosen = rows[(rows[:, 2] & np.uint64(category)) != 0]
-    if len(chosen):
-        runs = data.arrays.runs
-        _mark(data, runs.index_of(chosen[:, 0]), runs.index_of(chosen[:, 1]), mark)
-
-
-def _scan_marks(fd: int, data: _PageData, first: U64, end: U64, category: int, mark: int, page: int) -> None:
-    """Mark the pages of the candidate ranges `[first, end)` (every page of them read) that PAGEMAP_SCAN puts
-    in `category`. Nearby candidates share one ioctl; only the answer inside the candidates counts, so a
-    window may be wider than they are."""
-    shift = np.uint64(page.bit_length() - 1)
-    window_first, window_end = reader.windows(first, end, _SCAN_GAP, _SCAN_WINDOWS)
-    found = [
-        pagemap_scan(fd, lo * page, hi * page, category_mask=category, return_mask=category)
-        for lo, hi in zip(window_first.tolist(), window_end.tolist(), strict=True)
-    ]
-    rows = np.concatenate(found) if found else np.empty((0, 3), dtype=np.uint64)
-    if len(rows):
-        hit_first, hit_end = reader.intersect_ranges(rows[:, 0] >> shift, rows[:, 1] >> shift, first, end)
-        runs = data.arrays.runs
-        _mark(data, runs.index_of(hit_first), runs.index_of(hit_end), mark)
-
-
-def _zero_candidates(data: _PageData, kinds: list[str]) -> tuple[I64, I64]:
-    """Index ranges `[lo, hi)` of the pages that may map a zero page: present, not FILE and not exclusive
-    (the zero page), or present and FILE in an anonymous region (the huge zero page)."""
-    runs = data.code_runs
-    anonymous = np.array([kind in _ANON_KINDS for kind in kinds], dtype=bool)
-    possible = np.where(anonymous[runs.region], _ZERO_IN_ANON[runs.code], _ZERO_SMALL[runs.code])
-    lo = runs.first[possible]
-    return lo, lo + runs.length[possible]
-
-
-def _index_ranges_as_pages(pages: reader.PageRuns, lo: I64, hi: I64) -> tuple[U64, U64]:
-    """The page ranges `[first, end)` of the index ranges `[lo, hi)`, split where the pages stop being consecutive."""
-    lo, hi = reader.intersect_ranges(pages.start[:-1], pages.start[1:], lo, hi)
-    first = pages.at(lo)
-    return first, first + (hi - lo).astype(np.uint64)
-
-
-def _resolve_zero_pages(fd: int, data: _PageData, kinds: list[str], caps: Capabilities) -> None:
-    """Mark zero-page entries. Only shared anonymous-looking and FILE pages in anonymous regions can be."""
-    lo, hi = _zero_candidates(data, kinds)
-    if not len(lo):
-        return
-    if caps.pagemap_scan:
-        first, end = _index_ranges_as_pages(data.arrays.runs, lo, hi)
-        _scan_marks(fd, data, first, end, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO, caps.page_size)
-        return
-    if caps.pfn_visible and caps.zero_pfn is not None:
-        candidates = reader.concatenated_ranges(lo, hi - lo, np.int64)
-        entry = data.arrays.entry
-        small = (data.arrays.top[candidates] & np.uint8(0xA1)) == np.uint8(0x80)
-        pages = candidates[small]
-        _mark_pages(
-            data, pages[(entry[pages] & np.uint64(bits.PM_PFN_MASK)) == np.uint64(caps.zero_pfn)], bits.MARK_ZERO
-        )
-        huge = candidates[~small]
-        if not len(huge):
-            return
-        if caps.kpageflags:
-            (flags,) = reader.lookup_pfns(["/proc/kpageflags"], entry[huge] & np.uint64(bits.PM_PFN_MASK))
-            is_zero = (flags >> np.uint64(bits.KPF_BITS["ZERO_PAGE"])) & np.uint64(1) != 0
-            _mark_pages(data, huge[is_zero], bits.MARK_ZERO)
-            return
-    data.zero_known = False
-    data.notes.append(
-        "zero pages cannot be told apart here (no PAGEMAP_SCAN and no visible PFNs): "
-        "rss may include them and zero is unknown"
-    )
-
-
-def _pmd_candidates(data: _PageData, caps: Capabilities, span: int) -> I64:
-    """First indexes of the aligned blocks of `span` pages that may be PMD-mapped: every page there, the
-    first present and, where PFNs show, the frames aligned and consecutive."""
-    entry = data.arrays.entry
-    heads: I64 = data.arrays.runs.aligned_blocks(span)
-    heads = heads[data.arrays.top[heads] >= np.uint8(_TOP_PRESENT)]
-    if caps.pfn_visible:
-        pfn_head = entry[heads] & np.uint64(bits.PM_PFN_MASK)
-        pfn_tail = entry[heads + span - 1] & np.uint64(bits.PM_PFN_MASK)
-        aligned = (pfn_head & np.uint64(span - 1)) == 0
-        heads = heads[aligned & (pfn_tail == pfn_head + np.uint64(span - 1))]
-    return heads
-
-
-def _resolve_pmd_pages(fd: int, data: _PageData, kinds: list[str], caps: Capabilities) -> None:
-    """Mark pages of PMD-mapped huge pages; candidates are fully present, aligned 512-page blocks."""
-    span = caps.page_size // 8  # entries per PMD-mapped page: a page table holds page_size / 8 entries
-    if caps.thp_mode == "never" and not any(kind == "shmem" for kind in kinds):
-        return
-    if len(data.arrays) < span:
-        return
-    heads = _pmd_candidates(data, caps, span)
-    if not len(heads):
-        return
-    if caps.pagemap_scan:
-        first = data.arrays.runs.at(heads)
-        first, end = reader.coalesce(first, first + np.uint64(span))
-        _scan_marks(fd, data, first, end, bits.PAGE_IS_HUGE, bits.MARK_PMD, caps.page_size)
-        return
-    if caps.pfn_visible and caps.kpageflags:
-        (flags,) = reader.lookup_pfns(["/proc/kpageflags"], data.arrays.entry[heads] & np.uint64(bits.PM_PFN_MASK))
-        thp_head = (flags >> np.uint64(bits.KPF_BITS["THP"])) & np.uint64(1) != 0
-        thp_head &= (flags >> np.uint64(bits.KPF_BITS["COMPOUND_HEAD"])) & np.uint64(1) != 0
-        heads = heads[thp_head]
-        _mark(data, heads, heads + span, bits.MARK_PMD)
-        return
-    data.pmd_known = False
-    data.notes.append("huge page mappings cannot be seen here (no PAGEMAP_SCAN and no visible PFNs): thp is unknown")
-
-
-def _read_pfn_files(data: _PageData, caps: Capabilities, *, flags: bool, counts: bool, cgroups: bool) -> None:
-    entry = data.arrays.entry
-    present_mask = data.arrays.top >= np.uint8(_TOP_PRESENT)
-    # Usually every page is present: then no index array, and the look-ups are the per-page arrays.
-    present = None if bool(present_mask.all()) else np.flatnonzero(present_mask)
-    pfns = (entry if present is None else entry[present]) & np.uint64(bits.PM_PFN_MASK)
-    wanted = {"/proc/kpageflags": flags, "/proc/kpagecount": counts, "/proc/kpagecgroup": cgroups}
-    paths = [path for path, asked in wanted.items() if asked]
-    results = dict(zip(paths, reader.lookup_pfns(paths, pfns), strict=True))
-    del pfns
-    if flags:
-        page_flags = _per_page(results["/proc/kpageflags"], present, len(entry), np.uint64)
-        reader.top_byte_view(page_flags)[:] |= _synthetic_flags(data.arrays.top)
-        for name in bits.KPF_BITS:
-            if reason := caps.missing_for_flag(name):
-                page_flags &= ~np.uint64(1 << bits.KPF_BITS[name])
-                data.withheld_flags += (name,)
-                data.notes.append(f"page flag {name} is not reported: {reason}")
-        data.page_flags = page_flags
-    if counts:
-        data.mapcounts = _per_page(results["/proc/kpagecount"], present, len(entry), np.uint32)
-        _exclusive_from_mapcounts(data)
-    if cgroups:
-        inodes, pages = np.unique(results["/proc/kpagecgroup"], return_counts=True)
-        data.cgroup_pages = dict(zip(inodes.tolist(), pages.tolist(), strict=True))
-
-
-def _exclusive_from_mapcounts(data: _PageData) -> None:
-    """Decide the exclusivity of PMD-mapped pages from their map counts, as smaps does.
-
-    From Linux 6.15, pagemap gives every subpage of a PMD-mapped THP the head page's exclusivity; after a
-    fork and a partial copy that is wrong for every subpage but the head.
-    """
-    assert data.mapcounts is not None
-    top = data.arrays.top
-    huge = np.flatnonzero((top & np.uint8(0x90)) == np.uint8(0x90))  # PRESENT and pagewalk's PMD mark
-    if not len(huge):
-        return
-    exclusive = (top[huge] & np.uint8(0x01)) != 0
-    should_be = data.mapcounts[huge] == 1
-    wrong = huge[exclusive != should_be]
-    if not len(wrong):
-        return
-    data.arrays.entry[wrong] ^= np.uint64(bits.PM_EXCLUSIVE)
-    top[wrong] ^= np.uint8(0x01)
-    _touch_regions(data, wrong, wrong)
-
-
-def _synthetic_flags(top: U8) -> U8:
-    """Bits 56-63 of each page's flags word from its entry's top byte: FILE (bit 61) as is, SWAPPED (62) from
-    SWAP unless a guard or userfaultfd marker (58, 57), MMAP_EXCLUSIVE (63) from EXCLUSIVE (56). No KPF flag
-    lives there."""
-    swapped = top & np.uint8(0x40)
-    swapped &= ~(top << np.uint8(4))  # GUARD (0x04) shifted onto SWAP (0x40) clears it
-    swapped &= ~(top << np.uint8(5))  # ... and so does UFFD_WP (0x02)
-    exclusive = top << np.uint8(7)  # EXCLUSIVE (0x01) onto 0x80; the other bits shift out of the byte
-    result: U8 = (top & np.uint8(0x20)) | swapped | exclusive
-    return result
-
-
-def _per_page(values: U64, present: I64 | None, size: int, dtype: type[_Word]) -> npt.NDArray[_Word]:
-    """Values looked up for the present pages, spread over every page (zero where not present)."""
-    if present is None:
-        return values.astype(dtype, copy=False)
-    spread = np.zeros(size, dtype=dtype)
-    spread[present] = values
-    return spread
-
-
-def _value_counts(values: U64) -> tuple[U64, I64]:
-    """The distinct values and how often each occurs. Neighbouring pages mostly share their flags, so runs
-    of equal values are counted first and only the runs' values sorted."""
-    if not len(values):
-        return values, np.zeros(0, dtype=np.int64)
-    starts = np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
-    lengths = np.diff(np.append(starts, len(values)))
-    run_values = values[starts]
-    distinct = np.unique(run_values)  # a sort; finding each run's value in it is cheaper than return_inverse
-    which = np.searchsorted(distinct, run_values)
-    return distinct, np.bincount(which, weights=lengths, minlength=len(distinct)).astype(np.int64)
-
-
-def count_flags(page_flags: U64, withheld: Collection[str] = ()) -> Mapping[str, int]:
-    """Pages per flag (KPF and synthetic) in `page_flags`; `withheld` flags are left out: unknown, not zero."""
-    values, counts = _value_counts(page_flags)
-    names = {name: bit for name, bit in bits.FLAG_BITS.items() if name not in withheld}
-    result = dict.fromkeys(names, 0)
-    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-        for name, bit in names.items():
-            if value >> bit & 1:
-                result[name] += count
-    return MappingProxyType(result)
-
-
-def _code_runs(top: U8, bounds: I64) -> _CodeRuns:
-    """The runs of equal top bytes of each region's pages. A region whose bytes are all equal (most memory:
-    a dense mapping) is found by two vectorised reductions and is one run; only the others are compared page
-    by page, gathered into one array."""
-    filled = np.flatnonzero(bounds[1:] > bounds[:-1])
-    if not len(filled):
-        empty = np.zeros(0, dtype=np.intp)
-        return _CodeRuns(empty.astype(np.int64), empty.astype(np.int64), empty, empty)
-    lo, hi = bounds[filled], bounds[filled + 1]
-    low = np.minimum.reduceat(top, lo)  # the regions between filled ones are empty: each slice is one region
-    uniform = low == np.maximum.reduceat(top, lo)
-    first, length, code, region = lo[uniform], (hi - lo)[uniform], low[uniform].astype(np.intp), filled[uniform]
-    mixed = np.flatnonzero(~uniform)
-    if len(mixed):
-        pages = np.concatenate([top[a:b] for a, b in zip(lo[mixed].tolist(), hi[mixed].tolist(), strict=True)])
-        offset = reader.exclusive_cumsum(hi[mixed] - lo[mixed])
-        edge = np.empty(len(pages), dtype=bool)
-        np.not_equal(pages[1:], pages[:-1], out=edge[1:])
-        edge[offset[:-1]] = True
-        starts = np.flatnonzero(edge)
-        which = np.searchsorted(offset, starts, side="right") - 1
-        first = np.concatenate((first, lo[mixed][which] + (starts - offset[which])))
-        length = np.concatenate((length, np.diff(np.append(starts, len(pages)))))
-        code = np.concatenate((code, pages[starts].astype(np.intp)))
-        region = np.concatenate((region, filled[mixed][which]))
-        order = np.argsort(first, kind="stable")
-        first, length, code, region = first[order], length[order], code[order], region[order]
-    return _CodeRuns(first, length, code, region)
-
-
-def _histogram(runs: _CodeRuns, regions: int) -> npt.NDArray[np.float64]:
-    """Pages per region and top byte, shape (regions, 256), as exact float64 counts."""
-    histogram = np.bincount(runs.region * 256 + runs.code, weights=runs.length, minlength=regions * 256)
-    return histogram.reshape(regions, 256).astype(np.float64, copy=False)
-
-
-def _region_histograms(data: _PageData) -> npt.NDArray[np.float64]:
-    """Pages per region and top byte, recounting the regions marked since the histogram was made."""
-    for region in sorted(data.stale):
-        lo, hi = int(data.bounds[region]), int(data.bounds[region + 1])
-        runs = _code_runs(data.arrays.top[lo:hi], np.array([0, hi - lo], dtype=np.int64))
-        data.histogram[region] = _histogram(runs, 1)[0]
-    data.stale.clear()
-    return data.histogram
-
-
-def _sums_by_region(values: I64, bounds: I64) -> I64:
-    """The sum of `values` over each region's slice of pages."""
-    running = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(values, out=running[1:])
-    result: I64 = running[bounds[1:]] - running[bounds[:-1]]
-    return result
-
-
-def _region_metrics(
-    data: _PageData, kinds: list[str], page: int, pss_fixed: I64 | None
-) -> dict[str, list[int] | list[None]]:
-    """Each `Totals` metric of each region in bytes, as smaps accounts it: hugetlb pages count only as
-    hugetlb (and in USS and swap), a shmem region's pages as shmem rather than file."""
-    # Counts are exact in float64 (below 2**53), where numpy multiplies matrices ten times faster than in int64.
-    counts = _region_histograms(data) @ _CLASS_MATRIX
-    pages = counts.astype(np.int64) * page  # (regions, columns)
-    column = dict(zip(_COLUMNS, pages.T, strict=True))
-    hugetlb = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
-    shmem = np.array([kind == "shmem" for kind in kinds], dtype=bool)
-    unknown: list[None] = [None] * len(kinds)
-    pss: list[int] | list[None] = unknown if pss_fixed is None else np.where(hugetlb, 0, pss_fixed >> 12).tolist()
-    return {
-        "rss": np.where(hugetlb, 0, column["present"]).tolist(),
-        "uss": column["uss"].tolist(),
-        "pss": pss,
-        "swap": column["swap"].tolist(),
-        "anon": np.where(hugetlb, 0, column["anon"]).tolist(),
-        "file": np.where(shmem | hugetlb, 0, column["file"]).tolist(),
-        "shmem": np.where(shmem, column["file"], 0).tolist(),
-        "thp": np.where(hugetlb, 0, column["thp"]).tolist() if data.pmd_known else unknown,
-        "zero": column["zero"].tolist() if data.zero_known else unknown,
-        "hugetlb": np.where(hugetlb, column["present"], 0).tolist(),
-    }
-
-
-def _pss_fixed(data: _PageData, page: int) -> I64:
-    """Each region's PSS in bytes << 12. As the kernel: PAGE_SIZE << 12 divided by each page's mapcount, summed."""
-    assert data.mapcounts is not None
-    counted = data.mapcounts.astype(np.int64)
-    share = np.where(counted > 0, (page << 12) // np.maximum(counted, 1), 0)
-    return _sums_by_region(share, data.bounds)
-
-
 def _new_region(values: Iterable[tuple[str, Any]]) -> Region:
     # Region's generated __init__ only stores its 20 fields, each through object.__setattr__ as the class is
     # frozen: ten times slower than filling the instance dict directly, for every mapping of every snapshot.
@@ -729,8 +292,8 @@ assert not hasattr(Region, "__slots__") and not hasattr(Region, "__post_init__")
 def _regions(
     maps: list[procfs.MapsEntry],
     kinds: list[str],
-    metrics: dict[str, list[int] | list[None]],
-    data: _PageData,
+    metrics: _accounting.Metrics,
+    data: PageData,
     page: int,
 ) -> tuple[Region, ...]:
     written: list[int] | list[None] = [None] * len(maps)
@@ -748,11 +311,6 @@ def _regions(
     return tuple(regions)
 
 
-def _total(values: list[int] | list[None]) -> int | None:
-    """The sum over the regions, or None when the metric is unknown."""
-    return None if None in values else sum(cast(list[int], values))
-
-
 def _build(
     pid: int,
     command: str,
@@ -760,18 +318,13 @@ def _build(
     was_frozen: bool,
     maps: list[procfs.MapsEntry],
     kinds: list[str],
-    data: _PageData,
+    data: PageData,
     caps: Capabilities,
 ) -> Snapshot:
     arrays = data.arrays
     page = caps.page_size
-    pss_fixed = None if data.mapcounts is None else _pss_fixed(data, page)
-    metrics = _region_metrics(data, kinds, page, pss_fixed)
+    metrics, totals = _accounting.region_metrics(data, kinds, page)
     regions = _regions(maps, kinds, metrics, data, page)
-    totals = {name: _total(values) for name, values in metrics.items()}
-    if pss_fixed is not None:  # the snapshot's PSS is rounded once, not per region
-        hugetlb_rows = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
-        totals["pss"] = int(pss_fixed[~hugetlb_rows].sum()) >> 12
     flag_counts = count_flags(data.page_flags, data.withheld_flags) if data.page_flags is not None else None
     for array in (arrays.runs.first, arrays.runs.start, arrays.entry, data.page_flags, data.mapcounts):
         if array is not None:

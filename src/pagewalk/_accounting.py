@@ -1,0 +1,499 @@
+"""Page accounting for a snapshot: which pages are which, and what each region holds.
+
+`read_pages` reads a process's entries (through the front end that suits it) and resolves what the entries
+alone leave open: which pages map the zero page, and which belong to PMD-mapped huge pages. `read_pfn_files`
+adds kpageflags, kpagecount and kpagecgroup for the present pages. `region_metrics` then counts each
+region's pages by class, as smaps accounts them.
+
+Pages are classified by the top byte of their entry (bits 56-63: the kernel's flags, with pagewalk's marks
+in 59-60), through tables of the 256 possible bytes: a region's pages are counted per byte, and the counts
+turned into metrics by one matrix product.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal, TypeVar, cast
+
+import numpy as np
+import numpy.typing as npt
+
+from . import bits, procfs, reader
+from .capabilities import Capabilities
+from .scan import pagemap_scan
+
+__all__ = ["Method", "PageData", "count_flags", "read_pages", "read_pfn_files", "region_metrics", "user_ranges"]
+
+Method = Literal["auto", "read", "scan"]
+U64 = npt.NDArray[np.uint64]
+I64 = npt.NDArray[np.int64]
+U8 = npt.NDArray[np.uint8]
+_Word = TypeVar("_Word", np.uint64, np.uint32)
+
+# The flags and marks as top-byte masks.
+_TOP_PRESENT = bits.top_bits(bits.PM_PRESENT)
+_TOP_SWAP = bits.top_bits(bits.PM_SWAP)
+_TOP_FILE = bits.top_bits(bits.PM_FILE)
+_TOP_PMD = bits.top_bits(bits.MARK_PMD)
+_TOP_ZERO = bits.top_bits(bits.MARK_ZERO)
+_TOP_GUARD = bits.top_bits(bits.PM_GUARD)
+_TOP_UFFD_WP = bits.top_bits(bits.PM_UFFD_WP)
+_TOP_EXCLUSIVE = bits.top_bits(bits.PM_EXCLUSIVE)
+
+# Per-page classes of each of the 256 top bytes.
+_CODE = np.arange(256, dtype=np.int64)
+_PRESENT = (_CODE & _TOP_PRESENT) != 0
+# Not present, and not a guard or userfaultfd write-protect marker: markers are no memory.
+_SWAP = ((_CODE & (_TOP_PRESENT | _TOP_SWAP)) == _TOP_SWAP) & ((_CODE & (_TOP_GUARD | _TOP_UFFD_WP)) == 0)
+_GUARD = (_CODE & _TOP_GUARD) != 0
+_ZERO = (_CODE & _TOP_ZERO) != 0
+_PMD = (_CODE & _TOP_PMD) != 0
+_FILE = (_CODE & _TOP_FILE) != 0
+_EXCLUSIVE = (_CODE & _TOP_EXCLUSIVE) != 0
+_REAL = _PRESENT & ~_ZERO
+# Columns of the per-region page counts, computed by one matrix product over the 256 classes.
+_COLUMNS = ("present", "uss", "anon", "file", "thp", "zero", "swap", "guard")
+_CLASS_MATRIX = np.stack(
+    [
+        _REAL,
+        _REAL & _EXCLUSIVE,
+        _REAL & ~_FILE,
+        _REAL & _FILE,
+        _REAL & _PMD,
+        _PRESENT & _ZERO,
+        _SWAP,
+        _GUARD,
+    ],
+    axis=1,
+).astype(np.float64)
+
+_ANON_KINDS = frozenset({"anon", "heap", "stack"})
+# Top bytes that may be a zero page: present, not FILE, not exclusive (the zero page); in anonymous regions
+# also present and FILE (the huge zero page is not an anonymous folio, so it reads as FILE).
+_ZERO_SMALL = (_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_EXCLUSIVE)) == _TOP_PRESENT
+_ZERO_IN_ANON = _ZERO_SMALL | ((_CODE & (_TOP_PRESENT | _TOP_FILE)) == (_TOP_PRESENT | _TOP_FILE))
+_SCAN_GAP = 512  # candidates this many pages apart share a PAGEMAP_SCAN window...
+_SCAN_WINDOWS = 64  # ...and at most this many windows are scanned, the widest gaps between them skipped
+
+
+@dataclass(frozen=True)
+class _CodeRuns:
+    """Runs of pages with equal top bytes, none crossing a region boundary, in page order."""
+
+    first: I64  # index of each run's first page
+    length: I64
+    code: npt.NDArray[np.intp]  # the top byte
+    region: npt.NDArray[np.intp]
+
+
+@dataclass
+class PageData:
+    """A snapshot's pages as read, with what was resolved about them and looked up for them."""
+
+    arrays: reader.EntryArrays
+    bounds: I64  # index of each region's first page, then the page count
+    method: str
+    code_runs: _CodeRuns  # of the top bytes as read, before any mark
+    histogram: npt.NDArray[np.float64]  # pages per region and top byte, kept in step with the marks
+    stale: set[int] = field(default_factory=set)  # regions marked since `histogram` counted them
+    zero_known: bool = True
+    pmd_known: bool = True
+    page_flags: U64 | None = None
+    withheld_flags: tuple[str, ...] = ()  # flags this kernel misreports: cleared, and not counted
+    mapcounts: npt.NDArray[np.uint32] | None = None
+    written: npt.NDArray[np.bool_] | None = None
+    referenced: dict[int, int] | None = None
+    cgroup_pages: dict[int, int] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def user_ranges(maps: list[procfs.MapsEntry], page_size: int) -> list[tuple[int, int]]:
+    # [vsyscall] lies above the task size, where pagemap reads return end-of-file.
+    return [(m.start // page_size, m.end // page_size) for m in maps if m.path != "[vsyscall]"]
+
+
+def _capacity(pid: int, resident: int) -> int:
+    swap_kb = int((procfs.status_field(pid, "VmSwap") or "0 kB").split()[0])
+    return resident + swap_kb * 1024 // os.sysconf("SC_PAGE_SIZE") + 1024
+
+
+def _choose_method(size: int, resident: int, caps: Capabilities, method: Method) -> str:
+    if method != "auto":
+        return method
+    if not caps.pagemap_scan:
+        return "read"
+    # Dense address spaces read fastest mapping by mapping; sparse ones (big reservations) by scanning.
+    return "read" if resident * 4 >= size else "scan"
+
+
+def read_pages(
+    pid: int,
+    fd: int,
+    maps: list[procfs.MapsEntry],
+    kinds: list[str],
+    caps: Capabilities,
+    method: Method,
+) -> PageData:
+    page = caps.page_size
+    ranges = user_ranges(maps, page)
+    size, resident = procfs.read_statm(pid)
+    if _choose_method(size, resident, caps, method) == "scan" and ranges:
+        rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
+        data = _page_data(reader.read_scanned(fd, rows[:, 0], rows[:, 1]), maps, page, "scan")
+        _mark_rows(data, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
+        _mark_rows(data, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
+        return data
+    data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident)), maps, page, "read")
+    _resolve_zero_pages(fd, data, kinds, caps)
+    _resolve_pmd_pages(fd, data, kinds, caps)
+    return data
+
+
+def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: int, method: str) -> PageData:
+    starts = np.array([m.start // page for m in maps], dtype=np.uint64)
+    bounds = np.append(arrays.runs.index_of(starts), len(arrays))
+    runs = _code_runs(arrays.top, bounds)
+    return PageData(arrays, bounds, method, runs, _histogram(runs, len(maps)))
+
+
+def _mark(data: PageData, lo: I64, hi: I64, mark: int) -> None:
+    """Set `mark` on the pages at indexes `[lo, hi)`, in the entries and their top bytes alike."""
+    reader.mark_index_ranges((data.arrays.entry, data.arrays.top), lo, hi, (mark, bits.top_bits(mark)))
+    keep = hi > lo
+    _touch_regions(data, lo[keep], hi[keep] - 1)
+
+
+def _mark_pages(data: PageData, index: I64, mark: int) -> None:
+    data.arrays.entry[index] |= np.uint64(mark)
+    data.arrays.top[index] |= np.uint8(bits.top_bits(mark))
+    _touch_regions(data, index, index)
+
+
+def _touch_regions(data: PageData, first: I64, last: I64) -> None:
+    """Note the regions holding pages `first[i]` to `last[i]` as changed since their histogram was counted."""
+    if len(first):
+        lo = np.searchsorted(data.bounds, first, side="right") - 1
+        hi = np.searchsorted(data.bounds, last, side="right") - 1
+        for low, high in set(zip(lo.tolist(), hi.tolist(), strict=True)):
+            data.stale.update(range(low, high + 1))
+
+
+def _mark_rows(data: PageData, rows: U64, category: int, mark: int) -> None:
+    """Mark the pages of the PAGEMAP_SCAN rows (in pages) that have `category`."""
+    chosen = rows[(rows[:, 2] & np.uint64(category)) != 0]
+    if len(chosen):
+        runs = data.arrays.runs
+        _mark(data, runs.index_of(chosen[:, 0]), runs.index_of(chosen[:, 1]), mark)
+
+
+def _scan_marks(fd: int, data: PageData, first: U64, end: U64, category: int, mark: int, page: int) -> None:
+    """Mark the pages of the candidate ranges `[first, end)` (every page of them read) that PAGEMAP_SCAN puts
+    in `category`. Nearby candidates share one ioctl; only the answer inside the candidates counts, so a
+    window may be wider than they are."""
+    shift = np.uint64(page.bit_length() - 1)
+    window_first, window_end = reader.windows(first, end, _SCAN_GAP, _SCAN_WINDOWS)
+    found = [
+        pagemap_scan(fd, lo * page, hi * page, category_mask=category, return_mask=category)
+        for lo, hi in zip(window_first.tolist(), window_end.tolist(), strict=True)
+    ]
+    rows = np.concatenate(found) if found else np.empty((0, 3), dtype=np.uint64)
+    if len(rows):
+        hit_first, hit_end = reader.intersect_ranges(rows[:, 0] >> shift, rows[:, 1] >> shift, first, end)
+        runs = data.arrays.runs
+        _mark(data, runs.index_of(hit_first), runs.index_of(hit_end), mark)
+
+
+def _zero_candidates(data: PageData, kinds: list[str]) -> tuple[I64, I64]:
+    """Index ranges `[lo, hi)` of the pages that may map a zero page: present, not FILE and not exclusive
+    (the zero page), or present and FILE in an anonymous region (the huge zero page)."""
+    runs = data.code_runs
+    anonymous = np.array([kind in _ANON_KINDS for kind in kinds], dtype=bool)
+    possible = np.where(anonymous[runs.region], _ZERO_IN_ANON[runs.code], _ZERO_SMALL[runs.code])
+    lo = runs.first[possible]
+    return lo, lo + runs.length[possible]
+
+
+def _index_ranges_as_pages(pages: reader.PageRuns, lo: I64, hi: I64) -> tuple[U64, U64]:
+    """The page ranges `[first, end)` of the index ranges `[lo, hi)`, split where the pages stop being consecutive."""
+    lo, hi = reader.intersect_ranges(pages.start[:-1], pages.start[1:], lo, hi)
+    first = pages.at(lo)
+    return first, first + (hi - lo).astype(np.uint64)
+
+
+def _resolve_zero_pages(fd: int, data: PageData, kinds: list[str], caps: Capabilities) -> None:
+    """Mark zero-page entries. Only shared anonymous-looking and FILE pages in anonymous regions can be."""
+    lo, hi = _zero_candidates(data, kinds)
+    if not len(lo):
+        return
+    if caps.pagemap_scan:
+        first, end = _index_ranges_as_pages(data.arrays.runs, lo, hi)
+        _scan_marks(fd, data, first, end, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO, caps.page_size)
+        return
+    if caps.pfn_visible and caps.zero_pfn is not None:
+        candidates = reader.concatenated_ranges(lo, hi - lo, np.int64)
+        entry = data.arrays.entry
+        small = _ZERO_SMALL[data.arrays.top[candidates]]
+        pages = candidates[small]
+        _mark_pages(
+            data, pages[(entry[pages] & np.uint64(bits.PM_PFN_MASK)) == np.uint64(caps.zero_pfn)], bits.MARK_ZERO
+        )
+        huge = candidates[~small]
+        if not len(huge):
+            return
+        if caps.kpageflags:
+            (flags,) = reader.lookup_pfns(["/proc/kpageflags"], entry[huge] & np.uint64(bits.PM_PFN_MASK))
+            is_zero = (flags >> np.uint64(bits.KPF_BITS["ZERO_PAGE"])) & np.uint64(1) != 0
+            _mark_pages(data, huge[is_zero], bits.MARK_ZERO)
+            return
+    data.zero_known = False
+    data.notes.append(
+        "zero pages cannot be told apart here (no PAGEMAP_SCAN and no visible PFNs): "
+        "rss may include them and zero is unknown"
+    )
+
+
+def _pmd_candidates(data: PageData, caps: Capabilities, span: int) -> I64:
+    """First indexes of the aligned blocks of `span` pages that may be PMD-mapped: every page there, the
+    first present and, where PFNs show, the frames aligned and consecutive."""
+    entry = data.arrays.entry
+    heads: I64 = data.arrays.runs.aligned_blocks(span)
+    heads = heads[data.arrays.top[heads] >= np.uint8(_TOP_PRESENT)]
+    if caps.pfn_visible:
+        pfn_head = entry[heads] & np.uint64(bits.PM_PFN_MASK)
+        pfn_tail = entry[heads + span - 1] & np.uint64(bits.PM_PFN_MASK)
+        aligned = (pfn_head & np.uint64(span - 1)) == 0
+        heads = heads[aligned & (pfn_tail == pfn_head + np.uint64(span - 1))]
+    return heads
+
+
+def _resolve_pmd_pages(fd: int, data: PageData, kinds: list[str], caps: Capabilities) -> None:
+    """Mark pages of PMD-mapped huge pages; candidates are fully present, aligned 512-page blocks."""
+    span = caps.page_size // 8  # entries per PMD-mapped page: a page table holds page_size / 8 entries
+    if caps.thp_mode == "never" and not any(kind == "shmem" for kind in kinds):
+        return
+    if len(data.arrays) < span:
+        return
+    heads = _pmd_candidates(data, caps, span)
+    if not len(heads):
+        return
+    if caps.pagemap_scan:
+        first = data.arrays.runs.at(heads)
+        first, end = reader.coalesce(first, first + np.uint64(span))
+        _scan_marks(fd, data, first, end, bits.PAGE_IS_HUGE, bits.MARK_PMD, caps.page_size)
+        return
+    if caps.pfn_visible and caps.kpageflags:
+        (flags,) = reader.lookup_pfns(["/proc/kpageflags"], data.arrays.entry[heads] & np.uint64(bits.PM_PFN_MASK))
+        thp_head = (flags >> np.uint64(bits.KPF_BITS["THP"])) & np.uint64(1) != 0
+        thp_head &= (flags >> np.uint64(bits.KPF_BITS["COMPOUND_HEAD"])) & np.uint64(1) != 0
+        heads = heads[thp_head]
+        _mark(data, heads, heads + span, bits.MARK_PMD)
+        return
+    data.pmd_known = False
+    data.notes.append("huge page mappings cannot be seen here (no PAGEMAP_SCAN and no visible PFNs): thp is unknown")
+
+
+def read_pfn_files(data: PageData, caps: Capabilities, *, flags: bool, counts: bool, cgroups: bool) -> None:
+    entry = data.arrays.entry
+    present_mask = data.arrays.top >= np.uint8(_TOP_PRESENT)
+    # Usually every page is present: then no index array, and the look-ups are the per-page arrays.
+    present = None if bool(present_mask.all()) else np.flatnonzero(present_mask)
+    pfns = (entry if present is None else entry[present]) & np.uint64(bits.PM_PFN_MASK)
+    wanted = {"/proc/kpageflags": flags, "/proc/kpagecount": counts, "/proc/kpagecgroup": cgroups}
+    paths = [path for path, asked in wanted.items() if asked]
+    results = dict(zip(paths, reader.lookup_pfns(paths, pfns), strict=True))
+    del pfns
+    if flags:
+        page_flags = _per_page(results["/proc/kpageflags"], present, len(entry), np.uint64)
+        reader.top_byte_view(page_flags)[:] |= _synthetic_flags(data.arrays.top)
+        for name in bits.KPF_BITS:
+            if reason := caps.missing_for_flag(name):
+                page_flags &= ~np.uint64(1 << bits.KPF_BITS[name])
+                data.withheld_flags += (name,)
+                data.notes.append(f"page flag {name} is not reported: {reason}")
+        data.page_flags = page_flags
+    if counts:
+        data.mapcounts = _per_page(results["/proc/kpagecount"], present, len(entry), np.uint32)
+        _exclusive_from_mapcounts(data)
+    if cgroups:
+        inodes, pages = np.unique(results["/proc/kpagecgroup"], return_counts=True)
+        data.cgroup_pages = dict(zip(inodes.tolist(), pages.tolist(), strict=True))
+
+
+def _exclusive_from_mapcounts(data: PageData) -> None:
+    """Decide the exclusivity of PMD-mapped pages from their map counts, as smaps does.
+
+    From Linux 6.15, pagemap gives every subpage of a PMD-mapped THP the head page's exclusivity; after a
+    fork and a partial copy that is wrong for every subpage but the head.
+    """
+    assert data.mapcounts is not None
+    top = data.arrays.top
+    present_pmd = np.uint8(_TOP_PRESENT | _TOP_PMD)
+    huge = np.flatnonzero((top & present_pmd) == present_pmd)
+    if not len(huge):
+        return
+    exclusive = (top[huge] & np.uint8(_TOP_EXCLUSIVE)) != 0
+    should_be = data.mapcounts[huge] == 1
+    wrong = huge[exclusive != should_be]
+    if not len(wrong):
+        return
+    data.arrays.entry[wrong] ^= np.uint64(bits.PM_EXCLUSIVE)
+    top[wrong] ^= np.uint8(_TOP_EXCLUSIVE)
+    _touch_regions(data, wrong, wrong)
+
+
+def _synthetic_flags(top: U8) -> U8:
+    """Bits 56-63 of each page's flags word from its entry's top byte: FILE as is, SWAPPED from SWAP unless a
+    guard or userfaultfd marker, MMAP_EXCLUSIVE from EXCLUSIVE. No KPF flag lives there."""
+    swapped = top & np.uint8(_TOP_SWAP)
+    swapped &= ~(top << np.uint8(_SHIFT_GUARD_TO_SWAP))  # a guard marker shifted onto SWAP clears it
+    swapped &= ~(top << np.uint8(_SHIFT_UFFD_TO_SWAP))  # ... and so does a userfaultfd one
+    exclusive = top << np.uint8(_SHIFT_EXCLUSIVE_TO_SYNTHETIC)  # the other bits shift out of the byte
+    result: U8 = (top & np.uint8(_TOP_FILE)) | swapped | exclusive
+    return result
+
+
+def _bit(mask: int) -> int:
+    return mask.bit_length() - 1
+
+
+# The synthetic flags sit where pagemap has FILE and SWAP, and MMAP_EXCLUSIVE where it has PRESENT.
+assert bits.SYNTHETIC_FLAG_BITS["FILE"] == _bit(bits.PM_FILE)
+assert bits.SYNTHETIC_FLAG_BITS["SWAPPED"] == _bit(bits.PM_SWAP)
+_SHIFT_GUARD_TO_SWAP = _bit(bits.PM_SWAP) - _bit(bits.PM_GUARD)
+_SHIFT_UFFD_TO_SWAP = _bit(bits.PM_SWAP) - _bit(bits.PM_UFFD_WP)
+_SHIFT_EXCLUSIVE_TO_SYNTHETIC = bits.SYNTHETIC_FLAG_BITS["MMAP_EXCLUSIVE"] - _bit(bits.PM_EXCLUSIVE)
+
+
+def _per_page(values: U64, present: I64 | None, size: int, dtype: type[_Word]) -> npt.NDArray[_Word]:
+    """Values looked up for the present pages, spread over every page (zero where not present)."""
+    if present is None:
+        return values.astype(dtype, copy=False)
+    spread = np.zeros(size, dtype=dtype)
+    spread[present] = values
+    return spread
+
+
+def _value_counts(values: U64) -> tuple[U64, I64]:
+    """The distinct values and how often each occurs. Neighbouring pages mostly share their flags, so runs
+    of equal values are counted first and only the runs' values sorted."""
+    if not len(values):
+        return values, np.zeros(0, dtype=np.int64)
+    starts = np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
+    lengths = np.diff(np.append(starts, len(values)))
+    run_values = values[starts]
+    distinct = np.unique(run_values)  # a sort; finding each run's value in it is cheaper than return_inverse
+    which = np.searchsorted(distinct, run_values)
+    return distinct, np.bincount(which, weights=lengths, minlength=len(distinct)).astype(np.int64)
+
+
+def count_flags(page_flags: U64, withheld: Collection[str] = ()) -> Mapping[str, int]:
+    """Pages per flag (KPF and synthetic) in `page_flags`; `withheld` flags are left out: unknown, not zero."""
+    values, counts = _value_counts(page_flags)
+    names = {name: bit for name, bit in bits.FLAG_BITS.items() if name not in withheld}
+    result = dict.fromkeys(names, 0)
+    for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+        for name, bit in names.items():
+            if value >> bit & 1:
+                result[name] += count
+    return MappingProxyType(result)
+
+
+def _code_runs(top: U8, bounds: I64) -> _CodeRuns:
+    """The runs of equal top bytes of each region's pages. A region whose bytes are all equal (most memory:
+    a dense mapping) is found by two vectorised reductions and is one run; only the others are compared page
+    by page, gathered into one array."""
+    filled = np.flatnonzero(bounds[1:] > bounds[:-1])
+    if not len(filled):
+        empty = np.zeros(0, dtype=np.intp)
+        return _CodeRuns(empty.astype(np.int64), empty.astype(np.int64), empty, empty)
+    lo, hi = bounds[filled], bounds[filled + 1]
+    low = np.minimum.reduceat(top, lo)  # the regions between filled ones are empty: each slice is one region
+    uniform = low == np.maximum.reduceat(top, lo)
+    first, length, code, region = lo[uniform], (hi - lo)[uniform], low[uniform].astype(np.intp), filled[uniform]
+    mixed = np.flatnonzero(~uniform)
+    if len(mixed):
+        pages = np.concatenate([top[a:b] for a, b in zip(lo[mixed].tolist(), hi[mixed].tolist(), strict=True)])
+        offset = reader.exclusive_cumsum(hi[mixed] - lo[mixed])
+        edge = np.empty(len(pages), dtype=bool)
+        np.not_equal(pages[1:], pages[:-1], out=edge[1:])
+        edge[offset[:-1]] = True
+        starts = np.flatnonzero(edge)
+        which = np.searchsorted(offset, starts, side="right") - 1
+        first = np.concatenate((first, lo[mixed][which] + (starts - offset[which])))
+        length = np.concatenate((length, np.diff(np.append(starts, len(pages)))))
+        code = np.concatenate((code, pages[starts].astype(np.intp)))
+        region = np.concatenate((region, filled[mixed][which]))
+        order = np.argsort(first, kind="stable")
+        first, length, code, region = first[order], length[order], code[order], region[order]
+    return _CodeRuns(first, length, code, region)
+
+
+def _histogram(runs: _CodeRuns, regions: int) -> npt.NDArray[np.float64]:
+    """Pages per region and top byte, shape (regions, 256), as exact float64 counts."""
+    histogram = np.bincount(runs.region * 256 + runs.code, weights=runs.length, minlength=regions * 256)
+    return histogram.reshape(regions, 256).astype(np.float64, copy=False)
+
+
+def _region_histograms(data: PageData) -> npt.NDArray[np.float64]:
+    """Pages per region and top byte, recounting the regions marked since the histogram was made."""
+    for region in sorted(data.stale):
+        lo, hi = int(data.bounds[region]), int(data.bounds[region + 1])
+        runs = _code_runs(data.arrays.top[lo:hi], np.array([0, hi - lo], dtype=np.int64))
+        data.histogram[region] = _histogram(runs, 1)[0]
+    data.stale.clear()
+    return data.histogram
+
+
+def _sums_by_region(values: I64, bounds: I64) -> I64:
+    """The sum of `values` over each region's slice of pages."""
+    running = np.zeros(len(values) + 1, dtype=np.int64)
+    np.cumsum(values, out=running[1:])
+    result: I64 = running[bounds[1:]] - running[bounds[:-1]]
+    return result
+
+
+Metrics = dict[str, list[int] | list[None]]
+
+
+def region_metrics(data: PageData, kinds: list[str], page: int) -> tuple[Metrics, dict[str, int | None]]:
+    """Each `Totals` metric of each region in bytes, as smaps accounts it, and the snapshot's totals.
+
+    Hugetlb pages count only as hugetlb (and in USS and swap), a shmem region's pages as shmem rather than
+    file. A metric unknown here is None in every region and in the totals.
+    """
+    # Counts are exact in float64 (below 2**53), where numpy multiplies matrices ten times faster than in int64.
+    counts = _region_histograms(data) @ _CLASS_MATRIX
+    pages = counts.astype(np.int64) * page  # (regions, columns)
+    column = dict(zip(_COLUMNS, pages.T, strict=True))
+    hugetlb = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
+    shmem = np.array([kind == "shmem" for kind in kinds], dtype=bool)
+    unknown: list[None] = [None] * len(kinds)
+    pss_fixed = None if data.mapcounts is None else _pss_fixed(data, page)
+    pss: list[int] | list[None] = unknown if pss_fixed is None else np.where(hugetlb, 0, pss_fixed >> 12).tolist()
+    metrics: Metrics = {
+        "rss": np.where(hugetlb, 0, column["present"]).tolist(),
+        "uss": column["uss"].tolist(),
+        "pss": pss,
+        "swap": column["swap"].tolist(),
+        "anon": np.where(hugetlb, 0, column["anon"]).tolist(),
+        "file": np.where(shmem | hugetlb, 0, column["file"]).tolist(),
+        "shmem": np.where(shmem, column["file"], 0).tolist(),
+        "thp": np.where(hugetlb, 0, column["thp"]).tolist() if data.pmd_known else unknown,
+        "zero": column["zero"].tolist() if data.zero_known else unknown,
+        "hugetlb": np.where(hugetlb, column["present"], 0).tolist(),
+    }
+    totals = {name: None if None in values else sum(cast(list[int], values)) for name, values in metrics.items()}
+    if pss_fixed is not None:  # the snapshot's PSS is rounded once, not per region
+        totals["pss"] = int(pss_fixed[~hugetlb].sum()) >> 12
+    return metrics, totals
+
+
+def _pss_fixed(data: PageData, page: int) -> I64:
+    """Each region's PSS in bytes << 12. As the kernel: PAGE_SIZE << 12 divided by each page's mapcount, summed."""
+    assert data.mapcounts is not None
+    counted = data.mapcounts.astype(np.int64)
+    share = np.where(counted > 0, (page << 12) // np.maximum(counted, 1), 0)
+    return _sums_by_region(share, data.bounds)
