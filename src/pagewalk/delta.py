@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -218,12 +219,42 @@ def _flag_transitions(
     return count_flags(gained, withheld), count_flags(lost, withheld)
 
 
-def _overlaps(a: Region, b: Region) -> bool:
-    return a.start < b.end and b.start < a.end
+class _Unmatched:
+    """The unmatched regions of one name, in address order; each can be taken once."""
+
+    def __init__(self) -> None:
+        self.regions: list[Region] = []
+        self.ends: list[int] = []
+        self.after_taken: list[int] = []  # the next index at or after each that may be free (compressed)
+
+    def add(self, region: Region) -> None:
+        self.after_taken.append(len(self.regions))
+        self.regions.append(region)
+        self.ends.append(region.end)
+
+    def take_overlapping(self, region: Region) -> Region | None:
+        """The lowest region not yet taken that overlaps `region`, taken."""
+        # The regions of one snapshot never overlap, so the ends ascend with the starts.
+        index = self._free_from(bisect.bisect_right(self.ends, region.start))
+        if index == len(self.regions) or self.regions[index].start >= region.end:
+            return None
+        self.after_taken[index] = index + 1
+        return self.regions[index]
+
+    def _free_from(self, index: int) -> int:
+        """The first index at or after `index` not taken, or the count."""
+        root = index
+        while root < len(self.regions) and self.after_taken[root] != root:
+            root = self.after_taken[root]
+        while index != root:  # path compression: later searches jump straight there
+            self.after_taken[index], index = root, self.after_taken[index]
+        return root
 
 
-def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tuple[list[RegionDelta], int | None]:
-    """Match regions by start address and name, then by overlap and name (a stack grows down)."""
+def _match_regions(before: tuple[Region, ...], after: tuple[Region, ...]) -> list[tuple[Region | None, Region | None]]:
+    """Pair regions by start address and name, then by overlap and name (a stack grows down); the rest are
+    added or removed. Each region of `after` left over takes the lowest unmatched region of its name that
+    overlaps it, found by bisection: the regions of one snapshot never overlap, so their ends ascend too."""
     unmatched = {(r.start, r.name): r for r in before}  # no two regions start at one address
     pairs: list[tuple[Region | None, Region | None]] = []
     pending: list[Region] = []
@@ -233,45 +264,50 @@ def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tup
             pending.append(region)
         else:
             pairs.append((old, region))
-    for region in pending:
-        key = next((k for k, r in unmatched.items() if r.name == region.name and _overlaps(r, region)), None)
-        pairs.append((None if key is None else unmatched.pop(key), region))
+    if pending and unmatched:
+        by_name: dict[str, _Unmatched] = {}
+        for old in unmatched.values():
+            by_name.setdefault(old.name, _Unmatched()).add(old)
+        for region in pending:
+            olds = by_name.get(region.name)
+            old = None if olds is None else olds.take_overlapping(region)
+            if old is not None:
+                del unmatched[(old.start, old.name)]
+            pairs.append((old, region))
+    else:
+        pairs.extend((None, region) for region in pending)
     pairs.extend((old, None) for old in unmatched.values())
+    return pairs
 
+
+def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tuple[list[RegionDelta], int | None]:
     deltas = []
     written_new: int | None = None
-    for old, new in pairs:
-        ref = new or old
-        assert ref is not None
+    for old, new in _match_regions(before, after):
+        # Values as a tuple in _REGION_DELTA_FIELDS order: a process may have tens of thousands of regions.
         if old is None:
-            status = "added"
+            assert new is not None
+            values: tuple[Any, ...] = (new.name, new.kind, new.start, new.end, "added", new.end - new.start)
+            values += (new.uss, new.rss, new.swap, new.pss, new.anon, new.written, new.accessed)
         elif new is None:
-            status = "removed"
-        elif new.size > old.size:
-            status = "grown"
-        elif new.size < old.size:
-            status = "shrunk"
+            values = (old.name, old.kind, old.start, old.end, "removed", old.start - old.end, -old.uss, -old.rss)
+            values += (-old.swap, None if old.pss is None else -old.pss, -old.anon, None, None)
         else:
-            status = "kept"
+            growth = (new.end - new.start) - (old.end - old.start)
+            status = "grown" if growth > 0 else "shrunk" if growth < 0 else "kept"
+            values = (new.name, new.kind, new.start, new.end, status, growth, new.uss - old.uss, new.rss - old.rss)
+            values += (new.swap - old.swap, _growth(old.pss, new.pss), new.anon - old.anon, new.written, new.accessed)
         # The kernel marks every page of a new or expanded mapping soft-dirty: count those apart.
-        if status in ("added", "grown") and new is not None and new.written is not None:
+        if new is not None and new.written is not None and (old is None or values[5] > 0):
             written_new = (written_new or 0) + new.written
-        deltas.append(
-            RegionDelta(
-                name=ref.name,
-                kind=ref.kind,
-                start=ref.start,
-                end=ref.end,
-                status=status,
-                size_growth=(new.size if new else 0) - (old.size if old else 0),
-                uss_growth=(new.uss if new else 0) - (old.uss if old else 0),
-                rss_growth=(new.rss if new else 0) - (old.rss if old else 0),
-                swap_growth=(new.swap if new else 0) - (old.swap if old else 0),
-                pss_growth=_growth(old.pss if old else 0, new.pss if new else 0),
-                anon_growth=(new.anon if new else 0) - (old.anon if old else 0),
-                written=new.written if new else None,
-                accessed=new.accessed if new else None,
-            )
-        )
+        delta: RegionDelta = object.__new__(RegionDelta)
+        delta.__dict__.update(zip(_REGION_DELTA_FIELDS, values, strict=True))
+        deltas.append(delta)
     deltas.sort(key=lambda d: d.start)
     return deltas, written_new
+
+
+# RegionDelta's generated __init__ stores each field through object.__setattr__ (the class is frozen): several
+# times slower than filling the instance dict, which _region_deltas does for every region of every delta.
+_REGION_DELTA_FIELDS = tuple(f.name for f in fields(RegionDelta))
+assert not hasattr(RegionDelta, "__slots__") and not hasattr(RegionDelta, "__post_init__")
