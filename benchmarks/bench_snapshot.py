@@ -54,22 +54,21 @@ class Target:
     kind: str  # dense, sparse or thp
     size: int  # bytes mapped
     touched: int  # bytes touched
-    dense: bool  # for the goals: dense targets get the 1.1x goal, sparse ones 2x
 
 
 def make_targets(quick: bool) -> dict[str, Target]:
     if quick:
         return {
-            "T1": Target("T1", "64 MiB anonymous, touched", "dense", 64 * MiB, 64 * MiB, True),
-            "T2": Target("T2", "128 MiB anonymous, touched", "dense", 128 * MiB, 128 * MiB, True),
-            "T3": Target("T3", "4 GiB MAP_NORESERVE, 8 MiB touched", "sparse", 4 * GiB, 8 * MiB, False),
-            "T4": Target("T4", "64 MiB THP (MADV_HUGEPAGE)", "thp", 64 * MiB, 64 * MiB, True),
+            "T1": Target("T1", "64 MiB anonymous, touched", "dense", 64 * MiB, 64 * MiB),
+            "T2": Target("T2", "128 MiB anonymous, touched", "dense", 128 * MiB, 128 * MiB),
+            "T3": Target("T3", "4 GiB MAP_NORESERVE, 8 MiB touched", "sparse", 4 * GiB, 8 * MiB),
+            "T4": Target("T4", "64 MiB THP (MADV_HUGEPAGE)", "thp", 64 * MiB, 64 * MiB),
         }
     return {
-        "T1": Target("T1", "1 GiB anonymous, touched", "dense", 1 * GiB, 1 * GiB, True),
-        "T2": Target("T2", "8 GiB anonymous, touched", "dense", 8 * GiB, 8 * GiB, True),
-        "T3": Target("T3", "64 GiB MAP_NORESERVE, 100 MiB touched", "sparse", 64 * GiB, 100 * MiB, False),
-        "T4": Target("T4", "1 GiB THP (MADV_HUGEPAGE, 2 MiB aligned)", "thp", 1 * GiB, 1 * GiB, True),
+        "T1": Target("T1", "1 GiB anonymous, touched", "dense", 1 * GiB, 1 * GiB),
+        "T2": Target("T2", "8 GiB anonymous, touched", "dense", 8 * GiB, 8 * GiB),
+        "T3": Target("T3", "64 GiB MAP_NORESERVE, 100 MiB touched", "sparse", 64 * GiB, 100 * MiB),
+        "T4": Target("T4", "1 GiB THP (MADV_HUGEPAGE, 2 MiB aligned)", "thp", 1 * GiB, 1 * GiB),
     }
 
 
@@ -104,6 +103,65 @@ for line in sys.stdin:  # "change": give every 100th touched page a new frame (f
     print("changed", flush=True)
 """
 
+# The churn child: `count` two-page read-write mappings, each kept apart from its neighbours by PROT_NONE, in
+# one of two reservations; "churn" moves every one of them to the other reservation (removed there, added here).
+CHURN_CHILD = r"""
+import ctypes, sys
+ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+PAGE, count = 4096, int(sys.argv[1])
+PRIVATE_ANON, FIXED, NORESERVE = 0x22, 0x10, 0x4000
+span = count * 4 * PAGE
+areas = [libc.mmap(None, span, 0, PRIVATE_ANON | NORESERVE, -1, 0) for _ in range(2)]
+def place(area):
+    for i in range(count):
+        at = area + i * 4 * PAGE
+        libc.mmap(at, 2 * PAGE, 3, PRIVATE_ANON | FIXED, -1, 0)
+        ctypes.c_char.from_address(at).value = b"\x01"
+place(areas[0])
+print("ready", flush=True)
+here = 0
+for line in sys.stdin:
+    libc.mmap(areas[here], span, 0, PRIVATE_ANON | FIXED | NORESERVE, -1, 0)  # one PROT_NONE mapping again
+    here = 1 - here
+    place(areas[here])
+    print("churned", flush=True)
+"""
+
+
+class StopClock:
+    """How long the target stays stopped: each `procfs.frozen` block timed from the call that stops the target
+    to its resumption, recorded while the clock is installed."""
+
+    def __init__(self) -> None:
+        self.spans: list[float] = []
+        self.original = pagewalk.procfs.frozen
+
+    def __enter__(self) -> StopClock:
+        original, spans = self.original, self.spans
+
+        @contextlib.contextmanager
+        def timed(pid: int, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                with original(pid, **kwargs) as stopped:
+                    yield stopped
+            finally:
+                spans.append((time.perf_counter() - t0) * 1e3)
+
+        pagewalk.procfs.frozen = timed  # type: ignore[assignment]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pagewalk.procfs.frozen = self.original  # type: ignore[assignment]
+
+    def take(self) -> list[float]:
+        spans, self.spans[:] = list(self.spans), []
+        return spans
+
+
 _LIVE: list[subprocess.Popen[bytes]] = []
 
 
@@ -126,19 +184,27 @@ atexit.register(_kill_all)
 
 
 def start_target(target: Target, timeout: float = 300.0) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-S", "-c", CHILD, target.kind, str(target.size), str(target.touched)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
+    return start_child(target.name, CHILD, [target.kind, str(target.size), str(target.touched)], timeout)
+
+
+def start_child(name: str, code: str, args: list[str], timeout: float = 300.0) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen([sys.executable, "-S", "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     _LIVE.append(proc)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], timeout)
     line = proc.stdout.readline().decode() if ready else ""
     if not line.startswith("ready"):
         _kill(proc)
-        raise RuntimeError(f"{target.name}: the target did not become ready (exit code {proc.poll()})")
+        raise RuntimeError(f"{name}: the target did not become ready (exit code {proc.poll()})")
     return proc
+
+
+def tell(proc: subprocess.Popen[bytes], command: bytes, answer: bytes) -> None:
+    """Send the child a command line and wait for its answer."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(command + b"\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().startswith(answer)
 
 
 # --- the methods ----------------------------------------------------------------------------------------
@@ -301,6 +367,29 @@ def snapshot_memory(pid: int, fn: Callable[[int], Any]) -> tuple[float, float, i
     return retained / present, peak / present, snap.present_pages
 
 
+def stop_times(pid: int, caps: pagewalk.Capabilities, rounds: int) -> dict[str, list[float]]:
+    """Milliseconds the target stayed stopped per call: per snapshot, and per measure() (both its snapshots)."""
+
+    def measure_once() -> None:
+        with pagewalk.measure(pid):
+            pass
+
+    calls: dict[str, Callable[[], Any]] = {"snapshot()": lambda: pagewalk.snapshot(pid)}
+    if not caps.missing_for_flags():
+        calls["snapshot(flags)"] = lambda: pagewalk.snapshot(pid, flags=True)
+    calls["measure()"] = measure_once
+    stopped: dict[str, list[float]] = {}
+    with StopClock() as clock:
+        for name, call in calls.items():
+            call()  # warm-up
+            clock.take()
+            stopped[name] = []
+            for _ in range(rounds):
+                call()
+                stopped[name].append(sum(clock.take()))
+    return stopped
+
+
 def thp_check(pid: int, target: Target) -> str | None:
     huge = smaps_rollup(pid).get("AnonHugePages", 0) * KiB
     if huge < 0.95 * target.touched:
@@ -325,6 +414,7 @@ def run_target(
             if name in results:
                 retained, peak, present = snapshot_memory(pid, fn)
                 results[name].retained_per_page, results[name].peak_per_page = retained, peak
+        stopped = stop_times(pid, caps, args.rounds)
         if not args.no_naive and caps.kpagecount and caps.pfn_visible:
             sample = 64 if target.kind == "sparse" else 1
             naive = naive_procedure(pid, sample)
@@ -355,6 +445,7 @@ def run_target(
             "check": check,
             "warning": warning,
             "build_s": build_s,
+            "stopped_ms": stopped,
         }
     finally:
         _kill(proc)
@@ -369,10 +460,7 @@ def run_delta(target: Target, args: argparse.Namespace, caps: pagewalk.Capabilit
         with_flags = caps.missing_for_flags() is None
         before = pagewalk.snapshot(pid)
         before_flags = pagewalk.snapshot(pid, flags=True) if with_flags else None
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(b"change\n")
-        proc.stdin.flush()
-        assert proc.stdout.readline().startswith(b"changed")
+        tell(proc, b"change", b"changed")
         after = pagewalk.snapshot(pid)
         methods: dict[str, Callable[[int], Any]] = {
             "diff (USS-only snapshots)": lambda _: pagewalk.diff(before, after),
@@ -396,6 +484,40 @@ def run_delta(target: Target, args: argparse.Namespace, caps: pagewalk.Capabilit
             print(f"  {name:<27}{result.median:10.2f}{result.min:10.2f}{ratio(result.median, base)}")
     finally:
         _kill(proc)
+
+
+def run_churn(count: int, args: argparse.Namespace) -> dict[str, Any]:
+    """diff() of two snapshots between which `count` mappings moved elsewhere (removed, and added there)."""
+    proc = start_child("churn", CHURN_CHILD, [str(count)])
+    try:
+        before = pagewalk.snapshot(proc.pid)
+        tell(proc, b"churn", b"churned")
+        after = pagewalk.snapshot(proc.pid)
+    finally:
+        _kill(proc)
+    delta = pagewalk.diff(before, after)  # warm-up
+    wall, cpu = [], []
+    for _ in range(args.rounds):
+        gc.collect()
+        t0, c0 = time.perf_counter(), time.process_time()
+        pagewalk.diff(before, after)
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    result = {
+        "mappings_moved": count,
+        "regions_before": len(before.regions),
+        "regions_after": len(after.regions),
+        "regions_added": len(delta.regions_added),
+        "regions_removed": len(delta.regions_removed),
+        "diff_s": statistics.median(wall),
+        "diff_cpu_s": statistics.median(cpu),
+    }
+    print(
+        f"\nC: diff() after {count:,} mappings moved ({result['regions_before']:,} and {result['regions_after']:,} "
+        f"regions; {result['regions_added']:,} added, {result['regions_removed']:,} removed): "
+        f"median {result['diff_s'] * 1e3:.1f} ms (CPU {result['diff_cpu_s'] * 1e3:.1f} ms)"
+    )
+    return result
 
 
 # --- reporting ------------------------------------------------------------------------------------------
@@ -476,14 +598,21 @@ def print_target(run: dict[str, Any]) -> None:
         thp_mib = f"{thp / MiB:.0f}" if thp is not None else "unknown"
         line += f"; thp {thp_mib} vs AnonHugePages {c['rollup_anon_huge'] / MiB:.0f}"
     print(line)
+    stops = ", ".join(
+        f"{name} {statistics.median(spans):.2f} (max {max(spans):.2f})" for name, spans in run["stopped_ms"].items()
+    )
+    print(f"  target stopped, ms per call: {stops}; measure() stops it twice")
 
 
-def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def goals(runs: list[dict[str, Any]], churn: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     out = []
+    if churn is not None:
+        what = f"diff() after {churn['mappings_moved']:,} mappings moved"
+        out.append({"target": "C", "what": what, "value": churn["diff_s"], "limit": 0.1, "unit": " s"})
     for run in runs:
         target, results = run["target"], run["results"]
         base = results[ROLLUP].median
-        limit = 1.1 if target.dense else 2.0
+        limit = 1.1 if target.kind == "dense" else 2.0
         uss = results["snapshot() USS-only"]
         out.append(
             {
@@ -531,7 +660,7 @@ def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def print_goals(items: list[dict[str, Any]]) -> None:
     print("\nGoals (medians; ratios from the same run):")
     for g in items:
-        value = f"{g['value']:.2f}{g['unit']}" if g["unit"] == "x" else f"{g['value']:.1f}{g['unit']}"
+        value = f"{g['value']:.2f}{g['unit']}" if g["unit"] in ("x", " s") else f"{g['value']:.1f}{g['unit']}"
         print(
             f"  {g['target']} {g['what']:<40} {value:>9}  goal <= {g['limit']:g}{g['unit']:<2}  "
             f"{'met' if g['met'] else 'MISSED'}"
@@ -552,6 +681,7 @@ def to_json(
             "present_pages": run["present"],
             "warning": run["warning"],
             "uss_check": run["check"],
+            "stopped_ms": run["stopped_ms"],
             "methods": {
                 name: {
                     "median_ms": r.median,
@@ -592,9 +722,18 @@ def main(argv: list[str] | None = None) -> int:
         "--delta", action="store_true", help="also time the delta of T2 (T2 of --quick) with 1%% of pages changed"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for the shuffled method order")
+    parser.add_argument(
+        "--churn",
+        type=int,
+        default=None,
+        metavar="N",
+        help="time diff() after N mappings moved (default 6000; 1000 with --quick; 0 skips it)",
+    )
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 7
+    if args.churn is None:
+        args.churn = 1000 if args.quick else 6000
     available = make_targets(args.quick)
     names = [n.strip().upper() for n in args.targets.split(",") if n.strip()]
     unknown = [n for n in names if n not in available]
@@ -624,13 +763,14 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
         if args.delta:
             run_delta(available["T2"], args, caps, rng)
+        churn = run_churn(args.churn, args) if args.churn > 0 else None
     finally:
         _kill_all()
-    items = goals(runs)
+    items = goals(runs, churn)
     print_goals(items)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(to_json(env, args, runs, items), f, indent=1, default=str)
+            json.dump({**to_json(env, args, runs, items), "churn": churn}, f, indent=1, default=str)
         print(f"\nwrote {args.json}")
     return 0
 
