@@ -73,8 +73,10 @@ _CLASS_MATRIX = np.stack(
 _ANON_KINDS = frozenset({"anon", "heap", "stack"})
 # Top bytes that may be a zero page: present, not FILE, not exclusive (the zero page); in anonymous regions
 # also present and FILE (the huge zero page is not an anonymous folio, so it reads as FILE).
-_ZERO_SMALL = (_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_EXCLUSIVE)) == _TOP_PRESENT
-_ZERO_IN_ANON = _ZERO_SMALL | ((_CODE & (_TOP_PRESENT | _TOP_FILE)) == (_TOP_PRESENT | _TOP_FILE))
+# Pages already marked as a zero page are no candidates.
+_ZERO_SMALL = (_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_EXCLUSIVE | _TOP_ZERO)) == _TOP_PRESENT
+_ZERO_IN_ANON = _ZERO_SMALL | ((_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_ZERO)) == (_TOP_PRESENT | _TOP_FILE))
+_HUGE_PROBE_MIN = 1  # whole huge pages a mapping must hold to be probed
 _SCAN_GAP = 512  # candidates this many pages apart share a PAGEMAP_SCAN window...
 _SCAN_WINDOWS = 64  # ...and at most this many windows are scanned, the widest gaps between them skipped
 
@@ -146,10 +148,41 @@ def read_pages(
         _mark_rows(data, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
         _mark_rows(data, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
         return data
-    data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident)), maps, page, "read")
+    huge = _huge_ranges(fd, ranges, caps)
+    data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident), huge), maps, page, "read")
     _resolve_zero_pages(fd, data, kinds, caps)
     _resolve_pmd_pages(fd, data, kinds, caps)
     return data
+
+
+def _huge_ranges(fd: int, ranges: list[tuple[int, int]], caps: Capabilities) -> reader.HugeRanges | None:
+    """The PMD-mapped huge pages of the mappings whose first whole huge page is one, where the kernel gives
+    every subpage its head's entry (6.15+): reading one entry per huge page then says all a full read would.
+
+    pagemap costs a few nanoseconds per subpage entry where the kernel's own walk reads one PMD; a probe of
+    one huge page per large mapping keeps the cost off mappings of small pages.
+    """
+    if not (caps.pagemap_scan and caps.pmd_entries_from_head):
+        return None
+    page, span = caps.page_size, caps.page_size // 8  # a page table holds page_size / 8 entries
+    present_huge = bits.PAGE_IS_PRESENT | bits.PAGE_IS_HUGE
+    first: list[int] = []
+    end: list[int] = []
+    mark: list[int] = []
+    for lo, hi in ranges:
+        head, tail = -(-lo // span) * span, hi // span * span
+        if tail - head < _HUGE_PROBE_MIN * span:
+            continue
+        if not len(pagemap_scan(fd, head * page, (head + span) * page, category_mask=present_huge)):
+            continue
+        rows = pagemap_scan(fd, head * page, tail * page, category_mask=present_huge, return_mask=bits.PAGE_IS_PFNZERO)
+        for start, stop, category in rows.tolist():
+            block_first, block_end = -(-start // page // span) * span, stop // page // span * span
+            if block_first < block_end:
+                first.append(block_first)
+                end.append(block_end)
+                mark.append(bits.MARK_PMD | (bits.MARK_ZERO if category & bits.PAGE_IS_PFNZERO else 0))
+    return reader.HugeRanges(first, end, mark, span, caps.pfn_visible) if first else None
 
 
 def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: int, method: str) -> PageData:
@@ -260,7 +293,8 @@ def _pmd_candidates(data: PageData, caps: Capabilities, span: int) -> I64:
     first present and, where PFNs show, the frames aligned and consecutive."""
     entry = data.arrays.entry
     heads: I64 = data.arrays.runs.aligned_blocks(span)
-    heads = heads[data.arrays.top[heads] >= np.uint8(_TOP_PRESENT)]
+    top = data.arrays.top[heads]
+    heads = heads[(top >= np.uint8(_TOP_PRESENT)) & ((top & np.uint8(_TOP_PMD)) == 0)]  # marked ones are known
     if caps.pfn_visible:
         pfn_head = entry[heads] & np.uint64(bits.PM_PFN_MASK)
         pfn_tail = entry[heads + span - 1] & np.uint64(bits.PM_PFN_MASK)

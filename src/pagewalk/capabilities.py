@@ -7,6 +7,7 @@ import functools
 import mmap
 import os
 import platform
+import re
 import struct
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -36,6 +37,8 @@ class Capabilities:
     kpagecount: bool  # /proc/kpagecount readable: PSS possible
     kpagecgroup: bool
     pagemap_scan: bool  # the PAGEMAP_SCAN ioctl (6.7+)
+    # pagemap gives every subpage of a PMD-mapped huge page its head page's entry, the frame counting up (6.15+)
+    pmd_entries_from_head: bool
     scan_categories: tuple[str, ...]  # PAGE_IS_* names the ioctl accepts
     soft_dirty: bool  # a round trip on this process proved soft-dirty works (CONFIG_MEM_SOFT_DIRTY)
     idle_page_tracking: bool  # /sys/kernel/mm/page_idle/bitmap exists and is readable
@@ -188,6 +191,12 @@ def _probe_scan() -> tuple[str, ...] | None:
         os.close(fd)
 
 
+def _kernel_at_least(release: str, version: tuple[int, int]) -> bool:
+    """Whether a kernel release string ("6.18.44-fc", "6.1.0-27-amd64") is at least `version`."""
+    numbers = re.match(r"(\d+)\.(\d+)", release)
+    return numbers is not None and (int(numbers[1]), int(numbers[2])) >= version
+
+
 def _thp_mode() -> str | None:
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled", encoding="ascii") as enabled:
@@ -231,6 +240,7 @@ def capabilities() -> Capabilities:
         kpagecount=_readable("/proc/kpagecount"),
         kpagecgroup=_readable("/proc/kpagecgroup"),
         pagemap_scan=scan_categories is not None,
+        pmd_entries_from_head=_kernel_at_least(platform.release(), (6, 15)),
         scan_categories=scan_categories or (),
         soft_dirty=soft_dirty,
         idle_page_tracking=os.access("/sys/kernel/mm/page_idle/bitmap", os.R_OK),

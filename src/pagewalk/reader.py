@@ -28,6 +28,7 @@ from .scan import pagemap_scan
 
 __all__ = [
     "EntryArrays",
+    "HugeRanges",
     "PageRuns",
     "ProcessExited",
     "intersect_ranges",
@@ -340,6 +341,33 @@ class _EntryWriter:
         self.piece_page.clear()
         self.piece_offset.clear()
 
+    def read_huge(self, fd: int, first: int, end: int, mark: int, span: int, frames_visible: bool) -> None:
+        """Fill in the entries of pages `[first, end)`: whole PMD-mapped huge pages of `span` pages whose
+        subpages repeat the head's entry with the frame counting up (Linux 6.15+), so only the heads are read;
+        `mark` is set on each. A head that is not present (the mapping changed since it was found) has its
+        huge page read whole."""
+        heads = np.empty((end - first) // span, dtype=np.uint64)
+        view = memoryview(heads).cast("B")  # type: ignore[arg-type]
+        for block in range(len(heads)):
+            _pread_into(fd, view, block, block + 1, first + block * span)
+        if bool((heads < np.uint64(bits.PM_PRESENT)).any()):
+            self.unread += end - first
+            self.read(fd, first, end)
+            return
+        if self.filled:
+            self._close_batch()
+        heads |= np.uint64(mark)
+        self._reserve(end - first)
+        entries = self.entry[self.size : self.size + end - first].reshape(len(heads), span)
+        if frames_visible:
+            np.add(heads[:, None], np.arange(span, dtype=np.uint64), out=entries)
+        else:
+            entries[:] = heads[:, None]
+        top = self.top[self.size : self.size + end - first].reshape(len(heads), span)
+        top[:] = top_byte_view(heads)[:, None]
+        self.size += end - first
+        self._add_runs(np.array([first], dtype=np.uint64), np.array([end - first], dtype=np.int64))
+
     def _keep(self, entries: U64, top: U8, in_place: bool) -> None:
         count = len(entries)
         if not in_place:
@@ -377,16 +405,58 @@ class _EntryWriter:
         return EntryArrays(runs, entry, top)
 
 
-def read_entries(fd: int, page_ranges: Sequence[tuple[int, int]], capacity: int) -> EntryArrays:
+@dataclass(frozen=True)
+class HugeRanges:
+    """Page ranges `[first, end)` of whole PMD-mapped huge pages of `span` pages each, whose subpages repeat
+    their head page's entry with the frame counting up (Linux 6.15+); `mark` is set on each range's entries."""
+
+    first: list[int]
+    end: list[int]
+    mark: list[int]
+    span: int
+    frames_visible: bool
+
+
+def read_entries(
+    fd: int, page_ranges: Sequence[tuple[int, int]], capacity: int, huge: HugeRanges | None = None
+) -> EntryArrays:
     """Read the pagemap entries of `[first_vpn, end_vpn)` ranges and keep the present or swapped ones.
 
-    Raises `ProcessExited` when the kernel answers end-of-file (the target released its address space).
+    The `huge` ranges, which must lie inside the page ranges, cost a read per huge page: only their heads
+    are read. Raises `ProcessExited` when the kernel answers end-of-file (the target released its address
+    space).
     """
+    if huge is not None and huge.first:
+        page_ranges = _subtract(page_ranges, list(zip(huge.first, huge.end, strict=True)))
     joined = _join_nearby(page_ranges, RANGE_GAP)
     out = _EntryWriter(capacity, sum(end - first for first, end in joined))
-    for first, end in joined:
-        out.read(fd, first, end)
+    if huge is None or not huge.first:
+        for first, end in joined:
+            out.read(fd, first, end)
+        return out.finish()
+    pieces = [(first, end, -1) for first, end in joined]
+    pieces += [(first, end, index) for index, (first, end) in enumerate(zip(huge.first, huge.end, strict=True))]
+    for first, end, index in sorted(pieces):
+        if index < 0:
+            out.read(fd, first, end)
+        else:
+            out.read_huge(fd, first, end, huge.mark[index], huge.span, huge.frames_visible)
     return out.finish()
+
+
+def _subtract(page_ranges: Sequence[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The sorted, disjoint ranges with the sorted, disjoint holes (each inside one range) cut out."""
+    result: list[tuple[int, int]] = []
+    hole = 0
+    for first, end in page_ranges:
+        while hole < len(holes) and holes[hole][0] < end:
+            if holes[hole][0] > first:
+                result.append((first, holes[hole][0]))
+            first = max(first, holes[hole][1])
+            hole += 1
+        if first < end:
+            result.append((first, end))
+    return result
 
 
 def _join_nearby(page_ranges: Sequence[tuple[int, int]], gap: int) -> list[tuple[int, int]]:
