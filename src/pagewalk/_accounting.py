@@ -335,12 +335,17 @@ def read_pfn_files(data: PageData, caps: Capabilities, *, flags: bool, counts: b
     # Usually every page is present: then no index array, and the look-ups are the per-page arrays.
     present = None if bool(present_mask.all()) else np.flatnonzero(present_mask)
     pfns = (entry if present is None else entry[present]) & np.uint64(bits.PM_PFN_MASK)
-    wanted = {"/proc/kpageflags": flags, "/proc/kpagecount": counts, "/proc/kpagecgroup": cgroups}
+    huge_heads = _huge_heads(data, caps) if flags else None
+    per_page_flags = flags and huge_heads is None
+    wanted = {"/proc/kpageflags": per_page_flags, "/proc/kpagecount": counts, "/proc/kpagecgroup": cgroups}
     paths = [path for path, asked in wanted.items() if asked]
-    results = dict(zip(paths, reader.lookup_pfns(paths, pfns), strict=True))
+    results = dict(zip(paths, reader.lookup_pfns(paths, pfns), strict=True)) if paths else {}
     del pfns
     if flags:
-        page_flags = _per_page(results["/proc/kpageflags"], present, len(entry), np.uint64)
+        if huge_heads is None:
+            page_flags = _per_page(results["/proc/kpageflags"], present, len(entry), np.uint64)
+        else:
+            page_flags = _flags_by_folio(data, huge_heads, caps.page_size // 8)
         reader.top_byte_view(page_flags)[:] |= _synthetic_flags(data.arrays.top)
         for name in bits.KPF_BITS:
             if reason := caps.missing_for_flag(name):
@@ -354,6 +359,43 @@ def read_pfn_files(data: PageData, caps: Capabilities, *, flags: bool, counts: b
     if cgroups:
         inodes, pages = np.unique(results["/proc/kpagecgroup"], return_counts=True)
         data.cgroup_pages = dict(zip(inodes.tolist(), pages.tolist(), strict=True))
+
+
+def _huge_heads(data: PageData, caps: Capabilities) -> I64 | None:
+    """Indexes of the first pages of the PMD-mapped huge pages, where their other pages' kpageflags may be
+    derived from them; None where there are none, or where the kernel reads flags page by page (before 6.10:
+    taken here from 6.15, as for the entries)."""
+    if not caps.pmd_entries_from_head:
+        return None
+    span = caps.page_size // 8
+    heads = data.arrays.runs.aligned_blocks(span)
+    present_pmd = np.uint8(_TOP_PRESENT | _TOP_PMD)
+    heads = heads[(data.arrays.top[heads] & present_pmd) == present_pmd]
+    return heads if len(heads) else None
+
+
+_KPF_HEAD = np.uint64(1 << bits.KPF_BITS["COMPOUND_HEAD"])
+_KPF_TAIL = np.uint64(1 << bits.KPF_BITS["COMPOUND_TAIL"])
+
+
+def _flags_by_folio(data: PageData, heads: I64, span: int) -> U64:
+    """kpageflags of every page, looked up for all but the subpages of PMD-mapped huge pages after the first.
+
+    From Linux 6.10 kpageflags reports a large folio's flags for each of its pages: only COMPOUND_HEAD or
+    COMPOUND_TAIL, and HWPOISON outside hugetlb, are the page's own (and BUDDY, OFFLINE and PGTABLE, which
+    no mapped page has). A PMD-mapped subpage after the first is a tail with the first one's other flags,
+    the first being the head or, inside a larger hugetlb page, a tail itself.
+    """
+    entry, top = data.arrays.entry, data.arrays.top
+    blocks = reader.concatenated_ranges(heads, np.full(len(heads), span, dtype=np.int64), np.int64).reshape(-1, span)
+    looked_up = top >= np.uint8(_TOP_PRESENT)
+    looked_up[blocks[:, 1:]] = False
+    index = np.flatnonzero(looked_up)
+    (found,) = reader.lookup_pfns(["/proc/kpageflags"], entry[index] & np.uint64(bits.PM_PFN_MASK))
+    page_flags = np.zeros(len(entry), dtype=np.uint64)
+    page_flags[index] = found
+    page_flags[blocks[:, 1:]] = ((page_flags[heads] & ~_KPF_HEAD) | _KPF_TAIL)[:, None]
+    return page_flags
 
 
 def _exclusive_from_mapcounts(data: PageData) -> None:
