@@ -322,6 +322,7 @@ ROLLUP, PSUTIL = "smaps_rollup read+parse", "psutil memory_full_info"
 @dataclass
 class Result:
     times_ms: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # this process's CPU time, the kernel's work for it included
     retained_per_page: float | None = None
     peak_per_page: float | None = None
     extrapolated: bool = False
@@ -335,6 +336,10 @@ class Result:
     def min(self) -> float:
         return min(self.times_ms)
 
+    @property
+    def cpu(self) -> float | None:
+        return statistics.median(self.cpu_ms) if self.cpu_ms else None
+
 
 def time_rounds(
     pid: int, methods: dict[str, Callable[[int], Any]], rounds: int, rng: random.Random
@@ -347,9 +352,10 @@ def time_rounds(
         rng.shuffle(names)
         gc.collect()
         for name in names:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             methods[name](pid)
             results[name].times_ms.append((time.perf_counter() - t0) * 1e3)
+            results[name].cpu_ms.append((time.process_time() - c0) * 1e3)
     return results
 
 
@@ -565,11 +571,13 @@ def print_target(run: dict[str, Any]) -> None:
     target, results = run["target"], run["results"]
     base_r = results[ROLLUP].median
     base_p = results[PSUTIL].median
+    base_cpu = results[ROLLUP].cpu
     print(f"\n{target.name}: {target.what}; {run['present']:,} present pages; built in {run['build_s']:.1f} s")
     if run["warning"]:
         print("  " + run["warning"])
     print(
-        f"  {'method':<27}{'median ms':>10}{'min ms':>10}{'/rollup':>9}{'/psutil':>9}{'B/pg kept':>10}{'B/pg peak':>10}"
+        f"  {'method':<27}{'median ms':>10}{'min ms':>10}{'/rollup':>9}{'/psutil':>9}{'cpu ms':>8}{'cpu/roll':>9}"
+        f"{'B/pg kept':>10}{'B/pg peak':>10}"
     )
     for name, r in results.items():
         kept = f"{r.retained_per_page:10.1f}" if r.retained_per_page is not None else f"{'':10}"
@@ -579,7 +587,8 @@ def print_target(run: dict[str, Any]) -> None:
         else:
             median, low = f"{r.median:10.2f}", f"{r.min:10.2f}"
         label = name + (" ~" if r.extrapolated else "")
-        print(f"  {label:<27}{median}{low}{ratio(r.median, base_r)}{ratio(r.median, base_p)}{kept}{peak}")
+        cpu = f"{r.cpu:8.2f}{ratio(r.cpu, base_cpu)}" if r.cpu is not None else f"{'':17}"
+        print(f"  {label:<27}{median}{low}{ratio(r.median, base_r)}{ratio(r.median, base_p)}{cpu}{kept}{peak}")
         if r.note:
             print(f"    ~ {r.note}")
     c = run["check"]
@@ -623,6 +632,16 @@ def goals(runs: list[dict[str, Any]], churn: dict[str, Any] | None = None) -> li
                 "unit": "x",
             }
         )
+        if uss.cpu is not None and results[ROLLUP].cpu:
+            out.append(
+                {
+                    "target": target.name,
+                    "what": "... in CPU time (steadier on a busy machine)",
+                    "value": uss.cpu / results[ROLLUP].cpu,
+                    "limit": limit,
+                    "unit": "x",
+                }
+            )
         if target.name in ("T1", "T2") and "snapshot(flags)" in results:
             out.append(
                 {
@@ -633,6 +652,17 @@ def goals(runs: list[dict[str, Any]], churn: dict[str, Any] | None = None) -> li
                     "unit": "x",
                 }
             )
+            flags_cpu = results["snapshot(flags)"].cpu
+            if flags_cpu is not None and results[ROLLUP].cpu:
+                out.append(
+                    {
+                        "target": target.name,
+                        "what": "... in CPU time",
+                        "value": flags_cpu / results[ROLLUP].cpu,
+                        "limit": 3.5,
+                        "unit": "x",
+                    }
+                )
         if uss.retained_per_page is not None:
             out.append(
                 {
@@ -687,6 +717,8 @@ def to_json(
                     "median_ms": r.median,
                     "min_ms": r.min,
                     "times_ms": r.times_ms,
+                    "cpu_ms": r.cpu_ms,
+                    "cpu_vs_smaps_rollup": None if r.cpu is None else r.cpu / run["results"][ROLLUP].cpu,
                     "vs_smaps_rollup": r.median / base_r,
                     "vs_psutil": r.median / base_p,
                     "retained_bytes_per_present_page": r.retained_per_page,

@@ -76,6 +76,7 @@ _ANON_KINDS = frozenset({"anon", "heap", "stack"})
 # Pages already marked as a zero page are no candidates.
 _ZERO_SMALL = (_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_EXCLUSIVE | _TOP_ZERO)) == _TOP_PRESENT
 _ZERO_IN_ANON = _ZERO_SMALL | ((_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_ZERO)) == (_TOP_PRESENT | _TOP_FILE))
+_RECOUNT_ONE_BY_ONE = 2  # marked regions recounted each alone; more are recounted with all the others
 _HUGE_PROBE_MIN = 1  # whole huge pages a mapping must hold to be probed
 _SCAN_GAP = 512  # candidates this many pages apart share a PAGEMAP_SCAN window...
 _SCAN_WINDOWS = 64  # ...and at most this many windows are scanned, the widest gaps between them skipped
@@ -515,6 +516,9 @@ def _histogram(runs: _CodeRuns, regions: int) -> npt.NDArray[np.float64]:
 
 def _region_histograms(data: PageData) -> npt.NDArray[np.float64]:
     """Pages per region and top byte, recounting the regions marked since the histogram was made."""
+    if len(data.stale) > _RECOUNT_ONE_BY_ONE:  # then one pass over every region costs less
+        data.histogram = _histogram(_code_runs(data.arrays.top, data.bounds), len(data.bounds) - 1)
+        data.stale.clear()
     for region in sorted(data.stale):
         lo, hi = int(data.bounds[region]), int(data.bounds[region + 1])
         runs = _code_runs(data.arrays.top[lo:hi], np.array([0, hi - lo], dtype=np.int64))
