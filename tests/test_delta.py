@@ -261,3 +261,27 @@ def test_a_misreported_ksm_flag_is_withheld_not_counted(child: Puppet) -> None:
         m.assert_no_flag_gain("KSM")
     (reason,) = missing_requirements(flags=True, flag_names=["KSM", "THP"])
     assert reason.startswith("page flag KSM cannot be checked")
+
+
+def test_regions_match_by_start_then_by_overlap(child: Puppet) -> None:
+    """A region whose start moved is matched to the old region of its name that it overlaps (as a stack
+    grows down); a region overlapping none is added, and an old one left over is removed."""
+    area = child.map(64)
+    child.write(area)
+    child.mprotect(area, "r", range(0, 16))  # three regions: [0, 16) read-only, [16, 48), [48, 64) read-only
+    child.mprotect(area, "r", range(48, 64))
+    gone = child.map(8, prot="none")  # a protection no neighbour has: it merges with none of them
+    before = pagewalk.snapshot(child.pid)
+    child.mprotect(area, "rw", range(8, 16))  # the middle region now starts 8 pages lower
+    new = child.map(8, prot="none")
+    child.munmap(gone)
+    delta = pagewalk.snapshot(child.pid) - before
+    inside = {(r.start - area.address) // PAGE: r for r in delta.regions if area.address <= r.start < area.end}
+    assert {page: (r.status, r.size_growth // PAGE) for page, r in inside.items()} == {
+        0: ("shrunk", -8),
+        8: ("grown", 8),
+        48: ("kept", 0),
+    }
+    assert (inside[8].rss_growth, inside[8].anon_growth) == (8 * PAGE, 8 * PAGE)
+    assert [r.status for r in delta.regions if r.start == gone.address] == ["removed"]
+    assert [r.status for r in delta.regions if r.start <= new.address < r.end] == ["added"]
