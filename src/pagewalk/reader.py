@@ -426,18 +426,13 @@ def read_entries(
     are read. Raises `ProcessExited` when the kernel answers end-of-file (the target released its address
     space).
     """
-    if huge is not None and huge.first:
-        page_ranges = _subtract(page_ranges, list(zip(huge.first, huge.end, strict=True)))
+    huge_pieces = [] if huge is None else list(zip(huge.first, huge.end, range(len(huge.first)), strict=True))
+    if huge_pieces:
+        page_ranges = _subtract(page_ranges, [(first, end) for first, end, _ in huge_pieces])
     joined = _join_nearby(page_ranges, RANGE_GAP)
     out = _EntryWriter(capacity, sum(end - first for first, end in joined))
-    if huge is None or not huge.first:
-        for first, end in joined:
-            out.read(fd, first, end)
-        return out.finish()
-    pieces = [(first, end, -1) for first, end in joined]
-    pieces += [(first, end, index) for index, (first, end) in enumerate(zip(huge.first, huge.end, strict=True))]
-    for first, end, index in sorted(pieces):
-        if index < 0:
+    for first, end, index in sorted([(first, end, -1) for first, end in joined] + huge_pieces):
+        if huge is None or index < 0:
             out.read(fd, first, end)
         else:
             out.read_huge(fd, first, end, huge.mark[index], huge.span, huge.frames_visible)
