@@ -316,6 +316,59 @@ def all_methods(caps: pagewalk.Capabilities) -> dict[str, Callable[[int], Any]]:
 ROLLUP, PSUTIL = "smaps_rollup read+parse", "psutil memory_full_info"
 
 
+def floor_methods(pid: int, caps: pagewalk.Capabilities) -> dict[str, Callable[[int], Any]]:
+    """The kernel's own costs a snapshot cannot avoid, each alone: stopping and resuming the target, reading
+    its maps, one PAGEMAP_SCAN of its address space, one pread per mapped range of pagemap (or per huge page),
+    and kpageflags for its present frames (or for as many frames in one run). They show where a goal lies
+    below what the kernel charges."""
+    from pagewalk import procfs  # the benchmark reaches into the library to time the kernel's parts alone
+
+    snap = pagewalk.snapshot(pid)
+    page = caps.page_size
+    span = page // 8
+    runs = snap.vpn_runs
+    first = runs.first.tolist()
+    end = (runs.first + runs.lengths).tolist()
+    buffer = memoryview(bytearray(8 * max([b - a for a, b in zip(first, end, strict=True)] + [1])))
+    fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    atexit.register(os.close, fd)
+    maps = procfs.read_maps(pid)
+    low, high = min(m.start for m in maps), max(m.end for m in maps if m.path != "[vsyscall]")
+
+    def freeze(_: int) -> None:
+        with procfs.frozen(pid):
+            pass
+
+    def entries(_: int) -> None:
+        for a, b in zip(first, end, strict=True):
+            os.preadv(fd, [buffer[: 8 * (b - a)]], 8 * a)
+
+    methods: dict[str, Callable[[int], Any]] = {
+        "kernel: stop+resume": freeze,
+        "kernel: read maps": lambda _: procfs.read_maps(pid),
+        "kernel: pagemap, each run": entries,
+    }
+    if caps.pagemap_scan:
+        methods["kernel: one PAGEMAP_SCAN"] = lambda _: pagewalk.reader.scan_mapped_ranges(fd, low, high, page)
+        huge = pagewalk.reader.scan_mapped_ranges(fd, low, high, page)
+        huge = huge[(huge[:, 2] & np.uint64(pagewalk.bits.PAGE_IS_HUGE)) != 0]
+        heads = [h for a, b in huge[:, :2].tolist() for h in range(-(-a // span) * span, b - span + 1, span)]
+        if heads:
+
+            def head_entries(_: int) -> None:
+                for head in heads:
+                    os.preadv(fd, [buffer[:8]], 8 * head)
+
+            methods["kernel: pagemap, one per huge page"] = head_entries
+    if not caps.missing_for_flags():
+        present = snap.entries[snap.entries >= np.uint64(pagewalk.bits.PM_PRESENT)]
+        pfns = present & np.uint64(pagewalk.bits.PM_PFN_MASK)
+        contiguous = np.arange(int(pfns.min()), int(pfns.min()) + len(pfns), dtype=np.uint64)
+        methods["kernel: kpageflags, its frames"] = lambda _: pagewalk.reader.lookup_pfns(["/proc/kpageflags"], pfns)
+        methods["kernel: kpageflags, one run"] = lambda _: pagewalk.reader.lookup_pfns(["/proc/kpageflags"], contiguous)
+    return methods
+
+
 # --- measuring ------------------------------------------------------------------------------------------
 
 
@@ -414,6 +467,8 @@ def run_target(
         build_s = time.perf_counter() - t0
         warning = thp_check(pid, target) if target.kind == "thp" else None
         methods = all_methods(caps)
+        if not args.no_floors:
+            methods.update(floor_methods(pid, caps))
         results = time_rounds(pid, methods, args.rounds, rng)
         present = 0
         for name, fn in snapshot_methods().items():
@@ -485,9 +540,9 @@ def run_delta(target: Target, args: argparse.Namespace, caps: pagewalk.Capabilit
             f"  pages appeared {delta.pages_appeared:,}, disappeared {delta.pages_disappeared:,}, "
             f"frames changed {delta.frames_changed if delta.frames_changed is not None else 'unknown'}"
         )
-        print(f"  {'method':<27}{'median ms':>10}{'min ms':>10}{'/rollup':>9}")
+        print(f"  {'method':<33}{'median ms':>10}{'min ms':>10}{'/rollup':>9}")
         for name, result in results.items():
-            print(f"  {name:<27}{result.median:10.2f}{result.min:10.2f}{ratio(result.median, base)}")
+            print(f"  {name:<33}{result.median:10.2f}{result.min:10.2f}{ratio(result.median, base)}")
     finally:
         _kill(proc)
 
@@ -576,7 +631,7 @@ def print_target(run: dict[str, Any]) -> None:
     if run["warning"]:
         print("  " + run["warning"])
     print(
-        f"  {'method':<27}{'median ms':>10}{'min ms':>10}{'/rollup':>9}{'/psutil':>9}{'cpu ms':>8}{'cpu/roll':>9}"
+        f"  {'method':<33}{'median ms':>10}{'min ms':>10}{'/rollup':>9}{'/psutil':>9}{'cpu ms':>8}{'cpu/roll':>9}"
         f"{'B/pg kept':>10}{'B/pg peak':>10}"
     )
     for name, r in results.items():
@@ -588,7 +643,7 @@ def print_target(run: dict[str, Any]) -> None:
             median, low = f"{r.median:10.2f}", f"{r.min:10.2f}"
         label = name + (" ~" if r.extrapolated else "")
         cpu = f"{r.cpu:8.2f}{ratio(r.cpu, base_cpu)}" if r.cpu is not None else f"{'':17}"
-        print(f"  {label:<27}{median}{low}{ratio(r.median, base_r)}{ratio(r.median, base_p)}{cpu}{kept}{peak}")
+        print(f"  {label:<33}{median}{low}{ratio(r.median, base_r)}{ratio(r.median, base_p)}{cpu}{kept}{peak}")
         if r.note:
             print(f"    ~ {r.note}")
     c = run["check"]
@@ -736,6 +791,7 @@ def to_json(
             "rounds": args.rounds,
             "quick": args.quick,
             "no_naive": args.no_naive,
+            "no_floors": args.no_floors,
             "seed": args.seed,
         },
         "targets": targets,
@@ -749,6 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per method (default 7; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small targets (64-128 MiB) and 3 rounds: a smoke run")
     parser.add_argument("--no-naive", action="store_true", help="skip the slow seek+read-per-page procedure")
+    parser.add_argument(
+        "--no-floors", action="store_true", help="skip timing the kernel's parts alone (stop, maps, scan, reads)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
         "--delta", action="store_true", help="also time the delta of T2 (T2 of --quick) with 1%% of pages changed"
