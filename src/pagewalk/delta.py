@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -222,15 +223,10 @@ def _flag_transitions(
 class _Unmatched:
     """The unmatched regions of one name, in address order; each can be taken once."""
 
-    def __init__(self) -> None:
-        self.regions: list[Region] = []
-        self.ends: list[int] = []
-        self.after_taken: list[int] = []  # the next index at or after each that may be free (compressed)
-
-    def add(self, region: Region) -> None:
-        self.after_taken.append(len(self.regions))
-        self.regions.append(region)
-        self.ends.append(region.end)
+    def __init__(self, regions: list[Region]) -> None:
+        self.regions = regions
+        self.ends = [region.end for region in regions]
+        self.after_taken = list(range(len(regions)))  # the next index at or after each that may be free
 
     def take_overlapping(self, region: Region) -> Region | None:
         """The lowest region not yet taken that overlaps `region`, taken."""
@@ -265,9 +261,10 @@ def _match_regions(before: tuple[Region, ...], after: tuple[Region, ...]) -> lis
         else:
             pairs.append((old, region))
     if pending and unmatched:
-        by_name: dict[str, _Unmatched] = {}
+        grouped: dict[str, list[Region]] = {}
         for old in unmatched.values():
-            by_name.setdefault(old.name, _Unmatched()).add(old)
+            grouped.setdefault(old.name, []).append(old)
+        by_name = {name: _Unmatched(olds) for name, olds in grouped.items()}
         for region in pending:
             olds = by_name.get(region.name)
             old = None if olds is None else olds.take_overlapping(region)
@@ -283,30 +280,43 @@ def _match_regions(before: tuple[Region, ...], after: tuple[Region, ...]) -> lis
 def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tuple[list[RegionDelta], int | None]:
     deltas = []
     written_new: int | None = None
+    new_region = object.__new__
     for old, new in _match_regions(before, after):
-        # Values as a tuple in _REGION_DELTA_FIELDS order: a process may have tens of thousands of regions.
+        # Values in _REGION_DELTA_FIELDS order, fields read by one C call: a process may have tens of thousands
+        # of regions.
         if old is None:
-            assert new is not None
-            values: tuple[Any, ...] = (new.name, new.kind, new.start, new.end, "added", new.end - new.start)
-            values += (new.uss, new.rss, new.swap, new.pss, new.anon, new.written, new.accessed)
+            name, kind, start, end, uss, rss, swap, pss, anon, written, accessed = _REGION_VALUES(new)
+            values: tuple[Any, ...] = (name, kind, start, end, "added", end - start, uss, rss, swap, pss, anon)
+            values += (written, accessed)
+            grown = True
         elif new is None:
-            values = (old.name, old.kind, old.start, old.end, "removed", old.start - old.end, -old.uss, -old.rss)
-            values += (-old.swap, None if old.pss is None else -old.pss, -old.anon, None, None)
+            name, kind, start, end, uss, rss, swap, pss, anon, _, _ = _REGION_VALUES(old)
+            pss = None if pss is None else -pss
+            values = (name, kind, start, end, "removed", start - end, -uss, -rss, -swap, pss, -anon, None, None)
+            grown = False
         else:
-            growth = (new.end - new.start) - (old.end - old.start)
-            status = "grown" if growth > 0 else "shrunk" if growth < 0 else "kept"
-            values = (new.name, new.kind, new.start, new.end, status, growth, new.uss - old.uss, new.rss - old.rss)
-            values += (new.swap - old.swap, _growth(old.pss, new.pss), new.anon - old.anon, new.written, new.accessed)
+            name, kind, start, end, uss, rss, swap, pss, anon, written, accessed = _REGION_VALUES(new)
+            _, _, old_start, old_end, old_uss, old_rss, old_swap, old_pss, old_anon, _, _ = _REGION_VALUES(old)
+            growth = (end - start) - (old_end - old_start)
+            grown = growth > 0
+            status = "grown" if grown else "shrunk" if growth < 0 else "kept"
+            pss = _growth(old_pss, pss)
+            values = (name, kind, start, end, status, growth, uss - old_uss, rss - old_rss, swap - old_swap, pss)
+            values += (anon - old_anon, written, accessed)
         # The kernel marks every page of a new or expanded mapping soft-dirty: count those apart.
-        if new is not None and new.written is not None and (old is None or values[5] > 0):
+        if grown and new is not None and new.written is not None:
             written_new = (written_new or 0) + new.written
-        delta: RegionDelta = object.__new__(RegionDelta)
+        delta: RegionDelta = new_region(RegionDelta)
         delta.__dict__.update(zip(_REGION_DELTA_FIELDS, values, strict=True))
         deltas.append(delta)
-    deltas.sort(key=lambda d: d.start)
+    deltas.sort(key=_START)
     return deltas, written_new
 
 
+_REGION_VALUES = operator.attrgetter(
+    "name", "kind", "start", "end", "uss", "rss", "swap", "pss", "anon", "written", "accessed"
+)
+_START = operator.attrgetter("start")
 # RegionDelta's generated __init__ stores each field through object.__setattr__ (the class is frozen): several
 # times slower than filling the instance dict, which _region_deltas does for every region of every delta.
 _REGION_DELTA_FIELDS = tuple(f.name for f in fields(RegionDelta))
