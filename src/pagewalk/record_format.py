@@ -48,14 +48,16 @@ _READABLE_VERSIONS: Mapping[str, tuple[int, ...]] = {
 _SCHEMA_FILES = {SESSION_SCHEMA: "session.schema.json", REPORT_SCHEMA: "report.schema.json"}
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
-MAX_DEPTH = 32  # the formats nest 4 deep; the margin is for what a context may carry
+MAX_DEPTH = 20  # levels of nesting: the formats use 4 (5 in a report); the margin is for what a context may carry
 _MAX_INT_CHARS = len(str(INT64_MIN))  # longer digit strings are refused before Python converts them
 
 # A JSON string, or the rest of the text when one is never closed: always matches, so never backtracks.
-_STRING = re.compile(r'"(?:[^"\\]|\\[\s\S])*(?:"|\\?\Z)')
-_BRACKETS = re.compile(r"[\[\]{}]")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$", re.ASCII)
+_FREE_FORM_DEPTH = MAX_DEPTH - 5  # free-form values start at most 5 levels down (comparison.rows[i].x)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The smallest value of each metric: levels are sizes; a growth may be negative.
+_METRIC_MINIMUM = {name: INT64_MIN if spec.growth else 0 for name, spec in METRICS.items()}
+_REQUIRED_MEASUREMENT_KEYS = frozenset({"key", "test", "metrics"})
+_MEASUREMENT_KEYS = _REQUIRED_MEASUREMENT_KEYS | {"label", "repeat"}
 
 
 class FormatFault(ValueError):
@@ -104,25 +106,6 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _position(text: str, offset: int) -> str:
-    line = text.count("\n", 0, offset) + 1
-    return f"line {line}, column {offset - (text.rfind(chr(10), 0, offset) + 1) + 1}"
-
-
-def _check_depth(text: str) -> None:
-    """Refuse nesting beyond MAX_DEPTH before the decoder recurses into it."""
-    depth = 0
-    for bracket in _BRACKETS.finditer(_STRING.sub(lambda m: " " * len(m.group()), text)):
-        if bracket.group() in "[{":
-            depth += 1
-            if depth > MAX_DEPTH:
-                raise FormatFault(
-                    "", f"is nested more than {MAX_DEPTH} levels deep ({_position(text, bracket.start())})"
-                )
-        else:
-            depth -= 1
-
-
 def _decode(data: bytes) -> Any:
     try:
         text = data.decode("utf-8")
@@ -130,7 +113,6 @@ def _decode(data: bytes) -> Any:
         raise FormatFault(
             "", f"is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): is it a JSON file?"
         ) from None
-    _check_depth(text)
     try:
         return json.loads(
             text,
@@ -142,8 +124,10 @@ def _decode(data: bytes) -> Any:
         raise FormatFault(
             "", f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); was it truncated?"
         ) from None
-    except (RecursionError, ValueError) as exc:  # not expected past the checks above: still a refusal
-        raise FormatFault("", f"cannot be decoded as JSON ({type(exc).__name__}: {exc})") from None
+    except RecursionError:  # the decoder's own guard, raised long before the C stack could run out
+        raise FormatFault("", f"is nested too deeply to be a record (at most {MAX_DEPTH} levels)") from None
+    except ValueError as exc:  # not expected past the hooks: still a refusal
+        raise FormatFault("", f"cannot be decoded as JSON ({exc})") from None
 
 
 # --- checking the tree --------------------------------------------------------------------------------------
@@ -152,7 +136,7 @@ def _decode(data: bytes) -> Any:
 def _join(where: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{where}[{key}]"
-    if _IDENTIFIER.match(key):
+    if key.isascii() and key.isidentifier():
         return f"{where}.{key}" if where else key
     return f"{where}[{json.dumps(key)}]"
 
@@ -181,10 +165,15 @@ def _refuse_markers(value: Any, where: str) -> None:
         raise FormatFault(where, f"names the key {value.repeated!r} twice")
 
 
-def _string(value: Any, where: str, *, printable: bool = False) -> str:
+def _wrong(value: Any, where: str, expected: str) -> FormatFault:
+    """The fault of a value of the wrong kind (checked only once a value failed: the common path stays short)."""
     _refuse_markers(value, where)
-    if not isinstance(value, str):
-        raise FormatFault(where, f"must be a string, not {_kind(value)}")
+    return FormatFault(where, f"must be {expected}, not {_kind(value)}")
+
+
+def _string(value: Any, where: str, *, printable: bool = False) -> str:
+    if type(value) is not str:
+        raise _wrong(value, where, "a string")
     if not value.isascii():
         try:
             value.encode("utf-8")
@@ -196,9 +185,8 @@ def _string(value: Any, where: str, *, printable: bool = False) -> str:
 
 
 def _integer(value: Any, where: str, *, minimum: int = INT64_MIN, maximum: int = INT64_MAX) -> int:
-    _refuse_markers(value, where)
     if type(value) is not int:
-        raise FormatFault(where, f"must be an integer, not {_kind(value)}")
+        raise _wrong(value, where, "an integer")
     if value < minimum:
         raise FormatFault(where, f"{value} is below the smallest allowed value, {minimum}")
     if value > maximum:
@@ -211,53 +199,50 @@ def _optional(value: Any, where: str, check: Any, **options: Any) -> Any:
 
 
 def _boolean(value: Any, where: str) -> bool:
-    _refuse_markers(value, where)
     if type(value) is not bool:
-        raise FormatFault(where, f"must be true or false, not {_kind(value)}")
+        raise _wrong(value, where, "true or false")
     return value
 
 
 def _number(value: Any, where: str) -> float | int:
-    _refuse_markers(value, where)
-    if type(value) not in (int, float):
-        raise FormatFault(where, f"must be a number, not {_kind(value)}")
     if type(value) is int:
         return _integer(value, where)
+    if type(value) is not float:
+        raise _wrong(value, where, "a number")
     if not math.isfinite(value):
         raise FormatFault(where, "is beyond the range of a double")
     if not INT64_MIN <= value <= INT64_MAX:
         raise FormatFault(where, f"{value} is beyond the 64-bit range")
-    return float(value)
+    return value
 
 
 def _finite(value: Any, where: str) -> float | int:
-    _refuse_markers(value, where)
     if type(value) is float and math.isfinite(value):
         return value
     return _number(value, where)
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
-    _refuse_markers(value, where)
-    if not isinstance(value, dict):
-        raise FormatFault(where, f"must be an object, not {_kind(value)}")
+    if type(value) is not dict:
+        raise _wrong(value, where, "an object")
     return value
 
 
 def _array(value: Any, where: str) -> list[Any]:
-    _refuse_markers(value, where)
-    if not isinstance(value, list):
-        raise FormatFault(where, f"must be an array, not {_kind(value)}")
+    if type(value) is not list:
+        raise _wrong(value, where, "an array")
     return value
 
 
-def _plain(value: Any, where: str) -> Any:
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
     """Any standard JSON value (free-form parts such as extra context), checked all the way down."""
+    if isinstance(value, (dict, list)) and depth >= _FREE_FORM_DEPTH:
+        raise FormatFault(where, f"is nested too deeply: the document may nest at most {MAX_DEPTH} levels")
     if isinstance(value, dict):
         _refuse_markers(value, where)
-        return {key: _plain(item, _join(where, key)) for key, item in value.items()}
+        return {key: _plain(item, _join(where, key), depth + 1) for key, item in value.items()}
     if isinstance(value, list):
-        return [_plain(item, _join(where, index)) for index, item in enumerate(value)]
+        return [_plain(item, _join(where, index), depth + 1) for index, item in enumerate(value)]
     if isinstance(value, str):
         return _string(value, where)
     if type(value) in (int, float):
@@ -297,19 +282,48 @@ def _fields(
 
 def _metrics(value: Any, where: str) -> dict[str, int | None]:
     data = _mapping(value, where)
-    result: dict[str, int | None] = {}
     for name, item in data.items():
-        spec = METRICS.get(name)
-        path = _join(where, name)
-        if spec is None:
-            raise FormatFault(path, f"is not a metric this version records (known: {', '.join(METRICS)})")
-        # Levels are sizes; a growth may be negative.
-        result[name] = _optional(item, path, _integer, minimum=INT64_MIN if spec.growth else 0)
-    return result
+        minimum = _METRIC_MINIMUM.get(name)
+        if minimum is None:
+            raise FormatFault(_join(where, name), f"is not a metric this version records (known: {', '.join(METRICS)})")
+        if item is not None and not (type(item) is int and minimum <= item <= INT64_MAX):
+            _integer(item, _join(where, name), minimum=minimum)  # raises, saying why
+    return dict(data)
+
+
+def _is_identifier_text(value: Any) -> bool:
+    return type(value) is str and value.isascii() and _CONTROL.search(value) is None
+
+
+def _is_plain_measurement(value: Any) -> bool:
+    """Whether `value` is a valid measurement, answered quickly for the common case: when not (or not
+    obviously), `validate_measurement` takes the long way, which says what is wrong."""
+    if (
+        type(value) is not dict
+        or not value.keys() <= _MEASUREMENT_KEYS
+        or not value.keys() >= _REQUIRED_MEASUREMENT_KEYS
+    ):
+        return False
+    repeat = value.get("repeat", 1)
+    metrics = value["metrics"]
+    return (
+        _is_identifier_text(value["key"])
+        and _is_identifier_text(value["test"])
+        and _is_identifier_text(value.get("label", ""))
+        and type(repeat) is int
+        and 1 <= repeat <= INT64_MAX
+        and type(metrics) is dict
+        and all(
+            item is None or (type(item) is int and _METRIC_MINIMUM.get(name, INT64_MAX) <= item <= INT64_MAX)
+            for name, item in metrics.items()
+        )
+    )
 
 
 def validate_measurement(value: Any, where: str) -> dict[str, Any]:
     """One entry of `measurements`: key, test, label, metrics (bytes or null per metric) and repeat."""
+    if _is_plain_measurement(value):
+        return {"label": "", "repeat": 1, **value, "metrics": dict(value["metrics"])}
     entry = _fields(
         value,
         where,
@@ -547,8 +561,7 @@ def _measurement_schema() -> dict[str, Any]:
                 "type": "object",
                 "additionalProperties": False,
                 "properties": {
-                    name: _nullable({**_INT64, "minimum": INT64_MIN if spec.growth else 0})
-                    for name, spec in METRICS.items()
+                    name: _nullable({**_INT64, "minimum": minimum}) for name, minimum in _METRIC_MINIMUM.items()
                 },
             },
         },
