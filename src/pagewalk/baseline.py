@@ -187,12 +187,13 @@ def _read_bytes(path: Path) -> bytes:
         raise _problem(path, "no such file") from None
     except OSError as exc:
         raise _problem(path, f"cannot be read ({exc.strerror})") from None
-    with os.fdopen(handle, "rb") as stream:
-        info = os.fstat(handle)
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD_BYTES:
+        os.close(handle)
         if not stat.S_ISREG(info.st_mode):
             raise _problem(path, f"is {_file_kind(info.st_mode)}, not a regular file")
-        if info.st_size > MAX_RECORD_BYTES:
-            raise _problem(path, f"is {info.st_size} bytes, more than a record can be ({MAX_RECORD_BYTES})")
+        raise _problem(path, f"is {info.st_size} bytes, more than a record can be ({MAX_RECORD_BYTES})")
+    with os.fdopen(handle, "rb") as stream:
         try:
             data = stream.read(MAX_RECORD_BYTES + 1)
         except OSError as exc:
