@@ -49,7 +49,8 @@ _SCHEMA_FILES = {SESSION_SCHEMA: "session.schema.json", REPORT_SCHEMA: "report.s
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 MAX_DEPTH = 20  # levels of nesting: the formats use 4 (5 in a report); the margin is for what a context may carry
-_MAX_INT_CHARS = len(str(INT64_MIN))  # longer digit strings are refused before Python converts them
+MAX_PERCENT_CHANGE = 1e30  # what a change in percent may be: 64-bit values give at most about 1e21
+_MAX_INT_CHARS = 40  # longer digit strings are refused before Python converts them: no valid value is as long
 
 # A JSON string, or the rest of the text when one is never closed: always matches, so never backtracks.
 _FREE_FORM_DEPTH = MAX_DEPTH - 5  # free-form values start at most 5 levels down (comparison.rows[i].x)
@@ -216,10 +217,13 @@ def _number(value: Any, where: str) -> float | int:
     return value
 
 
-def _finite(value: Any, where: str) -> float | int:
-    if type(value) is float and math.isfinite(value):
-        return value
-    return _number(value, where)
+def _percent_change(value: Any, where: str) -> float | int:
+    if type(value) not in (int, float):
+        raise _wrong(value, where, "a number")
+    number: float | int = value
+    if not -MAX_PERCENT_CHANGE <= number <= MAX_PERCENT_CHANGE:  # false for NaN too
+        raise FormatFault(where, f"{number} is beyond the range of a change in percent (±{MAX_PERCENT_CHANGE:g})")
+    return number
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -314,7 +318,8 @@ def _is_plain_measurement(value: Any) -> bool:
         and 1 <= repeat <= INT64_MAX
         and type(metrics) is dict
         and all(
-            item is None or (type(item) is int and _METRIC_MINIMUM.get(name, INT64_MAX) <= item <= INT64_MAX)
+            name in _METRIC_MINIMUM
+            and (item is None or (type(item) is int and _METRIC_MINIMUM[name] <= item <= INT64_MAX))
             for name, item in metrics.items()
         )
     )
@@ -417,7 +422,7 @@ def _comparison(value: Any, where: str) -> dict[str, Any]:
         "baseline": _integer,
         "current": _integer,
         "change": lambda v, w: _integer(v, w, minimum=-(2**64), maximum=2**64),
-        "change_percent": lambda v, w: _optional(v, w, _finite),
+        "change_percent": lambda v, w: _optional(v, w, _percent_change),
         "threshold": text,
         "status": _string,
     }
@@ -499,7 +504,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 _INT64 = {"type": "integer", "minimum": INT64_MIN, "maximum": INT64_MAX}
 _TEXT = {"type": "string"}
-_PRINTABLE = {"type": "string", "pattern": "^[^\\u0000-\\u001f\\u007f]*$"}
+_PRINTABLE = {"type": "string", "not": {"pattern": "[\\u0000-\\u001f\\u007f]"}}  # no control character
 _PLAIN_REF = {"$ref": "#/$defs/plain"}
 # Any standard JSON whose numbers lie in the 64-bit range: what free-form parts (extra context) may hold.
 _PLAIN = {
@@ -596,7 +601,9 @@ def _comparison_schema() -> dict[str, Any]:
                         "baseline": _INT64,
                         "current": _INT64,
                         "change": {"type": "integer", "minimum": -(2**64), "maximum": 2**64},
-                        "change_percent": _nullable({"type": "number"}),
+                        "change_percent": _nullable(
+                            {"type": "number", "minimum": -MAX_PERCENT_CHANGE, "maximum": MAX_PERCENT_CHANGE}
+                        ),
                         "threshold": _nullable(_TEXT),
                         "status": _TEXT,
                     },
