@@ -360,36 +360,38 @@ def _measurements(value: Any, where: str) -> list[dict[str, Any]]:
     return entries
 
 
+def _text(value: Any, where: str) -> str | None:
+    return None if value is None else _string(value, where)
+
+
+def _flag(value: Any, where: str) -> bool | None:
+    return None if value is None else _boolean(value, where)
+
+
 def _context(value: Any, where: str) -> dict[str, Any]:
     """The machine a session ran on. The keys the gate reads are typed; others are kept as they are."""
-
-    def text(v: Any, w: str) -> Any:
-        return _optional(v, w, _string)
-
-    def flag(v: Any, w: str) -> Any:
-        return _optional(v, w, _boolean)
 
     return _fields(
         value,
         where,
         required={},
         optional={
-            "kernel": text,
-            "machine": text,
+            "kernel": _text,
+            "machine": _text,
             "page_size": lambda v, w: _optional(v, w, _integer, minimum=1),
-            "python": text,
-            "implementation": text,
+            "python": _text,
+            "implementation": _text,
             "capabilities": lambda v, w: _optional(
                 v,
                 w,
                 _fields,
                 required={},
                 optional={
-                    "pfn_visible": flag,
-                    "kpageflags": flag,
-                    "pagemap_scan": flag,
-                    "soft_dirty": flag,
-                    "thp_mode": text,
+                    "pfn_visible": _flag,
+                    "kpageflags": _flag,
+                    "pagemap_scan": _flag,
+                    "soft_dirty": _flag,
+                    "thp_mode": _text,
                 },
                 open_ended=True,
             ),
@@ -398,7 +400,7 @@ def _context(value: Any, where: str) -> dict[str, Any]:
                 w,
                 _fields,
                 required={},
-                optional={"commit": text, "branch": text, "dirty": flag},
+                optional={"commit": _text, "branch": _text, "dirty": _flag},
                 open_ended=True,
             ),
         },
@@ -411,9 +413,6 @@ def _strings(value: Any, where: str) -> list[str]:
 
 
 def _comparison(value: Any, where: str) -> dict[str, Any]:
-    def text(v: Any, w: str) -> Any:
-        return _optional(v, w, _string)
-
     row = {
         "key": _string,
         "test": _string,
@@ -423,7 +422,7 @@ def _comparison(value: Any, where: str) -> dict[str, Any]:
         "current": _integer,
         "change": lambda v, w: _integer(v, w, minimum=-(2**64), maximum=2**64),
         "change_percent": lambda v, w: _optional(v, w, _percent_change),
-        "threshold": text,
+        "threshold": _text,
         "status": _string,
     }
     return _fields(
@@ -431,8 +430,8 @@ def _comparison(value: Any, where: str) -> dict[str, Any]:
         where,
         required={},
         optional={
-            "baseline": text,
-            "baseline_created": text,
+            "baseline": _text,
+            "baseline_created": _text,
             "baseline_context": _context,
             "thresholds": _strings,
             "overrides": lambda v, w: {k: _strings(item, _join(w, k)) for k, item in _mapping(v, w).items()},
