@@ -41,6 +41,21 @@ READER_ONLY = (
     "a number is not",
 )
 
+CONTEXT = {
+    "kernel": "6.18.0",
+    "machine": "x86_64",
+    "page_size": 4096,
+    "python": "3.13.1",
+    "implementation": "cpython",
+    "capabilities": {
+        "pfn_visible": False,
+        "kpageflags": False,
+        "pagemap_scan": True,
+        "soft_dirty": False,
+        "thp_mode": "madvise",
+    },
+    "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "branch": "main", "dirty": False},
+}
 ODD_VALUES: list[Any] = [
     None,
     True,
@@ -99,7 +114,7 @@ def seed_documents() -> list[dict[str, Any]]:
         ),
         MeasurementRecord(key="t.py::test_c[ü]", test="t.py::test_c[ü]", label="", metrics={"rss": 3}, repeat=3),
     )
-    context = baseline.collect_context()
+    context = CONTEXT  # fixed, not this machine's: a seed gives the same cases everywhere
     record = SessionRecord(context=context, measurements=measurements)
     current = SessionRecord(context=context, measurements=measurements[:2])
     comparison = gate.compare(record, current, [gate.parse_threshold("uss:5%"), gate.parse_threshold("rss:+1MiB")])
