@@ -225,7 +225,7 @@ def test_compare_against_a_file_path(workload, tmp_path):
         ('{"schema": "pytest-pagemap/session", "version": 1, "measurements": [{"key"', "is not valid JSON*truncated*"),
         ("not json at all", "is not valid JSON*"),
         ('{"schema": "pytest-benchmark", "version": 1}', 'is not a pytest-pagemap record (expected "schema"*'),
-        ('{"schema": "pytest-pagemap/session", "version": 7}', "at version: 7 is not a version of pytest-pagemap/session this code reads (1)*upgrade*"),
+        ('{"schema": "pytest-pagemap/session", "version": 7}', "at version: 7 is not a version*upgrade*"),
         (
             '{"schema": "pytest-pagemap/session", "version": 1, "context": {}}',
             "misses the key 'measurements'*",
