@@ -103,7 +103,11 @@ class MeasurementRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MeasurementRecord:
         """A measurement from its `to_dict` form; a `ValueError` (a `FormatFault`) saying what is wrong."""
-        entry = validate_measurement(dict(data) if isinstance(data, Mapping) else data, "measurement")
+        return cls._from_valid(validate_measurement(dict(data) if isinstance(data, Mapping) else data, "measurement"))
+
+    @classmethod
+    def _from_valid(cls, entry: Mapping[str, Any]) -> MeasurementRecord:
+        """From an entry the strict reader has checked and completed."""
         return cls(
             key=entry["key"], test=entry["test"], label=entry["label"], metrics=entry["metrics"], repeat=entry["repeat"]
         )
@@ -223,12 +227,7 @@ def record_from_bytes(data: bytes, path: str | os.PathLike[str]) -> SessionRecor
     except FormatFault as fault:
         where = f"at {fault.where}: " if fault.where else ""
         raise _problem(Path(path), f"{where}{fault.what} (repair the file, or save a new baseline)") from None
-    measurements = tuple(
-        MeasurementRecord(
-            key=entry["key"], test=entry["test"], label=entry["label"], metrics=entry["metrics"], repeat=entry["repeat"]
-        )
-        for entry in document["measurements"]
-    )
+    measurements = tuple(MeasurementRecord._from_valid(entry) for entry in document["measurements"])
     return SessionRecord(
         context=document["context"], measurements=measurements, created=document["created"], path=Path(path)
     )
