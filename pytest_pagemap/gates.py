@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from _pytest.runner import runtestprotocol
 
+from pagewalk._present import plural
 from pagewalk.baseline import (
     DEFAULT_STORAGE,
     BaselineError,
@@ -439,7 +440,7 @@ class PagemapGates:
     def _write_outputs(self, record: SessionRecord) -> str | None:
         """Save the baseline and write the JSON files; a failure is reported and fails the session."""
         settings, saved = self.settings, None
-        count = f"{len(record.measurements)} measurement{'s' if len(record.measurements) != 1 else ''}"
+        count = plural(len(record.measurements), "measurement")
         if settings.save is not None:
             try:
                 saved_path = save_record(record, settings.storage, settings.save or None, overwrite=settings.overwrite)

@@ -21,6 +21,7 @@ from typing import TypeAlias
 
 import psutil
 
+from pagewalk._present import tail
 from pagewalk.measure import default_label
 
 __all__ = [
@@ -35,16 +36,10 @@ __all__ = [
 Ready: TypeAlias = "Callable[[], object] | str | re.Pattern[str] | int | tuple[str, int] | os.PathLike[str] | None"
 
 _POLL_SECONDS = 0.02
-_OUTPUT_TAIL_LINES = 40
 
 
 class ProcessNotReady(Exception):
     """A spawned process did not become ready in time, or exited before it did; the message holds its output."""
-
-
-def _tail(text: str, lines: int = _OUTPUT_TAIL_LINES) -> str:
-    kept = text.splitlines()[-lines:]
-    return "\n".join("    " + line for line in kept) if kept else "    (empty)"
 
 
 def _read_text(path: Path) -> str:
@@ -207,8 +202,7 @@ class SpawnedProcess:
     def output_report(self) -> str:
         """The last lines of both streams, indented, for failure messages."""
         return (
-            f"  stdout ({self.stdout_path}):\n{_tail(self.stdout)}\n"
-            f"  stderr ({self.stderr_path}):\n{_tail(self.stderr)}"
+            f"  stdout ({self.stdout_path}):\n{tail(self.stdout)}\n  stderr ({self.stderr_path}):\n{tail(self.stderr)}"
         )
 
     def stop(self) -> int:

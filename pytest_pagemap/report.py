@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from pagewalk._present import UNKNOWN, plural, size_cell
+from pagewalk._present import verdict_text as _verdict_text
 from pagewalk.units import PAGE_SIZE, format_size
 
 __all__ = ["SECTION_TITLE", "summary_lines", "verdict_text"]
@@ -16,30 +18,22 @@ __all__ = ["SECTION_TITLE", "summary_lines", "verdict_text"]
 SECTION_TITLE = "pagemap"
 
 
-def _size(value: int | None) -> str:
-    return "n/a" if value is None else format_size(value)
-
-
 def verdict_text(verdict: dict[str, Any]) -> str:
-    """`pass  uss_growth 1.2 MiB <= 8.0 MiB (marker)`."""
-    if verdict["unit"] == "pages":
-        measured, limit = f"{verdict['measured']} pages", f"{verdict['limit']} pages"
-    else:
-        measured, limit = format_size(verdict["measured"]), format_size(verdict["limit"])
-    outcome, relation = ("pass", "<=") if verdict["passed"] else ("FAIL", ">")
-    return f"{outcome}  {verdict['metric']} {measured} {relation} {limit} ({verdict['source']})"
+    """`pass  uss_growth 1.2 MiB <= 8.0 MiB (marker)`, from a verdict's dict."""
+    fields = ("metric", "measured", "limit", "passed", "unit", "source")
+    return _verdict_text(*(verdict[name] for name in fields))
 
 
 def _written(delta: dict[str, Any]) -> str:
     written = delta.get("written")
     if written is None:
-        return "written n/a"
-    return f"written {format_size(written)} ({written // PAGE_SIZE} pages)"
+        return f"written {UNKNOWN}"
+    return f"written {format_size(written)} ({plural(written // PAGE_SIZE, 'page')})"
 
 
 def _measurement_lines(result: dict[str, Any]) -> list[str]:
     before, after, delta = result["before"], result["after"], result["delta"]
-    uss = f"USS {_size(before['uss'])} -> {_size(after['uss'])} ({format_size(delta['uss_growth'], signed=True)})"
+    uss = f"USS {size_cell(before['uss'])} -> {size_cell(after['uss'])} ({size_cell(delta['uss_growth'], signed=True)})"
     lines = [f"{result['test']}", f"  {result['label']!r} (pid {result['pid']}): {uss}, {_written(delta)}"]
     verdicts = result["verdicts"]
     lines.extend(f"    {verdict_text(verdict)}" for verdict in verdicts)
@@ -59,7 +53,7 @@ def summary_lines(results: Sequence[dict[str, Any]]) -> list[str]:
     failed = sum(not verdict["passed"] for verdict in verdicts)
     tests = len({result["test"] for result in results})
     lines.append(
-        f"{len(results)} measurement{'s' if len(results) != 1 else ''} in {tests} test{'s' if tests != 1 else ''}, "
-        f"{len(verdicts)} limit{'s' if len(verdicts) != 1 else ''} checked, {failed} exceeded"
+        f"{plural(len(results), 'measurement')} in {plural(tests, 'test')}, "
+        f"{plural(len(verdicts), 'limit')} checked, {failed} exceeded"
     )
     return lines

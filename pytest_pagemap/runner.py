@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from pagewalk import Delta, Snapshot
+from pagewalk._present import tail
 from pagewalk.measure import Measurement
 
 from . import _child
@@ -31,7 +32,6 @@ __all__ = ["ChildCall", "ChildCrashed", "RemoteError", "RemoteTraceback", "RunRe
 T = TypeVar("T")
 
 _CHILD_SCRIPT = Path(_child.__file__).resolve()
-_TAIL_LINES = 30
 
 
 class RemoteTraceback(Exception):
@@ -110,11 +110,6 @@ def _pickle_call(
             f"or its arguments cannot be pickled ({exc}): use a module-level function and picklable arguments"
         ) from exc
     return buffer.getvalue(), pickler.module_files
-
-
-def _tail(text: str) -> str:
-    lines = text.splitlines()[-_TAIL_LINES:]
-    return "\n".join("    " + line for line in lines) if lines else "    (empty)"
 
 
 class ChildCall:
@@ -216,7 +211,7 @@ class ChildCall:
                 end_process_tree(self.popen, self.grace)
                 raise TimeoutError(
                     f"run({self.name}): the child interpreter (pid {self.pid}) took more than {self.timeout:g} s "
-                    f"{doing}; it was ended\n  stdout:\n{_tail(self.stdout)}\n  stderr:\n{_tail(self.stderr)}"
+                    f"{doing}; it was ended\n  stdout:\n{tail(self.stdout)}\n  stderr:\n{tail(self.stderr)}"
                 )
         try:
             data = _child.receive(self._status)
@@ -243,7 +238,7 @@ class ChildCall:
         stdout, stderr = self.stdout, self.stderr
         return ChildCrashed(
             f"run({self.name}): the child interpreter (pid {self.pid}) {describe_status(returncode)} {when}"
-            f"\n  stdout:\n{_tail(stdout)}\n  stderr:\n{_tail(stderr)}",
+            f"\n  stdout:\n{tail(stdout)}\n  stderr:\n{tail(stderr)}",
             pid=self.pid,
             returncode=returncode,
             stdout=stdout,

@@ -11,10 +11,11 @@ from typing import Literal
 
 from .units import format_size
 
-__all__ = ["UNKNOWN", "Unit", "amount", "plural", "size_cell", "table", "tail", "verdict_text"]
+__all__ = ["TAIL_LINES", "UNKNOWN", "Unit", "amount", "plural", "size_cell", "table", "tail", "verdict_text"]
 
 Unit = Literal["bytes", "pages"]
 UNKNOWN = "-"  # a value this kernel or user cannot know (None), in every table and line
+TAIL_LINES = 40  # of a process's output, quoted when it failed
 
 
 def size_cell(value: int | None, *, signed: bool = False) -> str:
@@ -51,7 +52,7 @@ def table(
     return lines
 
 
-def tail(text: str, lines: int) -> str:
+def tail(text: str, lines: int = TAIL_LINES) -> str:
     """The last `lines` lines of a process's output, indented to sit under a message, or `(empty)`."""
     kept = text.splitlines()[-lines:]
     return "\n".join("    " + line for line in kept) if kept else "    (empty)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
+from ._present import UNKNOWN, plural, size_cell, table
 from .baseline import KEY_SEPARATOR, MeasurementRecord, SessionRecord
 from .gate import GATED_METRICS, Comparison, ComparisonResult
 from .record_format import REPORT_SCHEMA, REPORT_VERSION
@@ -89,10 +90,6 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def _describe_baseline(comparison: ComparisonResult) -> str:
     commit = (comparison.baseline_context.get("git") or {}).get("commit")
     about = [f"commit {commit[:12]}"] if commit else []
@@ -117,17 +114,15 @@ def markdown_summary(record: SessionRecord, comparison: ComparisonResult | None,
     the baseline with a pass/fail mark (unchanged ones are counted, not listed, to keep the summary short)."""
     lines = ["## pytest-pagemap", ""]
     if saved:
-        lines += [f"Saved {_plural(len(record.measurements), 'measurement')} as baseline `{_cell(saved)}`.", ""]
+        lines += [f"Saved {plural(len(record.measurements), 'measurement')} as baseline `{_cell(saved)}`.", ""]
     if comparison is None:
         lines += ["| measurement | USS | RSS | written |", "|---|---:|---:|---:|"]
         for m in record.measurements:
-            cells = [
-                format_size(v) if v is not None else "–" for v in (m.metrics.get(k) for k in ("uss", "rss", "written"))
-            ]
+            cells = [size_cell(m.metrics.get(k)) for k in ("uss", "rss", "written")]
             lines.append(f"| `{_cell(m.key)}` | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
     regressions = len(comparison.regressions)
-    verdict = f"**{_plural(regressions, 'regression')}**" if regressions else "no regression"
+    verdict = f"**{plural(regressions, 'regression')}**" if regressions else "no regression"
     thresholds = _cell(_describe_thresholds(comparison))
     lines.append(
         f"Compared with `{_cell(_describe_baseline(comparison))}`: {verdict}, "
@@ -144,11 +139,11 @@ def markdown_summary(record: SessionRecord, comparison: ComparisonResult | None,
             lines.append(
                 f"| {_MARK[row.status]} | `{_cell(row.key)}` | {row.metric} | {format_size(row.baseline)} | "
                 f"{format_size(row.current)} | {row.describe_change()} | "
-                f"{row.threshold.text if row.threshold else '–'} |"
+                f"{row.threshold.text if row.threshold else UNKNOWN} |"
             )
     unchanged = len(comparison.rows) - len(changed)
     if unchanged:
-        lines += ["", f"{_plural(unchanged, 'metric')} unchanged."]
+        lines += ["", f"{plural(unchanged, 'metric')} unchanged."]
     for title, keys in (("New (no baseline)", comparison.new), ("Removed (not measured now)", comparison.removed)):
         if keys:
             lines += ["", f"{title}: " + ", ".join(f"`{_cell(key)}`" for key in keys)]
@@ -197,20 +192,11 @@ def _table(rows: Sequence[Comparison]) -> list[str]:
             format_size(row.baseline),
             format_size(row.current),
             row.describe_change(),
-            row.threshold.text if row.threshold else "-",
+            row.threshold.text if row.threshold else UNKNOWN,
         )
         for row in sorted(rows, key=lambda r: (r.key, _ORDER[r.metric]))
     ]
-    widths = [max(len(line[column]) for line in [header, *cells]) for column in range(len(header))]
-    right = {2, 3, 4}  # sizes and changes line up on their last digit
-    return [
-        "  "
-        + "  ".join(
-            text.rjust(widths[column]) if column in right else text.ljust(widths[column])
-            for column, text in enumerate(line)
-        ).rstrip()
-        for line in [header, *cells]
-    ]
+    return table(header, cells, right={2, 3, 4}, indent="  ")
 
 
 def comparison_lines(comparison: ComparisonResult, *, verbose: bool = False) -> list[tuple[str, Tone]]:
@@ -226,14 +212,14 @@ def comparison_lines(comparison: ComparisonResult, *, verbose: bool = False) -> 
     regressions, improvements = comparison.regressions, comparison.improvements
     if regressions:
         whose = "its" if len(regressions) == 1 else "their"
-        lines.append((f"{_plural(len(regressions), 'regression')} beyond {whose} threshold:", "bad"))
+        lines.append((f"{plural(len(regressions), 'regression')} beyond {whose} threshold:", "bad"))
         lines += [(line, "bad") for line in _table(regressions)]
     if improvements:
-        lines.append((f"{_plural(len(improvements), 'improvement')}:", "good"))
+        lines.append((f"{plural(len(improvements), 'improvement')}:", "good"))
         lines += [(line, "good") for line in _table(improvements)]
     within = [row for row in comparison.rows if row.status in ("worse", "better")]
     if verbose and within:
-        lines.append((f"{_plural(len(within), 'other change')}, within the thresholds or without one:", "plain"))
+        lines.append((f"{plural(len(within), 'other change')}, within the thresholds or without one:", "plain"))
         lines += [(line, "plain") for line in _table(within)]
     if comparison.new:
         lines.append(("new, not in the baseline (not gated): " + ", ".join(comparison.new), "plain"))
@@ -242,7 +228,7 @@ def comparison_lines(comparison: ComparisonResult, *, verbose: bool = False) -> 
     others = len(comparison.rows) - len(regressions) - len(improvements)
     measured = len({row.key for row in comparison.rows})
     tally = (
-        f"{_plural(len(comparison.rows), 'metric')} of {_plural(measured, 'measurement')} compared: "
+        f"{plural(len(comparison.rows), 'metric')} of {plural(measured, 'measurement')} compared: "
         f"{len(regressions)} regressed, {len(improvements)} improved, {others} unchanged or within threshold"
     )
     lines.append((tally, "bad" if regressions else "good"))

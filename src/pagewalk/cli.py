@@ -8,8 +8,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ._present import size_cell, table
 from .capabilities import capabilities
-from .delta import Delta
+from .delta import Delta, RegionDelta
 from .errors import PagewalkError
 from .snapshot import Region, Snapshot, snapshot
 from .units import format_size
@@ -23,27 +24,20 @@ EXIT_ERROR = 1
 _METRICS = ("rss", "uss", "pss", "swap", "anon", "file", "shmem", "thp", "zero", "hugetlb")
 
 
-def _size_cell(value: int | None) -> str:
-    return "-" if value is None else format_size(value)
-
-
 def _region_table(regions: Sequence[Region], limit: int) -> list[str]:
     ranked = sorted(regions, key=lambda r: r.rss + r.swap + r.hugetlb, reverse=True)[:limit]
-    lines = [f"{'address':<27} {'perms':<5} {'rss':>10} {'uss':>10} {'swap':>10}  name"]
-    for region in ranked:
-        if not (region.rss or region.swap or region.hugetlb):
-            break
-        lines.append(
-            f"{region.start:012x}-{region.end:012x}  {region.perms:<5} {_size_cell(region.rss):>10} "
-            f"{_size_cell(region.uss):>10} {_size_cell(region.swap):>10}  {region.name}"
-        )
-    return lines
+    rows = [
+        (f"{r.start:012x}-{r.end:012x}", r.perms, size_cell(r.rss), size_cell(r.uss), size_cell(r.swap), r.name)
+        for r in ranked
+        if r.rss or r.swap or r.hugetlb
+    ]
+    return table(("address", "perms", "rss", "uss", "swap", "name"), rows, right={2, 3, 4})
 
 
 def render_snapshot(snap: Snapshot, *, top: int = 15) -> str:
     """A readable table of a snapshot: totals, then the regions holding the most memory."""
     lines = [f"pid {snap.pid}: {snap.command}"]
-    lines.append("  ".join(f"{name} {_size_cell(getattr(snap, name))}" for name in _METRICS))
+    lines.append("  ".join(f"{name} {size_cell(getattr(snap, name))}" for name in _METRICS))
     if snap.flag_counts is not None:
         set_flags = {name: pages for name, pages in snap.flag_counts.items() if pages}
         lines.append("flags (pages): " + ", ".join(f"{name}={pages}" for name, pages in set_flags.items()))
@@ -51,6 +45,11 @@ def render_snapshot(snap: Snapshot, *, top: int = 15) -> str:
     lines.extend(_region_table(snap.regions, top))
     lines.extend(f"note: {note}" for note in snap.notes)
     return "\n".join(lines)
+
+
+def _change_row(region: RegionDelta) -> tuple[str, ...]:
+    growth = (size_cell(region.uss_growth, signed=True), size_cell(region.rss_growth, signed=True))
+    return (region.status, *growth, size_cell(region.written), region.name)
 
 
 def render_delta(delta: Delta, *, top: int = 15) -> str:
@@ -62,7 +61,7 @@ def render_delta(delta: Delta, *, top: int = 15) -> str:
         if growth is None:
             continue
         lines.append(
-            f"  {name:<8} {_size_cell(getattr(delta.before, name)):>10} -> {_size_cell(getattr(after, name)):>10}"
+            f"  {name:<8} {size_cell(getattr(delta.before, name)):>10} -> {size_cell(getattr(after, name)):>10}"
             f"  ({format_size(growth, signed=True)})"
         )
     if delta.written is not None:
@@ -83,14 +82,9 @@ def render_delta(delta: Delta, *, top: int = 15) -> str:
     changed_regions = [r for r in delta.regions if r.status != "kept" or r.uss_growth or r.written or r.swap_growth]
     if changed_regions:
         lines.append("")
-        lines.append(f"{'status':<8} {'uss':>11} {'rss':>11} {'written':>11}  name")
         ranked = sorted(changed_regions, key=lambda r: abs(r.uss_growth) + (r.written or 0), reverse=True)
-        for region in ranked[:top]:
-            written = "-" if region.written is None else format_size(region.written)
-            lines.append(
-                f"{region.status:<8} {format_size(region.uss_growth, signed=True):>11} "
-                f"{format_size(region.rss_growth, signed=True):>11} {written:>11}  {region.name}"
-            )
+        rows = [_change_row(region) for region in ranked[:top]]
+        lines.extend(table(("status", "uss", "rss", "written", "name"), rows, right={1, 2, 3}))
     return "\n".join(lines)
 
 

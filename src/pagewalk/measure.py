@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from ._present import Unit, amount, size_cell, table, verdict_text
 from .bits import FLAG_BITS
 from .capabilities import capabilities
 from .delta import Delta, RegionDelta, diff
@@ -42,7 +43,6 @@ __all__ = [
     "missing_requirements",
 ]
 
-Unit = Literal["bytes", "pages"]
 Option = Literal["writes", "accessed", "flags", "counts"]
 
 FLAG_NAMES: tuple[str, ...] = tuple(FLAG_BITS)
@@ -94,13 +94,6 @@ def _who(label: str | None, pid: int) -> str:
     return f"'{label}' (pid {pid})" if label else f"pid {pid}"
 
 
-def _format(value: int, unit: Unit, *, signed: bool = False) -> str:
-    if unit == "bytes":
-        return format_size(value, signed=signed)
-    sign = "+" if signed and value >= 0 else ""
-    return f"{sign}{value} page" + ("" if abs(value) == 1 else "s")
-
-
 def _subject(metric: str) -> str:
     if metric.startswith(_FLAG_PREFIX):
         return f"Pages that gained {metric[len(_FLAG_PREFIX) :]} in"
@@ -111,8 +104,8 @@ def _subject(metric: str) -> str:
 def limit_message(metric: str, limit: int, measured: int, label: str | None, pid: int, unit: Unit = "bytes") -> str:
     """The one-line failure message: `USS of 'app' (pid 42) limited to 64.0 MiB but measured 71.2 MiB (+7.2 MiB)`."""
     return (
-        f"{_subject(metric)} {_who(label, pid)} limited to {_format(limit, unit)} "
-        f"but measured {_format(measured, unit)} ({_format(measured - limit, unit, signed=True)})"
+        f"{_subject(metric)} {_who(label, pid)} limited to {amount(limit, unit)} "
+        f"but measured {amount(measured, unit)} ({amount(measured - limit, unit, signed=True)})"
     )
 
 
@@ -166,12 +159,8 @@ class Verdict:
     source: str = "assert"  # who asked: "assert", "marker", "default", ...
 
     def describe(self) -> str:
-        """`uss_growth 1.2 MiB <= 8.0 MiB: pass`."""
-        outcome = "pass" if self.passed else "FAIL"
-        relation = "<=" if self.passed else ">"
-        return (
-            f"{self.metric} {_format(self.measured, self.unit)} {relation} {_format(self.limit, self.unit)}: {outcome}"
-        )
+        """`pass  uss_growth 1.2 MiB <= 8.0 MiB (marker)`."""
+        return verdict_text(self.metric, self.measured, self.limit, self.passed, self.unit, self.source)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -577,12 +566,15 @@ class Measurement:
         if not regions:
             return [f"no region changed its {column.replace('_', ' ')}"]
         title = column.replace("_", " ")
-        rows = [f"regions that contributed most to {title}:", f"  {title:>12}  {'status':<8} {'kind':<8} name"]
-        for region in regions:
-            value = getattr(region, column) or 0
-            signed = column.endswith("_growth")
-            rows.append(f"  {format_size(value, signed=signed):>12}  {region.status:<8} {region.kind:<8} {region.name}")
-        return rows
+        signed = column.endswith("_growth")
+        rows = [
+            (size_cell(getattr(region, column) or 0, signed=signed), region.status, region.kind, region.name)
+            for region in regions
+        ]
+        return [
+            f"regions that contributed most to {title}:",
+            *table((title, "status", "kind", "name"), rows, right={0}, indent="  "),
+        ]
 
     def _level_table(self, spec: Metric, top: int) -> list[str]:
         changes: dict[tuple[int, str], RegionDelta] = {(r.start, r.name): r for r in self.delta.regions}
@@ -590,19 +582,14 @@ class Measurement:
         ranked = [region for region in ranked[:top] if getattr(region, spec.name)]
         if not ranked:
             return [f"no region holds any {spec.title}"]
-        rows = [
-            f"regions holding the most {spec.title}:",
-            f"  {spec.title:>10} {'change':>12}  {'kind':<8} {'address':<25}  name",
-        ]
+        rows = []
         for region in ranked:
             change = changes.get((region.start, region.name))
             growth = getattr(change, spec.region_column, None) if change is not None else None
-            change_text = "-" if growth is None else format_size(growth, signed=True)
-            rows.append(
-                f"  {format_size(getattr(region, spec.name) or 0):>10} {change_text:>12}  {region.kind:<8} "
-                f"{region.start:012x}-{region.end:012x}  {region.name}"
-            )
-        return rows
+            held, change_text = size_cell(getattr(region, spec.name) or 0), size_cell(growth, signed=True)
+            rows.append((held, change_text, region.kind, f"{region.start:012x}-{region.end:012x}", region.name))
+        header = (spec.title, "change", "kind", "address", "name")
+        return [f"regions holding the most {spec.title}:", *table(header, rows, right={0, 1}, indent="  ")]
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: totals before and after, the changes, the options and the verdicts."""
