@@ -38,7 +38,8 @@ class Settings:
     active: bool  # --pagemap: limits from markers and defaults, MEMORY status, summary
     strict: bool  # --pagemap-strict: fail instead of skip when the kernel or user cannot measure
     grace: float  # seconds between SIGTERM and SIGKILL when ending processes
-    defaults: Limits  # session-wide limits from --pagemap-*-below options and pagemap_*_below ini keys
+    defaults: Limits  # session-wide limits from --pagemap-limit options and pagemap_limits ini lines
+    unsupported: str | None = None  # why this platform cannot be measured; the plugin is then inactive
 
 
 DEFAULT_GRACE_SECONDS = 5.0
@@ -185,13 +186,15 @@ class Pagemap:
             flag_names = self.limits.no_flag_gain
         missing = missing_requirements(**options, flag_names=flag_names)
         if missing:
-            self._unavailable(missing)
+            self.unavailable(self._settings, missing)
         return options
 
-    def _unavailable(self, reasons: list[str]) -> NoReturn:
+    @staticmethod
+    def unavailable(settings: Settings, reasons: list[str]) -> NoReturn:
+        """Skip the test for these reasons (fail it with `--pagemap-strict`)."""
         __tracebackhide__ = True
         reason = "pagemap: " + "; ".join(reasons)
-        if self._settings.strict:
+        if settings.strict:
             pytest.fail(f"{reason} (a skip turned into a failure by --pagemap-strict)", pytrace=False)
         pytest.skip(reason)
 
@@ -324,11 +327,13 @@ def pagemap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
       the call: ``result.value``, ``result.measurement``.
 
     With ``--pagemap``, ``@pytest.mark.pagemap(uss_growth_below="8 MiB", ...)`` limits and the
-    ``pagemap_*_below`` ini defaults are checked against every measurement. Tests needing what this kernel or
-    user cannot give (soft-dirty for ``writes=True``, CAP_SYS_ADMIN for flags and PSS) are skipped.
+    ``--pagemap-limit`` / ``pagemap_limits`` defaults are checked against every measurement. Tests needing
+    what this kernel or user cannot give (soft-dirty for ``writes=True``, CAP_SYS_ADMIN for flags and PSS) are skipped.
     """
     settings = request.config.stash.get(SETTINGS_KEY, _INACTIVE)
     assert isinstance(request.node, pytest.Item)
+    if settings.unsupported:
+        Pagemap.unavailable(settings, [settings.unsupported])
     session = Pagemap(request.node, settings, tmp_path_factory)
     try:
         yield session

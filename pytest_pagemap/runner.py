@@ -18,13 +18,16 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pagewalk import Delta, Snapshot
 from pagewalk.measure import Measurement
 
 from . import _child
 from .processes import end_process_tree
+
+if TYPE_CHECKING:
+    from pagewalk.delta import Delta
+    from pagewalk.snapshot import Snapshot
 
 __all__ = ["ChildCall", "ChildCrashed", "RemoteError", "RemoteTraceback", "RunResult", "describe_callable"]
 

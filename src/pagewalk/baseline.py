@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import json
 import os
 import platform
@@ -310,6 +309,8 @@ def save_record(
 @contextlib.contextmanager
 def _locked(storage: Path) -> Iterator[None]:
     """Hold an exclusive lock on `storage` (a hidden `.lock` file in it) for the block."""
+    import fcntl  # here: importing this module must work where fcntl does not exist
+
     with open(storage / LOCK_NAME, "a", encoding="utf-8") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
         yield

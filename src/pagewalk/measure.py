@@ -17,14 +17,16 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .bits import FLAG_BITS
 from .capabilities import capabilities
-from .delta import Delta, RegionDelta, diff
 from .errors import PagewalkError, Unsupported
-from .snapshot import Region, Snapshot, snapshot
 from .units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from .delta import Delta, RegionDelta
+    from .snapshot import Region, Snapshot
 
 __all__ = [
     "FLAG_NAMES",
@@ -341,6 +343,8 @@ class Measurement:
 
     def start(self, *, freeze: bool = True) -> None:
         """Take the `before` snapshot and start the tracking the options ask for."""
+        from .snapshot import snapshot  # loads numpy: on first use, not when limits are merely parsed
+
         track = [name for name, wanted in (("writes", self.writes), ("accessed", self.accessed)) if wanted]
         self.before = snapshot(self.pid, flags=self.flags, counts=self.counts, freeze=freeze, track=track)
         if self.label is None:
@@ -350,6 +354,8 @@ class Measurement:
         """Take the `after` snapshot (with what was tracked since `start`) and compute the delta."""
         if self.before is None:
             raise PagewalkError("stop() before start(): the measurement has no 'before' snapshot", self.pid)
+        from .snapshot import snapshot
+
         after = snapshot(
             self.pid,
             flags=self.flags,
@@ -361,6 +367,8 @@ class Measurement:
         self._finish(after)
 
     def _finish(self, after: Snapshot) -> None:
+        from .delta import diff
+
         assert self.before is not None
         self._after = after
         self._delta = diff(self.before, after)
