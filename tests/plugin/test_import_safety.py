@@ -115,3 +115,12 @@ def test_without_pagemap_an_unsupported_platform_prints_nothing(tmp_path: Path) 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pagemap:" not in result.stdout
     assert "1 passed, 1 skipped" in result.stdout
+
+
+def test_one_version_source() -> None:
+    # pyproject.toml takes the version from pagewalk.__version__; the installed metadata must agree.
+    from importlib.metadata import version
+
+    import pagewalk
+
+    assert version("pytest-pagemap") == pagewalk.__version__
