@@ -6,15 +6,18 @@ import os
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, NoReturn, ParamSpec, Protocol, TypeVar
 
 import pytest
 
 from pagewalk.measure import METRICS, Limits, Measurement, Option, missing_requirements
 
 from .markers import marker_limits
-from .processes import AttachedProcess, Ready, SpawnedProcess
-from .runner import ChildCall, RunResult, describe_callable
+
+if TYPE_CHECKING:
+    # Loaded on first use (psutil, pickle): loading the plugin must stay cheap for runs that never measure.
+    from .processes import AttachedProcess, Ready, SpawnedProcess
+    from .runner import ChildCall, RunResult
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
@@ -104,6 +107,8 @@ class Pagemap:
         seconds, or the process exiting first, fails the test with its output. The process group is ended
         at teardown (SIGTERM, then SIGKILL after `--pagemap-grace` seconds).
         """
+        from .processes import SpawnedProcess
+
         process = SpawnedProcess(
             cmd, log_dir=self._tmp_path_factory.mktemp("spawn"), env=env, cwd=cwd, grace=self._settings.grace
         )
@@ -113,6 +118,8 @@ class Pagemap:
 
     def attach(self, pid: int) -> AttachedProcess:
         """A handle on a process the test started itself, for `measure`; it is not ended at teardown."""
+        from .processes import AttachedProcess
+
         return AttachedProcess(pid)
 
     # --- measuring --------------------------------------------------------------------------------------
@@ -230,6 +237,8 @@ class Pagemap:
     ) -> RunResult[T]:
         __tracebackhide__ = True
         checked = self._options(**options)
+        from .runner import ChildCall, RunResult, describe_callable
+
         call = ChildCall(
             func,
             args,
