@@ -17,6 +17,7 @@ import numpy.typing as npt
 from . import bits, procfs, reader, tracking
 from .capabilities import Capabilities, capabilities
 from .errors import AccessDenied, PagewalkError, ProcessGone, Unsupported
+from .freeze import frozen
 from .regions import classify, display_name
 from .scan import pagemap_scan
 
@@ -299,8 +300,8 @@ def snapshot(
     command = _command(pid)
     fd = procfs.open_proc(pid, "pagemap")
     try:
-        freezer = procfs.frozen(pid) if freeze else contextlib.nullcontext(False)
-        with freezer as was_frozen:
+        freezer = frozen([pid]) if freeze else contextlib.nullcontext(None)
+        with freezer as freeze_result:
             taken_at = time.time()
             maps = procfs.read_maps(pid)
             kinds = _classify(pid, maps, caps)
@@ -320,9 +321,10 @@ def snapshot(
         raise procfs.translate_os_error(exc, pid, "the page tables") from exc
     finally:
         os.close(fd)
-    if freeze and not was_frozen and pid != os.getpid():
-        data.notes.append("not every thread stopped within the timeout: the snapshot may not be atomic")
-    return _build(pid, command, taken_at, bool(was_frozen), maps, kinds, data, caps)
+    if freeze_result is not None:
+        data.notes.extend(note for note in freeze_result.notes if pid != os.getpid())
+    was_frozen = freeze_result is not None and freeze_result.methods.get(pid) != "self" and freeze_result.complete
+    return _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps)
 
 
 def _command(pid: int) -> str:
