@@ -55,10 +55,25 @@ def _describe_missing(pid: int) -> PagewalkError:
     return ProcessGone(f"process {pid} does not exist (or exited while being read)", pid)
 
 
+_PF_EXITING = 0x00000004  # task flag of a task that is exiting (include/linux/sched.h)
+
+
+def _is_leaving(pid: int) -> bool:
+    """Whether `pid` is gone, a zombie, or exiting: what an EINVAL from its /proc files means then."""
+    try:
+        with open(f"{PROC}/{pid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
+            fields = _stat_fields(stat.read())
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
+
+
 def translate_os_error(exc: OSError, pid: int, what: str) -> PagewalkError:
     """Map an OS error met while reading `what` of process `pid` to the library's error."""
     if exc.errno in (errno.ENOENT, errno.ESRCH):
         return _describe_missing(pid)
+    if exc.errno == errno.EINVAL and _is_leaving(pid):  # a file whose task (or namespace) went mid-read
+        return ProcessGone(f"process {pid} exited while {what} was being read", pid)
     if exc.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(
             f"not allowed to read {what} of process {pid}: run as the process's owner with ptrace access "
@@ -118,11 +133,31 @@ def check_address_space(pid: int) -> None:
     state, task_flags = process_state(pid)
     if task_flags & _PF_KTHREAD:
         raise NoAddressSpace(f"process {pid} is a kernel thread: it has no user memory to snapshot", pid)
-    if state in ("Z", "X"):
+    if state not in ("Z", "X"):
+        return
+    if any(state not in ("Z", "X") for state in thread_states(pid)):
         raise NoAddressSpace(
-            f"process {pid} is a zombie: it has exited and freed its memory; its parent has not reaped it yet",
+            f"the main thread of process {pid} has exited while its other threads run on: /proc/{pid} no longer "
+            "shows the process's memory, so it cannot be snapshot; keep the main thread alive (join the others)",
             pid,
         )
+    raise NoAddressSpace(
+        f"process {pid} has exited and freed its memory (a zombie): its parent has not collected its exit status yet",
+        pid,
+    )
+
+
+def start_time(pid: int) -> int:
+    """When `pid` started, in clock ticks after boot: with the pid, it names one process for good."""
+    return int(_stat_fields(read_proc_text(pid, "stat"))[19])
+
+
+def executable(pid: int) -> str | None:
+    """The path of the program `pid` runs, or None when it cannot be read (no access, or exiting)."""
+    try:
+        return os.readlink(f"{PROC}/{pid}/exe")
+    except OSError:
+        return None
 
 
 def thread_ids(pid: int) -> list[int]:
