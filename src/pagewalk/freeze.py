@@ -29,7 +29,7 @@ from typing import Literal
 from . import procfs
 from .errors import AccessDenied, PagewalkError, ProcessGone
 
-__all__ = ["Freeze", "frozen"]
+__all__ = ["Freeze", "finish_despite_signals", "frozen"]
 
 Method = Literal["ptrace", "sigstop", "already stopped", "self"]
 
@@ -76,10 +76,10 @@ def frozen(pids: Sequence[int], *, timeout: float = 2.0) -> Iterator[Freeze]:
         session.stop()
         yield session.result
     finally:
-        _finish_despite_signals(session.resume)
+        finish_despite_signals(session.resume)
 
 
-def _finish_despite_signals(action: Callable[[], bool]) -> None:
+def finish_despite_signals(action: Callable[[], bool]) -> None:
     """Run `action` until it reports done, even when a signal handler raises in the middle of it.
 
     Ctrl-C (or a SIGTERM handler raising) may land between two system calls of the resume; the steps are
