@@ -176,6 +176,16 @@ def _running(process: psutil.Process) -> bool:
         return False
 
 
+def _has_exited(pid: int) -> bool:
+    """Whether our child `pid` has exited, without collecting anything: a wait from this thread must not take
+    the exit status from `subprocess`, nor a ptrace stop from a freeze running in another thread."""
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return True
+    return info is not None and info.si_code in (os.CLD_EXITED, os.CLD_KILLED, os.CLD_DUMPED)
+
+
 def _group_members(pgid: int) -> list[psutil.Process]:
     members = []
     for process in psutil.process_iter():
@@ -292,7 +302,7 @@ class SpawnedProcess:
         threading.Thread(target=self._track_descendants, name=f"pagemap-track-{self.pid}", daemon=True).start()
 
     def _track_descendants(self) -> None:
-        while not self._tracking.wait(_TRACK_SECONDS) and self.popen.poll() is None:
+        while not self._tracking.wait(_TRACK_SECONDS) and not _has_exited(self.pid):
             self._note_descendants()
 
     def _note_descendants(self) -> None:
