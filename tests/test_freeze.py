@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from puppet import Puppet
 
 import pagewalk
 from pagewalk import procfs
@@ -254,3 +255,16 @@ def test_einval_from_the_proc_of_a_process_that_is_gone_is_process_gone() -> Non
 def test_the_ptrace_function_is_loaded_only_when_used() -> None:
     code = "import sys, pagewalk.freeze as f\nprint(f._PTRACE_CALL is None)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "True\n"
+
+
+def test_read_over_a_huge_reservation_is_scanned_rather_than_walked_while_frozen(puppet: Puppet) -> None:
+    if not pagewalk.capabilities().pagemap_scan:
+        pytest.skip("PAGEMAP_SCAN needs Linux 6.7+")
+    page = pagewalk.capabilities().page_size
+    area = puppet.map((2 << 40) // page, noreserve=True)
+    puppet.write(area, [0, 7])
+    snap = pagewalk.snapshot(puppet.pid, method="read")
+    assert snap.method == "scan" and snap.frozen
+    assert any("would walk over 1 TiB" in note for note in snap.notes)
+    (region,) = [region for region in snap.regions if region.start == area.address]
+    assert region.uss == 2 * page
