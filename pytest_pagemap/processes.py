@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -449,9 +450,11 @@ class SpawnedProcess:
 def _spawn_failure(argv: list[str], exc: OSError, cwd: str | os.PathLike[str] | None) -> str:
     program = argv[0]
     command = shlex.join(argv)
-    if isinstance(exc, FileNotFoundError):
-        if cwd is not None and not os.path.isdir(cwd):
-            return f"spawn({command!r}): the working directory {os.fspath(cwd)!r} does not exist"
+    if cwd is not None and not os.path.isdir(cwd):
+        return f"spawn({command!r}): the working directory {os.fspath(cwd)!r} does not exist"
+    # A search of PATH that met an unreadable directory fails with EACCES even when the program is nowhere.
+    missing = shutil.which(program) is None if os.sep not in program else not os.path.exists(program)
+    if isinstance(exc, (FileNotFoundError, PermissionError)) and missing:
         where = "" if os.sep in program else " on PATH"
         return f"spawn({command!r}): no program {program!r}{where}: install it or give its full path"
     if isinstance(exc, PermissionError):
