@@ -152,10 +152,30 @@ def test_capabilities_json() -> None:
     assert set(data) >= {"pfn_visible", "kpageflags", "pagemap_scan", "soft_dirty", "thp_mode"}
 
 
+# Exits once the first snapshot of `delta --accessed` has cleared the referenced bit of its one touched page.
+EXITS_AFTER_FIRST_SNAPSHOT = (
+    "import ctypes, mmap, time\n"
+    "area = mmap.mmap(-1, mmap.PAGESIZE)\n"
+    "area[0] = 1\n"
+    "start = '%x' % ctypes.addressof(ctypes.c_char.from_buffer(area))\n"
+    "print('ready', flush=True)\n"
+    "def referenced():\n"
+    "    inside = False\n"
+    "    for line in open('/proc/self/smaps'):\n"
+    "        if '-' in line.split(' ', 1)[0]:\n"
+    "            inside = line.split('-', 1)[0].lstrip('0') == start\n"
+    "        elif inside and line.startswith('Referenced:'):\n"
+    "            return int(line.split()[1])\n"
+    "while referenced():\n"
+    "    time.sleep(0.01)\n"
+)
+
+
 def test_delta_of_a_process_that_exits_during_the_wait() -> None:
-    short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    short = subprocess.Popen([sys.executable, "-c", EXITS_AFTER_FIRST_SNAPSHOT], stdout=subprocess.PIPE, text=True)
+    assert short.stdout is not None and short.stdout.readline() == "ready\n"
     try:
-        result = pagewalk_cli("delta", str(short.pid), "--for", "30")
+        result = pagewalk_cli("delta", str(short.pid), "--for", "30", "--accessed")
     finally:
         short.wait()
     assert result.returncode == 1
