@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -223,6 +224,9 @@ def test_an_exec_between_snapshots_is_a_note_that_fails_limits() -> None:
         verdict = measurement.check("uss_growth", "1 TiB")
         assert not verdict.passed
         assert "called exec" in measurement.details(verdict)
+        error = measurement.failure(verdict)
+        assert str(error).startswith(f"process {target.pid} called exec between the snapshots")
+        assert str(pickle.loads(pickle.dumps(error))) == str(error)
     finally:
         target.kill()
         target.wait()
