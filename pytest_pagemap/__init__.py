@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
 
     from .fixtures import Pagemap, Runner
-    from .processes import AttachedProcess, ProcessNotReady, SpawnedProcess
+    from .processes import AttachedProcess, ProcessEnded, ProcessNotReady, SpawnedProcess, SpawnFailed
     from .runner import ChildCrashed, RemoteError, RemoteTraceback, RunResult
 
 # Public name -> the module defining it.
@@ -26,11 +26,13 @@ _SOURCES = {
     "MemoryLimitExceeded": "pagewalk.measure",
     "NotMeasured": "pagewalk.measure",
     "Pagemap": ".fixtures",
+    "ProcessEnded": ".processes",
     "ProcessNotReady": ".processes",
     "RemoteError": ".runner",
     "RemoteTraceback": ".runner",
     "RunResult": ".runner",
     "Runner": ".fixtures",
+    "SpawnFailed": ".processes",
     "SpawnedProcess": ".processes",
     "Verdict": "pagewalk.measure",
 }
@@ -43,11 +45,13 @@ __all__ = [
     "MemoryLimitExceeded",
     "NotMeasured",
     "Pagemap",
+    "ProcessEnded",
     "ProcessNotReady",
     "RemoteError",
     "RemoteTraceback",
     "RunResult",
     "Runner",
+    "SpawnFailed",
     "SpawnedProcess",
     "Verdict",
 ]
