@@ -12,7 +12,7 @@ import pytest
 
 from pagewalk.measure import METRICS, Limits, Measurement, Option, missing_requirements
 
-from .markers import marker_limits
+from .markers import marker_limits, marker_tolerance
 from .processes import AttachedProcess, Ready, SpawnedProcess
 from .runner import ChildCall, RunResult, describe_callable
 
@@ -44,6 +44,8 @@ class Settings:
 DEFAULT_GRACE_SECONDS = 5.0
 SETTINGS_KEY = pytest.StashKey[Settings]()
 MEASUREMENTS_KEY = pytest.StashKey[list[Measurement]]()
+# The measure() options the session's gate thresholds need, so every measurement records the metrics gated.
+GATE_NEEDS_KEY = pytest.StashKey[frozenset[Option]]()
 
 # For a fixture used while the plugin's configure hook has not run (the plugin registered late).
 _INACTIVE = Settings(active=False, strict=False, grace=DEFAULT_GRACE_SECONDS, defaults=Limits())
@@ -135,9 +137,10 @@ class Pagemap:
         the limits in force are checked and a `MemoryLimitExceeded` raised for the first one exceeded.
         """
         pid = process if isinstance(process, int) else process.pid
+        named = label is not None  # a label the test chose keys the measurement in baselines; a command line never
         label = label or getattr(process, "label", None)
         options = {"writes": writes, "accessed": accessed, "flags": flags, "counts": counts}
-        return MeasureContext(self, pid, label=label, options=options, freeze=freeze)
+        return MeasureContext(self, pid, label=label, named=named, options=options, freeze=freeze)
 
     def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> RunResult[T]:
         """Call `func(*args, **kwargs)` in a fresh Python interpreter and measure the child around the call.
@@ -183,6 +186,14 @@ class Pagemap:
             for need in marker_limits(self._item).needs():
                 options[need] = True
             flag_names = self.limits.no_flag_gain
+        if GATE_NEEDS_KEY in self._item.config.stash:
+            try:
+                tolerance = marker_tolerance(self._item)
+            except ValueError:
+                tolerance = ()  # reported as a marker problem at collection
+            gated = {need_of for threshold in tolerance if (need_of := METRICS[threshold.metric].needs)}
+            for gated_option in self._item.config.stash[GATE_NEEDS_KEY] | gated:
+                options[gated_option] = True
         missing = missing_requirements(**options, flag_names=flag_names)
         if missing:
             self._unavailable(missing)
@@ -237,7 +248,9 @@ class Pagemap:
         )
         self._calls.append(call)
         call.wait_ready()
-        measurement = Measurement(call.pid, label=label or f"{describe_callable(func)}()", **checked)
+        measurement = Measurement(
+            call.pid, label=label or f"{describe_callable(func)}()", named=label is not None, **checked
+        )
         self.measurements.append(measurement)
         measurement.start()
         call.start_call()
@@ -267,11 +280,19 @@ class MeasureContext:
     """The context manager `pagemap.measure(...)` returns; `with` gives the `Measurement`."""
 
     def __init__(
-        self, pagemap: Pagemap, pid: int, *, label: str | None, options: dict[str, bool], freeze: bool
+        self,
+        pagemap: Pagemap,
+        pid: int,
+        *,
+        label: str | None,
+        named: bool,
+        options: dict[str, bool],
+        freeze: bool,
     ) -> None:
         self._pagemap = pagemap
         self._pid = pid
         self._label = label
+        self._named = named
         self._options = options
         self._freeze = freeze
         self._measurement: Measurement | None = None
@@ -279,7 +300,7 @@ class MeasureContext:
     def __enter__(self) -> Measurement:
         __tracebackhide__ = True  # a skip or failure points at the test's `with` line, not here
         options = self._pagemap._options(**self._options)
-        measurement = Measurement(self._pid, label=self._label, **options)
+        measurement = Measurement(self._pid, label=self._label, named=self._named, **options)
         self._pagemap.measurements.append(measurement)
         measurement.start(freeze=self._freeze)
         self._measurement = measurement
