@@ -103,7 +103,7 @@ def test_a_regression_fails_the_session_with_a_list(workload, monkeypatch):
             "*= pagemap gate =*",
             "2 regressions beyond their threshold:",
             "  * measurement * metric * baseline * current * change * anon / file part * threshold",
-            "  REGRESSED  test_workload.py::test_growing * uss * MiB * MiB * +* MiB (+*%) * anon +7.* MiB, file * uss:5%",
+            "  REGRESSED  test_workload.py::test_growing * uss * MiB * +* MiB (+*%) * anon +7.* MiB, file * uss:5%",
             "  REGRESSED  *::test_growing * anon_growth * 1.* MiB * 8.* MiB * +*.* MiB (+*%) * anon_growth:+1.0 MiB",
             "* compared: 2 regressed, *",
             "gate: FAILED, 2 regressions, exit code 1",
