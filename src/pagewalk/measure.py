@@ -68,11 +68,11 @@ METRICS: Mapping[str, Metric] = MappingProxyType(
         metric.name: metric
         for metric in (
             Metric("uss", "USS", "of", growth=False, region_column="uss_growth"),
-            Metric("uss_file", "File-backed USS", "of", growth=False, region_column="uss_growth"),
             Metric("rss", "RSS", "of", growth=False, region_column="rss_growth"),
             Metric("pss", "PSS", "of", growth=False, needs="counts", region_column="pss_growth"),
             Metric("swap", "Swap", "of", growth=False, region_column="swap_growth"),
             Metric("anon", "Anonymous memory", "of", growth=False, region_column="anon_growth"),
+            Metric("uss_file", "File-backed USS", "of", growth=False, region_column="uss_growth"),
             Metric("uss_growth", "USS growth", "of", growth=True, region_column="uss_growth"),
             Metric("rss_growth", "RSS growth", "of", growth=True, region_column="rss_growth"),
             Metric("anon_growth", "Anonymous memory growth", "of", growth=True, region_column="anon_growth"),
