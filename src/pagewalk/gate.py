@@ -38,7 +38,8 @@ GATED_METRICS = RECORDED_METRICS
 # A change this small never fails a relative threshold nor is listed as a change: 16 pages of 4 KiB, the
 # size of a few allocator arenas' bookkeeping, which moves between identical runs.
 DEFAULT_NOISE = 64 * 1024
-# Exit codes of a gate, as pytest's: passed, regressed (TESTS_FAILED), could not gate (USAGE_ERROR).
+# Exit codes of a gate: passed, regressed, could not gate (the numbers a test runner uses for passed, tests
+# failed and usage error).
 EXIT_PASSED, EXIT_REGRESSED, EXIT_CANNOT_GATE = 0, 1, 4
 _EXPRESSION = re.compile(r"^\s*(?P<metric>[a-z_]+)\s*:\s*(?P<amount>[^,]+?)\s*(?:,\s*noise\s*=\s*(?P<noise>.+?))?\s*$")
 _PERCENT = re.compile(r"^\+?(?P<number>\d+(?:\.\d*)?|\.\d+)\s*%$")

@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from pagewalk import capabilities
 from pagewalk.baseline import load_record
 
 from .support import privileged
@@ -300,3 +301,17 @@ def test_accessed_anon_is_zero_for_a_process_stopped_through_the_block(servers):
         result = servers.runpytest("--pagemap", "-s")
         assert result.ret == pytest.ExitCode.OK, outcome(result)
         result.stdout.fnmatch_lines(["*accessed * accessed_anon 0"])
+
+
+def test_a_written_gate_on_a_kernel_without_soft_dirty_is_a_usage_error_at_start_up(servers, monkeypatch):
+    if capabilities().soft_dirty:
+        pytest.skip("this kernel tracks writes: a written gate works here")
+    monkeypatch.setenv("WORK", str(MiB))
+    servers.makepyfile(test_server=GROWING)
+    servers.runpytest("--pagemap-save=base").assert_outcomes(passed=1)
+    result = servers.runpytest("--pagemap-compare=base", "--pagemap-fail=written:5%")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: cannot gate written:5%: written cannot be measured here (*CONFIG_MEM_SOFT_DIRTY*); gate a metric *"]
+    )
+    assert "passed" not in result.stdout.str()  # refused before running anything
