@@ -54,7 +54,8 @@ __all__ = ["GateSettings", "PagemapGates", "add_gate_options", "read_gate_settin
 RECORDS_ATTRIBUTE = "pagemap_records"  # on teardown reports: the test's records as dicts, so xdist carries them
 TOLERANCE_ATTRIBUTE = "pagemap_tolerance"  # on teardown reports: the marker's tolerance, as expressions
 STEP_SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"
-REGRESSED_STAT = "memory regressed"
+REGRESSED_STAT = "memory regressed"  # the key in the terminal's final line: "1 passed, 2 memory regressed"
+UNMATCHED_STAT = "memory unmatched"  # baseline measurements of a test measured now, without a counterpart
 UNMEASURED_HELP = (
     "a threshold names a metric a measurement did not record: pytest-pagemap measures what --pagemap-fail and "
     "pagemap_fail name wherever this user can (pss needs root, written a kernel with soft-dirty); a baseline "
@@ -587,6 +588,11 @@ class PagemapGates:
             lines.insert(0, (f"each metric is the median of up to {self.settings.repeat} runs", "plain"))
         for text, tone in [*lines, *self.outcome]:
             terminalreporter.write_line(text, **_TONES[tone])
-        if self.comparison is not None and self.comparison.regressions:
+        if self.comparison is not None:
             # Shown in the final line ("1 passed, 1 memory regressed"), so a green-looking run is not misread.
-            terminalreporter.stats.setdefault(REGRESSED_STAT, []).extend(self.comparison.regressions)
+            for stat, entries in (
+                (REGRESSED_STAT, self.comparison.regressions),
+                (UNMATCHED_STAT, self.comparison.unmatched),
+            ):
+                if entries:
+                    terminalreporter.stats.setdefault(stat, []).extend(entries)

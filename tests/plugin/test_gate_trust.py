@@ -156,6 +156,7 @@ def test_a_baseline_measurement_without_counterpart_fails_the_gate(servers, monk
             "UNMATCHED: 'test_server.py::test_server > #2' of the baseline matches no measurement of "
             "test_server.py::test_server now *",
             "gate: FAILED, 1 unmatched baseline measurement, exit code 1",
+            "*= 1 passed, 1 memory unmatched in *",
         ]
     )
 
