@@ -152,14 +152,17 @@ def test_capabilities_json() -> None:
     assert set(data) >= {"pfn_visible", "kpageflags", "pagemap_scan", "soft_dirty", "thp_mode"}
 
 
-def test_delta_of_a_process_that_exits_during_the_wait() -> None:
-    short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
-    try:
-        result = pagewalk_cli("delta", str(short.pid), "--for", "30")
-    finally:
-        short.wait()
-    assert result.returncode == 1
-    assert f"process {short.pid} exited during the measurement" in result.stderr
+def test_delta_of_a_process_that_exits_during_the_wait(target: subprocess.Popen[str]) -> None:
+    command = [sys.executable, "-m", "pagewalk", "delta", str(target.pid), "--for", "30", "--accessed"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while _anon_referenced(target.pid) > 16 << 10:  # the first snapshot is taken (see above)
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.01)
+    target.kill()  # during the wait
+    target.wait()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert f"process {target.pid} exited during the measurement" in stderr
 
 
 # --- compare ------------------------------------------------------------------------------------------------
