@@ -135,7 +135,7 @@ def test_without_thresholds_growth_is_reported_not_failed(workload, monkeypatch)
         [
             "thresholds: none, so nothing can fail; noise floor 64.0 KiB",
             "* changes beyond the noise floor, no threshold set:",
-            "  worse  test_workload.py::test_growing * anon_growth * 1.* MiB * 8.* MiB * +*.* MiB (+*%) * -",
+            "  worse * test_workload.py::test_growing * anon_growth * 1.* MiB * 8.* MiB * +*.* MiB (+*%) * -",
             "gate: nothing to fail without thresholds, exit code 0",
         ]
     )
