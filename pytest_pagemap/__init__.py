@@ -10,7 +10,7 @@ from __future__ import annotations
 from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
 
 from .fixtures import Pagemap, Runner
-from .processes import AttachedProcess, ProcessNotReady, SpawnedProcess
+from .processes import AttachedProcess, ProcessEnded, ProcessNotReady, SpawnedProcess, SpawnFailed
 from .runner import ChildCrashed, RemoteError, RemoteTraceback, RunResult
 
 __all__ = [
@@ -21,11 +21,13 @@ __all__ = [
     "MemoryLimitExceeded",
     "NotMeasured",
     "Pagemap",
+    "ProcessEnded",
     "ProcessNotReady",
     "RemoteError",
     "RemoteTraceback",
     "RunResult",
     "Runner",
+    "SpawnFailed",
     "SpawnedProcess",
     "Verdict",
 ]

@@ -4,14 +4,12 @@ reads, and the lines of a terminal's gate section. They speak of records, measur
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
-from .baseline import BaselineError, MeasurementRecord, SessionRecord, load_record
+from .baseline import SessionRecord
 from .gate import GATED_METRICS, Comparison, ComparisonResult
+from .record_format import REPORT_SCHEMA, REPORT_VERSION
 from .units import format_size
 
 __all__ = [
@@ -21,13 +19,10 @@ __all__ = [
     "benchmark_action_entries",
     "comparison_lines",
     "json_report",
-    "load_comparable",
     "markdown_summary",
     "verdict_line",
 ]
 
-REPORT_SCHEMA = "pytest-pagemap/report"
-REPORT_VERSION = 1
 _MARK = {
     "regression": "❌",
     "file-only": "⚠️",
@@ -39,28 +34,6 @@ _MARK = {
 _ORDER = {metric: index for index, metric in enumerate(GATED_METRICS)}
 
 Tone = Literal["plain", "bad", "good", "warning"]
-
-
-def load_comparable(path: str | os.PathLike[str]) -> SessionRecord:
-    """A saved session record, or the measurements of a JSON report, for comparing; every problem is a
-    `BaselineError` naming the file and the fault."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return load_record(path)  # which names the fault
-    if not (isinstance(data, dict) and data.get("schema") == REPORT_SCHEMA):
-        return load_record(path)
-    if data.get("version") != REPORT_VERSION:
-        raise BaselineError(f"report {path}: has version {data.get('version')!r}; this version reads {REPORT_VERSION}")
-    try:
-        context, entries = data["context"], data["measurements"]
-        if not isinstance(context, dict) or not isinstance(entries, list):
-            raise ValueError("context must be an object and measurements a list")
-        measurements = tuple(MeasurementRecord.from_dict(entry) for entry in entries)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BaselineError(f"report {path}: is malformed: {exc}") from None
-    return SessionRecord(context=context, measurements=measurements, created=str(data.get("created", "")), path=path)
 
 
 def _threshold_texts(comparison: ComparisonResult) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .baseline import BaselineError
+from .baseline import BaselineError, load_record
 from .capabilities import capabilities
-from .ci_reports import comparison_lines, json_report, load_comparable, markdown_summary
+from .ci_reports import comparison_lines, json_report, markdown_summary
 from .delta import Delta
 from .errors import PagewalkError
 from .gate import (
@@ -153,7 +153,7 @@ def _cmd_capabilities(args: argparse.Namespace) -> int:
 def _cmd_compare(args: argparse.Namespace) -> int:
     """Compare two saved records or JSON reports: the verdict, table and exit codes of the pytest gate."""
     try:
-        baseline, current = load_comparable(args.baseline), load_comparable(args.current)
+        baseline, current = load_record(args.baseline), load_record(args.current)
     except BaselineError as exc:
         print(f"pagewalk compare: {exc}", file=sys.stderr)
         return EXIT_CANNOT_GATE

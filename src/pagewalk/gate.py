@@ -16,7 +16,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from .baseline import KEY_SEPARATOR, RECORDED_METRICS, MeasurementRecord, SessionRecord
-from .units import format_size, parse_size
+from .units import format_size, parse_decimal, parse_size
 
 __all__ = [
     "DEFAULT_NOISE",
@@ -41,13 +41,18 @@ DEFAULT_NOISE = 64 * 1024
 # Exit codes of a gate: passed, regressed, could not gate (the numbers a test runner uses for passed, tests
 # failed and usage error).
 EXIT_PASSED, EXIT_REGRESSED, EXIT_CANNOT_GATE = 0, 1, 4
-_EXPRESSION = re.compile(r"^\s*(?P<metric>[a-z_]+)\s*:\s*(?P<amount>[^,]+?)\s*(?:,\s*noise\s*=\s*(?P<noise>.+?))?\s*$")
-_PERCENT = re.compile(r"^\+?(?P<number>\d+(?:\.\d*)?|\.\d+)\s*%$")
-_BARE_NUMBER = re.compile(r"^\+?(?:\d+(?:\.\d*)?|\.\d+)$")
-_ORDINAL = re.compile(r"#\d+")
+_EXPRESSION = re.compile(
+    r"^[ \t]*(?P<metric>[a-z_]+)[ \t]*:[ \t]*(?P<amount>[^,]+?)[ \t]*"
+    r"(?:,[ \t]*noise[ \t]*=[ \t]*(?P<noise>.+?))?[ \t]*$",
+    re.ASCII,
+)
+_PERCENT = re.compile(r"^\+?(?P<number>[0-9.]+)[ \t]*%$", re.ASCII)
+_BARE_NUMBER = re.compile(r"^\+?[0-9.]+$", re.ASCII)
+_ORDINAL = re.compile(r"#[0-9]+", re.ASCII)
+MAX_PERCENT = 10_000  # a threshold beyond 100 times the baseline is no threshold: refuse it as a typo
 FORMS = (
-    "METRIC:N% (relative to the baseline; add ,noise=SIZE to ignore smaller changes, e.g. anon:5%,noise=256KiB) "
-    "or METRIC:+SIZE (absolute, e.g. rss:+2MiB)"
+    f"METRIC:N% (relative to the baseline; N in ASCII digits, at most {MAX_PERCENT:,}) "
+    "or METRIC:+SIZE (absolute, e.g. rss:+2MiB); a relative one may add ,noise=SIZE (e.g. anon:5%,noise=256KiB)"
 )
 # The file-backed part of USS: what other processes move by mapping or unmapping the same files.
 USS_FILE = "uss_file"
@@ -55,12 +60,14 @@ USS_FILE = "uss_file"
 Status = Literal["regression", "file-only", "worse", "unchanged", "better", "improvement"]
 
 
-def _percent(amount: str) -> float | None:
-    """The number of a relative amount (`5%`, `+2.5 %`), or None when `amount` is not one.
-
-    Every number a threshold holds is read here or by `parse_size`."""
-    match = _PERCENT.match(amount)
-    return float(match.group("number")) if match else None
+def _percentage(number: str, text: str) -> float:
+    """The percentage of a threshold: a plain decimal, at most MAX_PERCENT."""
+    value = parse_decimal(number)
+    if value is None:
+        raise ValueError(f"cannot read the percentage in {text!r}; expected {FORMS}")
+    if value > MAX_PERCENT:
+        raise ValueError(f"the percentage in {text!r} is more than {MAX_PERCENT:,}%; expected {FORMS}")
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -107,22 +114,24 @@ def parse_threshold(text: str) -> Threshold:
             noise = parse_size(noise_text)
         except ValueError as exc:
             raise ValueError(f"cannot read the noise floor in {text!r}: {exc}") from None
-    percent = _percent(amount)
-    if percent is not None:
-        return Threshold(metric, percent=percent, noise=noise)
+    percent = _PERCENT.match(amount)
+    if percent:
+        return Threshold(metric, percent=_percentage(percent.group("number"), text), noise=noise)
     if noise is not None:
         raise ValueError(f"{text!r}: noise= applies to relative thresholds (N%); an absolute one is exact")
-    if amount.startswith("-"):
+    if amount.startswith("-") or amount.startswith("+-"):
         raise ValueError(f"threshold {text!r} is negative; a threshold is how much growth is allowed")
     if _BARE_NUMBER.match(amount):
         # `uss:5` reads as 5 bytes to a parser and as 5% to most people: make the writer say which.
         raise ValueError(
             f"threshold {text!r} has no unit: write {metric}:{amount.lstrip('+')}% or {metric}:+{amount.lstrip('+')} B"
         )
+    if amount.startswith("++"):
+        raise ValueError(f"cannot read {text!r} as a threshold; expected {FORMS}")
     try:
-        return Threshold(metric, absolute=parse_size(amount.lstrip("+")))
+        return Threshold(metric, absolute=parse_size(amount.removeprefix("+")))
     except ValueError as exc:
-        raise ValueError(f"cannot read the amount in {text!r}: {exc}") from None
+        raise ValueError(f"cannot read the amount in {text!r}: {exc}; expected {FORMS}") from None
 
 
 def parse_thresholds(value: object) -> tuple[Threshold, ...]:

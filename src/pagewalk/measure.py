@@ -139,6 +139,7 @@ class MemoryLimitExceeded(AssertionError):
         pid: int,
         details: str = "",
         unit: Unit = "bytes",
+        reason: str = "",
     ) -> None:
         self.metric = metric
         self.limit = limit
@@ -146,7 +147,8 @@ class MemoryLimitExceeded(AssertionError):
         self.label = label
         self.pid = pid
         self.unit: Unit = unit
-        self.message = limit_message(metric, limit, measured, label, pid, unit)
+        self.reason = reason  # why it failed when the value is within the limit (an exec between the snapshots)
+        self.message = reason or limit_message(metric, limit, measured, label, pid, unit)
         self._details = details
         super().__init__(self.message)
 
@@ -161,7 +163,7 @@ class MemoryLimitExceeded(AssertionError):
         # Keep the failure intact across process boundaries (xdist workers, `pagemap.run` children).
         return (
             type(self),
-            (self.metric, self.limit, self.measured, self.label, self.pid, self._details, self.unit),
+            (self.metric, self.limit, self.measured, self.label, self.pid, self._details, self.unit, self.reason),
         )
 
 
@@ -442,7 +444,8 @@ class Measurement:
             raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
         limit_bytes = _parse_limit(key, limit)
         measured = self.value(metric)
-        verdict = Verdict(metric, limit_bytes, measured, measured <= limit_bytes, "bytes", source)
+        passed = measured <= limit_bytes and not self.delta.program_changed  # across an exec nothing compares
+        verdict = Verdict(metric, limit_bytes, measured, passed, "bytes", source)
         self.verdicts.append(verdict)
         return verdict
 
@@ -450,7 +453,8 @@ class Measurement:
         """Check that no page gained `flag`; record the verdict and return it (without raising)."""
         (name,) = _parse_flag_names(flag)
         gained = self.flags_gained(name)
-        verdict = Verdict(f"{_FLAG_PREFIX}{name}", 0, gained, gained == 0, "pages", source)
+        passed = gained == 0 and not self.delta.program_changed
+        verdict = Verdict(f"{_FLAG_PREFIX}{name}", 0, gained, passed, "pages", source)
         self.verdicts.append(verdict)
         return verdict
 
@@ -483,6 +487,7 @@ class Measurement:
             self.pid,
             self.details(verdict),
             verdict.unit,
+            self.delta.notes[0] if self.delta.program_changed else "",
         )
 
     def _assert(self, metric: str, limit: int | str) -> Verdict:
@@ -587,6 +592,7 @@ class Measurement:
         if delta.accessed is not None:
             totals.append(f"accessed {format_size(delta.accessed)} (anonymous {format_size(delta.accessed_anon or 0)})")
         lines.append("; ".join(totals))
+        lines.extend(f"note: {note}" for note in delta.notes)
         metric = verdict.metric if verdict is not None else "uss_growth"
         spec = METRICS.get(metric)
         if spec is not None and not spec.growth and spec.needs is None:
