@@ -1,4 +1,4 @@
-"""The command line: `python -m pagewalk snapshot PID`, `... capabilities`."""
+"""The command line: `python -m pagewalk snapshot PID`, `... delta`, `... compare`, `... capabilities`."""
 
 from __future__ import annotations
 
@@ -8,16 +8,29 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .baseline import BaselineError, load_record
 from .capabilities import capabilities
+from .ci_reports import comparison_lines, json_report, markdown_summary
 from .delta import Delta
 from .errors import PagewalkError
+from .gate import (
+    DEFAULT_NOISE,
+    EXIT_CANNOT_GATE,
+    EXIT_PASSED,
+    EXIT_REGRESSED,
+    FORMS,
+    Threshold,
+    compare,
+    parse_threshold,
+)
 from .snapshot import Region, Snapshot, snapshot
-from .units import format_size
+from .units import format_size, parse_size
 from .waiting import sleep_watching
 
 __all__ = ["main"]
 
-# Exit codes: 0 success, 1 a pagewalk error (process gone, access denied, unsupported), 2 usage error.
+# Exit codes: 0 success, 1 a pagewalk error (process gone, access denied, unsupported), 2 usage error;
+# `compare` exits as a gate does (gate.EXIT_*).
 EXIT_ERROR = 1
 
 _METRICS = ("rss", "uss", "pss", "swap", "anon", "file", "shmem", "thp", "zero", "hugetlb")
@@ -137,6 +150,38 @@ def _cmd_capabilities(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Compare two saved records or JSON reports: the verdict, table and exit codes of the pytest gate."""
+    try:
+        baseline, current = load_record(args.baseline), load_record(args.current)
+    except BaselineError as exc:
+        print(f"pagewalk compare: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_GATE
+    comparison = compare(baseline, current, args.fail or (), noise=args.noise)
+    if args.json:
+        _print_json(json_report(current, comparison))
+    elif args.markdown:
+        sys.stdout.write(markdown_summary(current, comparison, title="pagewalk compare"))
+    else:
+        for line, _ in comparison_lines(comparison, verbose=args.verbose):
+            print(line)
+    return comparison.exit_code
+
+
+def _threshold(text: str) -> Threshold:
+    try:
+        return parse_threshold(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -186,6 +231,31 @@ def build_parser() -> argparse.ArgumentParser:
     delta.add_argument("--flags", action="store_true", help="page flags gained and lost (needs root)")
     _add_output_options(delta)
     delta.set_defaults(handler=_cmd_delta)
+
+    comparing = commands.add_parser(
+        "compare",
+        help="compare two saved records or JSON reports, as the pytest gate does",
+        description="Compare CURRENT with BASELINE (each a saved baseline or a JSON report) metric by metric. "
+        f"Exit codes: {EXIT_PASSED} passed, {EXIT_REGRESSED} a regression or an unmatched measurement, "
+        f"{EXIT_CANNOT_GATE} cannot gate (an unreadable file, or a threshold's metric not recorded), 2 bad arguments.",
+    )
+    comparing.add_argument("baseline", metavar="BASELINE.json")
+    comparing.add_argument("current", metavar="CURRENT.json")
+    comparing.add_argument(
+        "--fail", action="append", type=_threshold, metavar="EXPR", help=f"a threshold, repeatable: {FORMS}"
+    )
+    comparing.add_argument(
+        "--noise",
+        type=_size,
+        default=DEFAULT_NOISE,
+        metavar="SIZE",
+        help=f"changes of at most SIZE are unchanged (default {format_size(DEFAULT_NOISE)})",
+    )
+    output = comparing.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true", help="print Markdown (a step summary or PR comment)")
+    output.add_argument("--json", action="store_true", help="print the JSON report")
+    comparing.add_argument("-v", "--verbose", action="store_true", help="list every change, not only regressions")
+    comparing.set_defaults(handler=_cmd_compare)
 
     caps = commands.add_parser("capabilities", help="what this kernel and user allow")
     caps.add_argument("--json", action="store_true", help="print JSON")

@@ -60,6 +60,7 @@ class Delta:
     before: Snapshot
     after: Snapshot
     uss_growth: int
+    uss_file_growth: int  # the part of the USS change in page cache and shared memory
     rss_growth: int
     pss_growth: int | None
     swap_growth: int
@@ -77,6 +78,7 @@ class Delta:
     written: int | None
     written_new_regions: int | None
     accessed: int | None
+    accessed_anon: int | None  # accessed in anonymous regions: pages no other process can mark
     regions: tuple[RegionDelta, ...]
 
     @property
@@ -132,6 +134,7 @@ class Delta:
             "written": self.written,
             "written_new_regions": self.written_new_regions,
             "accessed": self.accessed,
+            "accessed_anon": self.accessed_anon,
             "flags_gained": None if self.flags_gained is None else _nonzero(self.flags_gained),
             "flags_lost": None if self.flags_lost is None else _nonzero(self.flags_lost),
             "before": self.before.to_dict(regions=False),
@@ -192,6 +195,7 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
         written=written,
         written_new_regions=written_new if after.written is not None else None,
         accessed=after.accessed,
+        accessed_anon=after.accessed_anon,
         regions=tuple(region_deltas),
     )
 

@@ -74,11 +74,20 @@ METRICS: Mapping[str, Metric] = MappingProxyType(
             Metric("pss", "PSS", "of", growth=False, needs="counts", region_column="pss_growth"),
             Metric("swap", "Swap", "of", growth=False, region_column="swap_growth"),
             Metric("anon", "Anonymous memory", "of", growth=False, region_column="anon_growth"),
+            Metric("uss_file", "File-backed USS", "of", growth=False, region_column="uss_growth"),
             Metric("uss_growth", "USS growth", "of", growth=True, region_column="uss_growth"),
             Metric("rss_growth", "RSS growth", "of", growth=True, region_column="rss_growth"),
             Metric("anon_growth", "Anonymous memory growth", "of", growth=True, region_column="anon_growth"),
             Metric("written", "Memory written", "by", growth=False, needs="writes", region_column="written"),
             Metric("accessed", "Memory accessed", "by", growth=False, needs="accessed", region_column="accessed"),
+            Metric(
+                "accessed_anon",
+                "Anonymous memory accessed",
+                "by",
+                growth=False,
+                needs="accessed",
+                region_column="accessed",
+            ),
         )
     }
 )
@@ -111,10 +120,12 @@ def _subject(metric: str) -> str:
 
 
 def limit_message(metric: str, limit: int, measured: int, label: str | None, pid: int, unit: Unit = "bytes") -> str:
-    """The one-line failure message: `USS of 'app' (pid 42) limited to 64.0 MiB but measured 71.2 MiB (+7.2 MiB)`."""
+    """The one-line failure message: `USS of 'app' (pid 42) limited to 64.0 MiB but measured 71.2 MiB, 7.2 MiB over`.
+
+    "over" rather than a sign: the next lines of a report show signed changes, which mean growth."""
     return (
         f"{_subject(metric)} {_who(label, pid)} limited to {_format(limit, unit)} "
-        f"but measured {_format(measured, unit)} ({_format(measured - limit, unit, signed=True)})"
+        f"but measured {_format(measured, unit)}, {_format(measured - limit, unit)} over"
     )
 
 
@@ -310,9 +321,12 @@ class Measurement:
         accessed: bool = False,
         flags: bool = False,
         counts: bool = False,
+        named: bool | None = None,
     ) -> None:
         self.pid = pid
         self.label = label
+        # Whether `label` is a name the caller chose (kept between runs), not one made from the command line.
+        self.named = label is not None if named is None else named
         self.writes = writes
         self.accessed = accessed
         self.flags = flags
@@ -328,6 +342,7 @@ class Measurement:
         measurement = cls(
             after.pid,
             label=label or default_label(before.command),
+            named=label is not None,
             writes=after.written is not None,
             accessed=after.accessed is not None,
             flags=before.flag_counts is not None and after.flag_counts is not None,
@@ -404,9 +419,7 @@ class Measurement:
         measured: int | None
         if metric == "written":
             measured = None if delta.written is None else delta.written + (delta.written_new_regions or 0)
-        elif metric == "accessed":
-            measured = delta.accessed
-        elif spec.growth:
+        elif metric in ("accessed", "accessed_anon") or spec.growth:
             measured = getattr(delta, metric)
         else:
             measured = getattr(self.after, metric)
@@ -545,6 +558,17 @@ class Measurement:
         __tracebackhide__ = True
         return self._assert("accessed", limit)
 
+    def assert_accessed_anon_below(self, limit: int | str) -> Verdict:
+        """At most `limit` of anonymous memory (heap, stacks, anonymous maps) was accessed during the block;
+        needs accessed=True. Only this process can mark these pages, unlike the page cache `accessed` counts."""
+        __tracebackhide__ = True
+        return self._assert("accessed_anon", limit)
+
+    def assert_uss_file_below(self, limit: int | str) -> Verdict:
+        """The file-backed part of USS (page cache and shared memory only this process maps) is at most `limit`."""
+        __tracebackhide__ = True
+        return self._assert("uss_file", limit)
+
     def assert_no_flag_gain(self, *flags: str) -> list[Verdict]:
         """No page gained any of the page flags `flags` ("THP", "KSM", "SWAPPED", ...); needs flags=True."""
         __tracebackhide__ = True
@@ -574,7 +598,7 @@ class Measurement:
         if delta.written is not None:
             totals.append(f"written {format_size(self.value('written'))}")
         if delta.accessed is not None:
-            totals.append(f"accessed {format_size(delta.accessed)}")
+            totals.append(f"accessed {format_size(delta.accessed)} (anonymous {format_size(delta.accessed_anon or 0)})")
         lines.append("; ".join(totals))
         lines.extend(f"note: {note}" for note in delta.notes)
         metric = verdict.metric if verdict is not None else "uss_growth"
@@ -621,7 +645,7 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: totals before and after, the changes, the options and the verdicts."""
         delta = self.delta
-        levels = ("rss", "uss", "pss", "swap", "anon")
+        levels = ("rss", "uss", "uss_file", "pss", "swap", "anon")
         return {
             "pid": self.pid,
             "label": self.label,
@@ -637,6 +661,7 @@ class Measurement:
                 "anon_growth": delta.anon_growth,
                 "written": None if delta.written is None else self.value("written"),
                 "accessed": delta.accessed,
+                "accessed_anon": delta.accessed_anon,
                 "flags_gained": None
                 if delta.flags_gained is None
                 else {name: pages for name, pages in delta.flags_gained.items() if pages},

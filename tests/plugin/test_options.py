@@ -173,6 +173,7 @@ def test_everything(pagemap):
 )
 EXPECTED_VERDICTS = [
     ("accessed", 1 << 30, "default"),
+    ("accessed_anon", 1 << 30, "default"),
     ("anon", 1 << 30, "default"),
     ("anon_growth", 1 << 30, "default"),
     ("flags_gained:KSM", 0, "default"),
@@ -181,6 +182,7 @@ EXPECTED_VERDICTS = [
     ("rss_growth", 1 << 30, "default"),
     ("swap", 1 << 30, "default"),
     ("uss", 1 << 30, "default"),
+    ("uss_file", 1 << 30, "default"),
     ("uss_growth", 1 << 30, "default"),
     # written_below too is set, and checked only by measurements that track writes (writes=True)
 ]
