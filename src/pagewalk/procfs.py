@@ -25,7 +25,9 @@ __all__ = [
     "check_pid",
     "frozen",
     "open_proc",
+    "parent_pids",
     "parse_maps",
+    "process_identity",
     "read_maps",
     "read_proc_text",
     "translate_os_error",
@@ -114,6 +116,28 @@ def process_state(pid: int) -> tuple[str, int]:
     """The one-letter state and the task flags of a process, from `/proc/PID/stat`."""
     fields = _stat_fields(read_proc_text(pid, "stat"))
     return fields[0], int(fields[6])
+
+
+def process_identity(pid: int) -> tuple[int, int]:
+    """(parent pid, start time in clock ticks since boot) from `/proc/PID/stat`: a pid with its start time names
+    one process, even after the pid is reused."""
+    fields = _stat_fields(read_proc_text(pid, "stat"))
+    return int(fields[1]), int(fields[19])
+
+
+def parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process visible in `/proc` (processes that exit meanwhile are skipped)."""
+    parents = {}
+    for name in os.listdir(PROC):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{PROC}/{name}/stat", "rb") as stat:
+                text = stat.read()
+        except OSError:  # gone, or hidden (hidepid)
+            continue
+        parents[int(name)] = int(text[text.rindex(b")") + 2 :].split(None, 2)[1])
+    return parents
 
 
 def check_address_space(pid: int) -> None:

@@ -6,8 +6,8 @@ import contextlib
 import fnmatch
 import os
 import time
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -146,6 +146,8 @@ class Snapshot(Totals):
     accessed: int | None = None  # bytes accessed since tracking started, with accessed=True
     cgroup_pages: Mapping[int, int] | None = None  # memory cgroup inode -> present pages, with cgroups=True
     notes: tuple[str, ...] = ()
+    peak_rss: int | None = None  # VmHWM: the highest RSS since the high-water mark was last reset
+    peak_reset: bool = False  # this snapshot reset the high-water mark (track=("peak",)) after reading it
 
     def __sub__(self, before: Snapshot) -> Delta:
         from .delta import diff
@@ -189,6 +191,7 @@ class Snapshot(Totals):
             **self.metrics(),
             "written": self.written,
             "accessed": self.accessed,
+            "peak_rss": self.peak_rss,
         }
         if regions:
             data["regions"] = [region.to_dict() for region in self.regions]
@@ -198,8 +201,8 @@ class Snapshot(Totals):
         return data
 
 
-def sum_totals(items: list[Region] | tuple[Region, ...]) -> Totals:
-    """Add up the totals of several regions; a None in any makes that total None."""
+def sum_totals(items: Sequence[Totals]) -> Totals:
+    """Add up the totals of several regions (or snapshots); a None in any makes that total None."""
     values: dict[str, Any] = {}
     for f in fields(Totals):
         column = [getattr(item, f.name) for item in items]
@@ -259,6 +262,7 @@ def snapshot(
     writes: bool = False,
     accessed: bool = False,
     track: Iterable[str] = (),
+    tree: bool = False,
 ) -> Snapshot:
     """Take a consistent snapshot of the page tables of process `pid`.
 
@@ -273,7 +277,17 @@ def snapshot(
     after this snapshot, while the process is still stopped. A later snapshot with `writes=True` records
     the pages written since (`snap.written`, per region too), and with `accessed=True` the bytes accessed
     since. Write tracking needs a kernel with CONFIG_MEM_SOFT_DIRTY and raises `Unsupported` without it.
+    `track=("peak",)` resets the RSS high-water mark; every snapshot reads it (`snap.peak_rss`).
+
+    `tree=True` snapshots `pid` and all its descendants, stopped together: a `TreeSnapshot` with the
+    summed totals and `.processes` (see `pagewalk.tree`).
     """
+    if tree:
+        from .tree import snapshot_tree
+
+        return snapshot_tree(
+            pid, flags=flags, counts=counts, freeze=freeze, method=method, writes=writes, accessed=accessed, track=track
+        )
     procfs.check_platform()
     pid = procfs.check_pid(pid)
     if method not in ("auto", "read", "scan"):
@@ -313,7 +327,8 @@ def snapshot(
                 data.written = tracking.written_mask(fd, data.arrays, caps, method, span)
             if accessed:
                 data.referenced = tracking.referenced_by_region(pid)
-            tracking.apply_tracking(pid, track)
+            peak_rss = tracking.read_peak(pid)
+            peak_unknown = tracking.apply_tracking(pid, track)
     except reader.ProcessExited:
         raise ProcessGone(f"process {pid} exited while its page tables were being read", pid) from None
     except OSError as exc:
@@ -322,7 +337,10 @@ def snapshot(
         os.close(fd)
     if freeze and not was_frozen and pid != os.getpid():
         data.notes.append("not every thread stopped within the timeout: the snapshot may not be atomic")
-    return _build(pid, command, taken_at, bool(was_frozen), maps, kinds, data, caps)
+    if peak_unknown:
+        data.notes.append(peak_unknown)
+    snap = _build(pid, command, taken_at, bool(was_frozen), maps, kinds, data, caps)
+    return replace(snap, peak_rss=peak_rss, peak_reset="peak" in track and peak_unknown is None)
 
 
 def _command(pid: int) -> str:
