@@ -126,6 +126,7 @@ class Pagemap:
         flags: bool = False,
         counts: bool = False,
         freeze: bool = True,
+        tree: bool = False,
     ) -> MeasureContext:
         """Measure `process` (a spawned or attached process, or a pid) around the `with` block.
 
@@ -133,11 +134,12 @@ class Pagemap:
         `counts` computes PSS. A limit of the test's marker turns on the option it needs. When this kernel or
         user cannot give an option the test is skipped (failed with `--pagemap-strict`). When the block ends
         the limits in force are checked and a `MemoryLimitExceeded` raised for the first one exceeded.
+        `tree=True` measures the process and all its descendants, stopped together (`m.after.processes`).
         """
         pid = process if isinstance(process, int) else process.pid
         label = label or getattr(process, "label", None)
         options = {"writes": writes, "accessed": accessed, "flags": flags, "counts": counts}
-        return MeasureContext(self, pid, label=label, options=options, freeze=freeze)
+        return MeasureContext(self, pid, label=label, options=options, freeze=freeze, tree=tree)
 
     def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> RunResult[T]:
         """Call `func(*args, **kwargs)` in a fresh Python interpreter and measure the child around the call.
@@ -267,19 +269,20 @@ class MeasureContext:
     """The context manager `pagemap.measure(...)` returns; `with` gives the `Measurement`."""
 
     def __init__(
-        self, pagemap: Pagemap, pid: int, *, label: str | None, options: dict[str, bool], freeze: bool
+        self, pagemap: Pagemap, pid: int, *, label: str | None, options: dict[str, bool], freeze: bool, tree: bool
     ) -> None:
         self._pagemap = pagemap
         self._pid = pid
         self._label = label
         self._options = options
         self._freeze = freeze
+        self._tree = tree
         self._measurement: Measurement | None = None
 
     def __enter__(self) -> Measurement:
         __tracebackhide__ = True  # a skip or failure points at the test's `with` line, not here
         options = self._pagemap._options(**self._options)
-        measurement = Measurement(self._pid, label=self._label, **options)
+        measurement = Measurement(self._pid, label=self._label, tree=self._tree, **options)
         self._pagemap.measurements.append(measurement)
         measurement.start(freeze=self._freeze)
         self._measurement = measurement

@@ -47,6 +47,12 @@ class TreeSnapshot(Snapshot):
     # None without visible PFNs. The root has no parent in the tree and no entry.
     shared_with_parent: Mapping[int, int] | None = None
 
+    def uss_note(self) -> str:
+        """How `uss` was counted: exactly, or as a lower bound."""
+        if self.shared_with_parent is None:
+            return "uss: the sum of each process's own USS (a lower bound for the tree: PFNs hidden)"
+        return "uss: frames only this tree maps, each counted once"
+
     def to_dict(self, *, regions: bool = True) -> dict[str, Any]:
         data = super().to_dict(regions=regions)
         data["processes"] = {
