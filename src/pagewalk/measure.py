@@ -471,7 +471,8 @@ class Measurement:
             raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
         limit_bytes = _parse_limit(key, limit)
         measured = self.value(metric)
-        verdict = Verdict(metric, limit_bytes, measured, measured <= limit_bytes, "bytes", source)
+        passed = measured <= limit_bytes and not self.delta.program_changed  # across an exec nothing compares
+        verdict = Verdict(metric, limit_bytes, measured, passed, "bytes", source)
         self.verdicts.append(verdict)
         return verdict
 
@@ -479,7 +480,8 @@ class Measurement:
         """Check that no page gained `flag`; record the verdict and return it (without raising)."""
         (name,) = _parse_flag_names(flag)
         gained = self.flags_gained(name)
-        verdict = Verdict(f"{_FLAG_PREFIX}{name}", 0, gained, gained == 0, "pages", source)
+        passed = gained == 0 and not self.delta.program_changed
+        verdict = Verdict(f"{_FLAG_PREFIX}{name}", 0, gained, passed, "pages", source)
         self.verdicts.append(verdict)
         return verdict
 
@@ -650,7 +652,7 @@ class Measurement:
         if delta.peak_rss is not None:
             totals.append(f"peak RSS {format_size(delta.peak_rss)}")
         lines.append("; ".join(totals))
-        lines.extend(f"note: {note}" for note in self.notes)
+        lines.extend(f"note: {note}" for note in (*delta.notes, *self.notes))
         metric = verdict.metric if verdict is not None else "uss_growth"
         spec = METRICS.get(metric)
         if spec is not None and not spec.growth and spec.needs is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -22,6 +23,7 @@ import numpy.typing as npt
 from . import bits, procfs, reader
 from .capabilities import capabilities
 from .errors import NoAddressSpace, PagewalkError, ProcessGone, Unsupported
+from .freeze import frozen
 from .snapshot import Method, Region, Snapshot, snapshot, sum_totals
 
 __all__ = ["TreeSnapshot", "descendants", "descendants_rss", "snapshot_tree"]
@@ -30,6 +32,7 @@ U64 = npt.NDArray[np.uint64]
 # In a tree's per-page arrays a page is keyed by pid and virtual page number: pid << 42 | vpn. Pids are below
 # 2**22 (PID_MAX_LIMIT); virtual page numbers below 2**42 cover 16 PiB, beyond 4-level paging's 128 TiB.
 _VPN_BITS = 42
+_RELIST_LIMIT = 50  # listings of a tree whose processes keep forking and exiting before giving up
 
 
 @dataclass(frozen=True)
@@ -98,28 +101,37 @@ def descendants_rss(pid: int) -> tuple[int, list[int]]:
 
 
 @contextlib.contextmanager
-def _stopped_tree(root: int, *, freeze: bool) -> Iterator[tuple[list[int], bool]]:
+def _stopped_tree(root: int, *, freeze: bool) -> Iterator[tuple[list[int], bool, list[str]]]:
     """Stop `root` and every descendant for the block, and resume all of them however it ends.
 
-    Yields the pids (parents first) and whether every thread of every process showed stopped. Descendants
-    are listed again after stopping until no new one appears: a process forked between the listing and its
-    parent's stop is caught, and stopped processes cannot fork.
+    Yields the pids (parents first), whether every thread of every process stopped, and the freeze's notes.
+    Descendants are listed again after stopping until no new one appears: a process forked between the
+    listing and its parent's stop is caught, and stopped processes cannot fork.
     """
     with contextlib.ExitStack() as stack:
-        stopped: dict[int, bool] = {}
-        while True:
+        held: set[int] = set()
+        complete, notes = True, list[str]()
+        for _ in range(_RELIST_LIMIT):
             pids = [root, *descendants(root)]
-            new = [pid for pid in pids if pid not in stopped]
+            new = [pid for pid in pids if pid not in held]
             if not freeze or not new:
                 break
-            for pid in new:
-                try:
-                    stopped[pid] = stack.enter_context(procfs.frozen(pid))
-                except ProcessGone:
-                    if pid == root:
-                        raise
-                    stopped[pid] = True  # exited meanwhile: nothing left to read
-        yield pids, freeze and all(stopped.values())
+            try:
+                result = stack.enter_context(frozen(new))
+            except ProcessGone:
+                if not os.path.exists(f"/proc/{root}"):
+                    raise
+                continue  # a descendant exited between listing and stopping: list again
+            held.update(new)
+            complete = complete and result.complete
+            notes.extend(note for note in result.notes if note not in notes)
+        else:
+            raise PagewalkError(
+                f"the descendants of process {root} kept changing while being stopped ({_RELIST_LIMIT} listings): "
+                "snapshot the tree when it is steadier, or each process alone",
+                root,
+            )
+        yield pids, freeze and complete, notes
 
 
 # --- taking a tree snapshot -------------------------------------------------------------------------------
@@ -147,19 +159,18 @@ def snapshot_tree(
     snaps: dict[int, Snapshot] = {}
     parents: dict[int, int] = {}
     identities: dict[int, int] = {}
-    with _stopped_tree(pid, freeze=freeze) as (pids, all_stopped):
+    with _stopped_tree(pid, freeze=freeze) as (pids, all_stopped, freeze_notes):
         for member in pids:
             try:
-                parents[member], identities[member] = procfs.process_identity(member)
+                parents[member] = procfs.parent_pid(member)
                 snaps[member] = snapshot(member, freeze=False, writes=writes, accessed=accessed, track=track, **options)
             except (ProcessGone, NoAddressSpace):
                 if member == pid:
                     raise
-                parents.pop(member, None)
-                identities.pop(member, None)  # exited, or a zombie: it holds no memory
-    notes = [f"{member}: {note}" for member, snap in snaps.items() for note in snap.notes]
-    if freeze and not all_stopped:
-        notes.append("not every thread of the tree stopped within the timeout: the snapshot may not be atomic")
+                parents.pop(member, None)  # exited, or a zombie: it holds no memory
+            else:
+                identities[member] = snaps[member].start_time or 0
+    notes = [*freeze_notes, *(f"{member}: {note}" for member, snap in snaps.items() for note in snap.notes)]
     return _combine(
         pid, snaps, parents, identities, frozen=all_stopped, exact_uss=exact_uss, notes=notes, counts=counts
     )
@@ -207,6 +218,8 @@ def _combine(
         method=root_snap.method,
         page_size=root_snap.page_size,
         pfn_visible=root_snap.pfn_visible,
+        start_time=root_snap.start_time,
+        exe=root_snap.exe,
         regions=tuple(_named_regions(snaps)),
         flag_counts=_summed_counts([snap.flag_counts for snap in members]),
         vpn_runs=_keyed_runs(ordered, members),
