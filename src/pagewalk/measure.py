@@ -655,7 +655,7 @@ class Measurement:
         lines.extend(f"note: {note}" for note in (*delta.notes, *self.notes))
         metric = verdict.metric if verdict is not None else "uss_growth"
         spec = METRICS.get(metric)
-        if spec is not None and not spec.growth and spec.needs is None:
+        if spec is not None and not spec.growth and spec.needs is None and metric not in _PEAK_METRICS:
             lines.extend(self._level_table(spec, top))
         else:
             column = spec.region_column if spec is not None else "uss_growth"

@@ -1,0 +1,234 @@
+"""Tree snapshots and measurements against the kernel: a process family started on command (family.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pagewalk
+from pagewalk.measure import SharingBelow, measure
+from pagewalk.tree import TreeSnapshot, descendants
+
+FAMILY = Path(__file__).with_name("family.py")
+MiB = 1 << 20
+ROOT = os.geteuid() == 0
+
+
+class Family:
+    """The parent of family.py, driven one command at a time."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(FAMILY)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.readline() == "ready"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def readline(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"family.py (pid {self.pid}) exited: {self.process.wait()}")
+        return line.strip()
+
+    def do(self, command: str) -> str:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        answer = self.readline()
+        assert answer.startswith("ok"), answer
+        return answer[3:]
+
+    def fork(self) -> int:
+        return int(self.do("fork"))
+
+    def close(self) -> None:
+        members = [self.pid, *descendants(self.pid)]
+        self.process.kill()
+        self.process.wait()
+        for pid in members[1:]:  # children die with their parent (PR_SET_PDEATHSIG); make sure
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def family() -> Iterator[Family]:
+    started = Family()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+def rollup(pid: int) -> dict[str, int]:
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        values[name.rstrip(":")] = int(value) * 1024
+    return values
+
+
+def stop_all(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in pids:  # wait on what the kernel shows: every thread stopped
+        while not all(
+            Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+            for tid in os.listdir(f"/proc/{pid}/task")
+        ):
+            os.sched_yield()
+
+
+def resume_all(pids: list[int]) -> None:
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_tree_totals_are_the_sums_of_each_process_smaps_rollup(family: Family) -> None:
+    family.do("map 16")
+    family.fork()
+    family.fork()
+    family.do("child 0 write 4")
+    pids = [family.pid, *descendants(family.pid)]
+    assert len(pids) == 3
+    stop_all(pids)  # the whole tree stays stopped while both sides read it
+    try:
+        tree = pagewalk.snapshot(family.pid, tree=True, counts=ROOT)
+        rollups = [rollup(pid) for pid in pids]
+    finally:
+        resume_all(pids)
+    assert isinstance(tree, TreeSnapshot)
+    assert sorted(tree.processes) == sorted(pids)
+    assert tree.rss == sum(r["Rss"] for r in rollups)
+    assert tree.anon == sum(r["Anonymous"] for r in rollups)
+    assert tree.swap == sum(r["Swap"] for r in rollups)
+    if ROOT:
+        assert tree.pss == sum(snap.pss or 0 for snap in tree.processes.values())
+        # Shared library pages are mapped by every Python on the machine: their map counts, and so PSS, move
+        # as other processes start and exit between the two reads, even with this tree stopped.
+        assert abs(tree.pss - sum(r["Pss"] for r in rollups)) < sum(r["Pss"] for r in rollups) // 100
+    for pid, snap in tree.processes.items():
+        assert snap.rss == rollup_rss(rollups, pids, pid)
+
+
+def rollup_rss(rollups: list[dict[str, int]], pids: list[int], pid: int) -> int:
+    return rollups[pids.index(pid)]["Rss"]
+
+
+@pytest.mark.root(reason="the tree's own frames need PFNs and page counts (CAP_SYS_ADMIN)")
+def test_tree_uss_counts_shared_frames_once_and_copies_apart(family: Family) -> None:
+    family.do("map 64")
+    alone = pagewalk.snapshot(family.pid, tree=True)
+    family.fork()
+    family.fork()
+    forked = pagewalk.snapshot(family.pid, tree=True)
+    # The 64 MiB is mapped by all three and by nobody else: the tree's own, counted once...
+    assert alone.uss <= forked.uss <= alone.uss + 4 * MiB  # plus the pages each child touched since
+    # ...while each process's own USS leaves it out: all three share it.
+    assert sum(snap.uss for snap in forked.processes.values()) <= alone.uss - 64 * MiB
+    family.do("child 1 write 32")
+    written = pagewalk.snapshot(family.pid, tree=True)
+    # One child wrote half of it: 32 MiB of copies are the tree's too (plus the few pages Python touches).
+    assert 32 * MiB <= written.uss - forked.uss <= 33 * MiB
+    child = sorted(written.processes)[2]
+    assert written.processes[child].uss >= 32 * MiB
+
+
+def test_tree_uss_without_page_counts_is_a_lower_bound_with_a_note(family: Family) -> None:
+    if ROOT:
+        pytest.skip("PFNs are visible to root: covered as the unprivileged user")
+    family.do("map 8")
+    family.fork()
+    tree = pagewalk.snapshot(family.pid, tree=True)
+    assert isinstance(tree, TreeSnapshot)
+    assert tree.uss == sum(snap.uss for snap in tree.processes.values())
+    assert any("lower bound" in note for note in tree.notes)
+    assert tree.shared_with_parent is None
+
+
+@pytest.mark.root(reason="sharing frames with the parent needs visible PFNs (CAP_SYS_ADMIN)")
+def test_shared_with_parent_follows_copy_on_write(family: Family) -> None:
+    family.do("map 64")
+    first, second = family.fork(), family.fork()
+    with measure(family.pid, tree=True) as m:
+        family.do("child 1 write 48")
+    shared = m.after.shared_with_parent
+    assert isinstance(m.after, TreeSnapshot) and shared is not None
+    assert family.pid not in shared  # the root has no parent in the tree
+    assert shared[first] >= 64 * MiB
+    assert 16 * MiB <= shared[second] <= shared[first] - 48 * MiB + MiB
+    shares = m.assert_shared_with_parent_above(0.25)
+    assert shares[first] > 0.9
+    with pytest.raises(SharingBelow, match=rf"pid {second} .* share less than 90%|{second}"):
+        m.assert_shared_with_parent_above(0.9)
+
+
+def test_tree_measurement_lists_processes_started_and_exited(family: Family) -> None:
+    family.do("map 4")
+    leaving = family.fork()
+    with measure(family.pid, tree=True) as m:
+        family.do("child 0 exit")
+        arriving = family.fork()
+    assert m.delta.processes_exited == {leaving: m.before.processes[leaving].command}
+    assert m.delta.processes_started == {arriving: m.after.processes[arriving].command}
+    assert "family.py" in m.delta.processes_started[arriving]
+    data = m.delta.to_dict(regions=False)
+    assert data["processes_started"] == {str(arriving): m.after.processes[arriving].command}
+    assert set(data["after"]["processes"]) == {str(family.pid), str(arriving)}
+
+
+def test_tree_measurement_sees_what_a_wrapper_hides(tmp_path: Path) -> None:
+    # `sh -c` forks the program: measured alone, the shell grows by nothing and a note says why.
+    ready = tmp_path / "ready"
+    script = f"import time; x = bytearray(24 << 20); open({str(ready)!r}, 'w').close(); time.sleep(600)"
+    shell = subprocess.Popen(["sh", "-c", f"{sys.executable} -c {json.dumps(script)}; true"])
+    try:
+        while not ready.exists():
+            os.sched_yield()
+        with measure(shell.pid) as alone:
+            pass
+        assert any("measured `sh`; its children hold" in note and "tree=True" in note for note in alone.notes)
+        assert "use tree=True" in alone.details()
+        with measure(shell.pid, tree=True) as whole:
+            pass
+        assert whole.notes == []
+        assert whole.after.rss >= alone.after.rss + 24 * MiB
+        assert len(whole.after.processes) == 2  # type: ignore[attr-defined]
+    finally:
+        for pid in descendants(shell.pid):
+            os.kill(pid, signal.SIGKILL)
+        shell.wait()
+
+
+def test_cli_snapshot_and_delta_with_tree(family: Family) -> None:
+    family.do("map 4")
+    child = family.fork()
+    command = [sys.executable, "-m", "pagewalk"]
+    result = subprocess.run([*command, "snapshot", "--tree", "--json", str(family.pid)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert set(data["processes"]) == {str(family.pid), str(child)}
+    assert data["processes"][str(child)]["ppid"] == family.pid
+    assert data["rss"] == sum(process["rss"] for process in data["processes"].values())
+    text = subprocess.run([*command, "snapshot", "--tree", str(family.pid)], capture_output=True, text=True)
+    assert text.returncode == 0 and f"{child:>8} {family.pid:>8}" in text.stdout
+    delta = subprocess.run(
+        [*command, "delta", "--tree", "--for", "0", "--json", str(family.pid)], capture_output=True, text=True
+    )
+    assert delta.returncode == 0, delta.stderr
+    data = json.loads(delta.stdout)
+    assert data["processes_started"] == {} and data["processes_exited"] == {}
+    assert set(data["after"]["processes"]) == {str(family.pid), str(child)}
+    assert data["peak_rss"] >= data["after"]["rss"]
