@@ -42,7 +42,7 @@ def test_peak_catches_a_transient_allocation_that_before_and_after_miss(family: 
     assert 100 * MiB - HIGH_WATER_ERROR <= m.peak_rss_growth <= 100 * MiB + HIGH_WATER_ERROR + 2 * MiB
     assert m.peak_rss == m.before.rss + m.peak_rss_growth  # type: ignore[union-attr]
     m.assert_peak_rss_growth_below("110 MiB")
-    with pytest.raises(AssertionError, match=r"Peak RSS growth of .* limited to 50\.0 MiB but measured 9\d\.\d MiB"):
+    with pytest.raises(AssertionError, match=r"Peak RSS growth of .* limited to 50\.0 MiB but measured \d+\.\d MiB"):
         m.assert_peak_rss_growth_below("50 MiB")
     with pytest.raises(AssertionError, match="Peak RSS of"):
         m.assert_peak_rss_below(m.after.rss)
