@@ -155,7 +155,8 @@ def snapshot_tree(
     caps = capabilities()
     # The tree's own frames need PFNs and their map counts: read them whenever this user can.
     exact_uss = caps.pfn_visible and caps.missing_for_pss() is None
-    options: dict[str, Any] = {"flags": flags, "counts": counts or exact_uss, "method": method}
+    options: dict[str, Any] = {"flags": flags, "counts": counts, "method": method}
+    frames: _Frames | None = None
     snaps: dict[int, Snapshot] = {}
     parents: dict[int, int] = {}
     identities: dict[int, int] = {}
@@ -170,10 +171,10 @@ def snapshot_tree(
                 parents.pop(member, None)  # exited, or a zombie: it holds no memory
             else:
                 identities[member] = snaps[member].start_time or 0
+        if exact_uss:  # map counts read while the tree is still stopped
+            frames = _tree_frames(snaps)
     notes = [*freeze_notes, *(f"{member}: {note}" for member, snap in snaps.items() for note in snap.notes)]
-    return _combine(
-        pid, snaps, parents, identities, frozen=all_stopped, exact_uss=exact_uss, notes=notes, counts=counts
-    )
+    return _combine(pid, snaps, parents, identities, frozen=all_stopped, frames=frames, notes=notes)
 
 
 def _combine(
@@ -183,30 +184,24 @@ def _combine(
     identities: Mapping[int, int],
     *,
     frozen: bool,
-    exact_uss: bool,
+    frames: _Frames | None,
     notes: list[str],
-    counts: bool,
 ) -> TreeSnapshot:
     ordered = sorted(snaps)  # ascending pids keep the keyed page numbers ascending
     members = [snaps[pid] for pid in ordered]
     totals = sum_totals(members).metrics()
-    frames = {pid: _frames(snaps[pid]) for pid in ordered} if exact_uss else {}
-    if exact_uss:
-        totals["uss"] = _own_frames([frames[pid] for pid in ordered]) * members[0].page_size
+    page = members[0].page_size
+    shared = None
+    if frames is not None:
+        totals["uss"] = frames.own * page
+        shared = {
+            pid: frames.shared(pid, parent) * page for pid, parent in parents.items() if pid != root and parent in snaps
+        }
     else:
         notes.append(
             "PFNs or page counts are hidden from this user: uss is the sum of each process's own USS, a lower "
             "bound for the tree (pages the processes share only among themselves are left out)"
         )
-    if not counts:
-        totals["pss"] = None  # read only to find the tree's own frames
-    shared = None
-    if exact_uss:
-        shared = {
-            pid: int(np.count_nonzero(np.isin(frames[pid][0], frames[parent][0]))) * snaps[pid].page_size
-            for pid, parent in parents.items()
-            if pid != root and parent in frames
-        }
     peaks = [snap.peak_rss for snap in members]
     root_snap = snaps[root]
     return TreeSnapshot(
@@ -225,7 +220,7 @@ def _combine(
         vpn_runs=_keyed_runs(ordered, members),
         entries=_joined([snap.entries for snap in members], np.uint64),
         page_flags=_joined_or_none([snap.page_flags for snap in members], np.uint64),
-        mapcounts=_joined_or_none([snap.mapcounts for snap in members], np.uint32) if counts else None,
+        mapcounts=_joined_or_none([snap.mapcounts for snap in members], np.uint32),
         written=_sum_or_none([snap.written for snap in members]),
         accessed=_sum_or_none([snap.accessed for snap in members]),
         notes=tuple(notes),
@@ -238,22 +233,41 @@ def _combine(
     )
 
 
-def _frames(snap: Snapshot) -> tuple[U64, npt.NDArray[np.uint32]]:
-    """The frame numbers of a snapshot's resident pages (the zero page left out) and their map counts."""
+@dataclass(frozen=True)
+class _Frames:
+    """The frames the processes of a tree map: each process's as indexes into the tree's distinct frames."""
+
+    own: int  # distinct frames mapped as often as the kernel counts mappings of them: the tree's own
+    distinct: int
+    indexes: Mapping[int, npt.NDArray[np.intp]]  # pid -> index of each of its resident pages' frame
+
+    def shared(self, pid: int, parent: int) -> int:
+        """How many of `pid`'s resident pages map a frame `parent` maps too."""
+        parent_maps = np.zeros(self.distinct, dtype=bool)
+        parent_maps[self.indexes[parent]] = True
+        return int(np.count_nonzero(parent_maps[self.indexes[pid]]))
+
+
+def _tree_frames(snaps: Mapping[int, Snapshot]) -> _Frames:
+    """Find the tree's frames and read each distinct frame's map count once (not once per process mapping it)."""
+    pids = list(snaps)
+    per_process = [_resident_frames(snaps[pid]) for pid in pids]
+    if not pids or not sum(len(pfns) for pfns in per_process):
+        return _Frames(0, 0, MappingProxyType({pid: np.zeros(0, dtype=np.intp) for pid in pids}))
+    distinct, inverse, occurrences = np.unique(np.concatenate(per_process), return_inverse=True, return_counts=True)
+    (mapcounts,) = reader.lookup_pfns(["/proc/kpagecount"], distinct)
+    own = int(np.count_nonzero(mapcounts.astype(np.int64) == occurrences))
+    bounds = np.cumsum([0, *(len(pfns) for pfns in per_process)])
+    indexes = {pid: inverse[bounds[i] : bounds[i + 1]] for i, pid in enumerate(pids)}
+    return _Frames(own, len(distinct), MappingProxyType(indexes))
+
+
+def _resident_frames(snap: Snapshot) -> U64:
+    """The frame numbers of a snapshot's resident pages, the zero page left out."""
     entries = snap.entries
     resident = (entries >= np.uint64(bits.PM_PRESENT)) & ((entries & np.uint64(bits.MARK_ZERO)) == 0)
-    assert snap.mapcounts is not None
-    return entries[resident] & np.uint64(bits.PM_PFN_MASK), snap.mapcounts[resident]
-
-
-def _own_frames(frames: Sequence[tuple[U64, npt.NDArray[np.uint32]]]) -> int:
-    """How many distinct frames the tree maps as often as the kernel counts mappings of them at all."""
-    if not frames:
-        return 0
-    pfns = np.concatenate([pfn for pfn, _ in frames])
-    mapcounts = np.concatenate([count for _, count in frames])
-    _, first, occurrences = np.unique(pfns, return_index=True, return_counts=True)
-    return int(np.count_nonzero(mapcounts[first].astype(np.int64) == occurrences))
+    frames: U64 = entries[resident] & np.uint64(bits.PM_PFN_MASK)
+    return frames
 
 
 def _named_regions(snaps: Mapping[int, Snapshot]) -> Iterator[Region]:
