@@ -387,7 +387,8 @@ class Measurement:
         """Note when the process measured alone is a wrapper: its descendants hold more memory than it does."""
         held, pids = descendants_rss(self.pid)
         if held > self.after.rss:
-            name = os.path.basename(self.after.command.split(" ", 1)[0]) or f"pid {self.pid}"
+            # "nginx: master process": programs that set their title end the name with a colon
+            name = os.path.basename(self.after.command.split(" ", 1)[0]).rstrip(":") or f"pid {self.pid}"
             count = f"{len(pids)} descendant" + ("" if len(pids) == 1 else "s")
             self.notes.append(f"measured `{name}`; its children hold {format_size(held)} ({count}, RSS): use tree=True")
 
