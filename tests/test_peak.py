@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_peak_is_none_when_clear_refs_cannot_be_written() -> None:
     target = subprocess.Popen(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sleep", "600"])
     try:
         # Wait until the target runs as nobody: setpriv has exec'd sleep.
-        while os.stat(f"/proc/{target.pid}").st_uid == 0 or "sleep" not in open(f"/proc/{target.pid}/comm").read():
+        while os.stat(f"/proc/{target.pid}").st_uid == 0 or Path(f"/proc/{target.pid}/comm").read_text() != "sleep\n":
             os.sched_yield()
         result = subprocess.run(
             ["setpriv", "--bounding-set=-dac_override", "--inh-caps=-dac_override", sys.executable, "-c", MEASURER,
@@ -120,5 +121,5 @@ def test_unknown_peak_names_the_reason(family: Family) -> None:
     before = pagewalk.snapshot(family.pid)  # no reset
     after = pagewalk.snapshot(family.pid)
     measurement = Measurement.from_snapshots(before, after)
-    with pytest.raises(NotMeasured, match="Peak RSS of .* is unknown: its high-water mark was not reset"):
+    with pytest.raises(NotMeasured, match=r"Peak RSS of .* is unknown: its high-water mark was not reset"):
         measurement.assert_peak_rss_below("1 GiB")

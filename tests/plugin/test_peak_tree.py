@@ -57,7 +57,10 @@ import json
 import sys
 
 
-SERVER = "import time; x = bytearray(24 << 20); x[::4096] = b'y' * len(x[::4096]); print('up', flush=True); time.sleep(600)"
+SERVER = (
+    "import time; x = bytearray(24 << 20); x[::4096] = b'y' * len(x[::4096]); print('up', flush=True); "
+    "time.sleep(600)"
+)
 
 
 def test_wrapper_alone(pagemap):
