@@ -7,31 +7,20 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from family import Family
 
 import pagewalk
 from pagewalk.measure import Measurement, NotMeasured, measure
 from pagewalk.units import PAGE_SIZE
-
-from .test_tree import Family
 
 MiB = 1 << 20
 CPUS = os.cpu_count() or 1
 # The kernel keeps RSS in per-CPU batched counters and updates the high-water mark from their approximate
 # sum: each of the file, anon and shmem counters may be off by the batch (max(32, 2 * CPUs) pages) per CPU.
 HIGH_WATER_ERROR = 3 * CPUS * max(32, 2 * CPUS) * PAGE_SIZE
-
-
-@pytest.fixture
-def family() -> Iterator[Family]:
-    started = Family()
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def test_peak_catches_a_transient_allocation_that_before_and_after_miss(family: Family) -> None:

@@ -1,74 +1,23 @@
-"""Tree snapshots and measurements against the kernel: a process family started on command (family.py)."""
+"""Tree snapshots and measurements against the kernel: a process family started on command (family_child.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from family import Family
 
 import pagewalk
 from pagewalk.measure import SharingBelow, measure
 from pagewalk.tree import TreeSnapshot, descendants
 
-FAMILY = Path(__file__).with_name("family.py")
 MiB = 1 << 20
 ROOT = os.geteuid() == 0
-
-
-class Family:
-    """The parent of family.py, driven one command at a time."""
-
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(FAMILY)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.readline() == "ready"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def readline(self) -> str:
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"family.py (pid {self.pid}) exited: {self.process.wait()}")
-        return line.strip()
-
-    def do(self, command: str) -> str:
-        assert self.process.stdin is not None
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
-        answer = self.readline()
-        assert answer.startswith("ok"), answer
-        return answer[3:]
-
-    def fork(self) -> int:
-        return int(self.do("fork"))
-
-    def close(self) -> None:
-        members = [self.pid, *descendants(self.pid)]
-        self.process.kill()
-        self.process.wait()
-        for pid in members[1:]:  # children die with their parent (PR_SET_PDEATHSIG); make sure
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def family() -> Iterator[Family]:
-    started = Family()
-    try:
-        yield started
-    finally:
-        started.close()
 
 
 def rollup(pid: int) -> dict[str, int]:
@@ -182,7 +131,7 @@ def test_tree_measurement_lists_processes_started_and_exited(family: Family) -> 
         arriving = family.fork()
     assert m.delta.processes_exited == {leaving: m.before.processes[leaving].command}
     assert m.delta.processes_started == {arriving: m.after.processes[arriving].command}
-    assert "family.py" in m.delta.processes_started[arriving]
+    assert "family_child.py" in m.delta.processes_started[arriving]
     data = m.delta.to_dict(regions=False)
     assert data["processes_started"] == {str(arriving): m.after.processes[arriving].command}
     assert set(data["after"]["processes"]) == {str(family.pid), str(arriving)}
