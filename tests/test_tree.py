@@ -180,3 +180,22 @@ def test_cli_snapshot_and_delta_with_tree(family: Family) -> None:
     assert data["processes_started"] == {} and data["processes_exited"] == {}
     assert set(data["after"]["processes"]) == {str(family.pid), str(child)}
     assert data["peak_rss"] >= data["after"]["rss"]
+
+
+def test_a_child_forked_between_listing_and_stopping_is_caught(family: Family, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race (a fork right after the descendants were listed) cannot be timed on demand: the first listing
+    # is made to miss the newest child, as if it had been forked just after it.
+    family.do("map 4")
+    family.fork()
+    late = family.fork()
+    listings: list[list[int]] = []
+
+    def listing_that_misses_the_late_child_once(pid: int) -> list[int]:
+        found = descendants(pid)
+        listings.append(found)
+        return [child for child in found if child != late] if len(listings) == 1 else found
+
+    monkeypatch.setattr(pagewalk.tree, "descendants", listing_that_misses_the_late_child_once)
+    tree = pagewalk.snapshot(family.pid, tree=True)
+    assert late in tree.processes  # type: ignore[attr-defined]
+    assert len(listings) >= 2 and tree.frozen
