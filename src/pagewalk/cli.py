@@ -107,6 +107,9 @@ def render_delta(delta: Delta, *, top: int = 15) -> str:
         if counts is not None:
             changed = ", ".join(f"{flag}={pages}" for flag, pages in counts.items() if pages) or "none"
             lines.append(f"  {title} (pages): {changed}")
+    if isinstance(after, TreeSnapshot):
+        lines.append("")
+        lines.extend(_process_table(after))
     changed_regions = [r for r in delta.regions if r.status != "kept" or r.uss_growth or r.written or r.swap_growth]
     if changed_regions:
         lines.append("")

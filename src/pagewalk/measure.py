@@ -728,6 +728,7 @@ class Measurement:
             },
             "verdicts": [verdict.to_dict() for verdict in self.verdicts],
             "notes": list(self.notes),
+            "processes": len(self.after.processes) if isinstance(self.after, TreeSnapshot) else 1,
         }
 
 
