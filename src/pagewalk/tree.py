@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -119,8 +118,7 @@ def _stopped_tree(root: int, *, freeze: bool) -> Iterator[tuple[list[int], bool,
             try:
                 result = stack.enter_context(frozen(new))
             except ProcessGone:
-                if not os.path.exists(f"/proc/{root}"):
-                    raise
+                procfs.check_address_space(root)  # raises when the root itself is gone
                 continue  # a descendant exited between listing and stopping: list again
             held.update(new)
             complete = complete and result.complete
