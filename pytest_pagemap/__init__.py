@@ -7,7 +7,7 @@ the pytest-free core, `pagewalk`.
 
 from __future__ import annotations
 
-from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
+from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, SharingBelow, Verdict
 
 from .fixtures import Pagemap, Runner
 from .processes import AttachedProcess, ProcessNotReady, SpawnedProcess
@@ -26,6 +26,7 @@ __all__ = [
     "RemoteTraceback",
     "RunResult",
     "Runner",
+    "SharingBelow",
     "SpawnedProcess",
     "Verdict",
 ]
