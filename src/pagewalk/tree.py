@@ -233,31 +233,33 @@ def _combine(
 
 @dataclass(frozen=True)
 class _Frames:
-    """The frames the processes of a tree map: each process's as indexes into the tree's distinct frames."""
+    """The frames the processes of a tree map."""
 
     own: int  # distinct frames mapped as often as the kernel counts mappings of them: the tree's own
-    distinct: int
-    indexes: Mapping[int, npt.NDArray[np.intp]]  # pid -> index of each of its resident pages' frame
+    sorted_frames: Mapping[int, U64]  # pid -> the frames of its resident pages, sorted
 
     def shared(self, pid: int, parent: int) -> int:
         """How many of `pid`'s resident pages map a frame `parent` maps too."""
-        parent_maps = np.zeros(self.distinct, dtype=bool)
-        parent_maps[self.indexes[parent]] = True
-        return int(np.count_nonzero(parent_maps[self.indexes[pid]]))
+        mine, theirs = self.sorted_frames[pid], self.sorted_frames[parent]
+        if not len(mine) or not len(theirs):
+            return 0
+        where = np.minimum(np.searchsorted(theirs, mine), len(theirs) - 1)
+        return int(np.count_nonzero(theirs[where] == mine))
 
 
 def _tree_frames(snaps: Mapping[int, Snapshot]) -> _Frames:
-    """Find the tree's frames and read each distinct frame's map count once (not once per process mapping it)."""
-    pids = list(snaps)
-    per_process = [_resident_frames(snaps[pid]) for pid in pids]
-    if not pids or not sum(len(pfns) for pfns in per_process):
-        return _Frames(0, 0, MappingProxyType({pid: np.zeros(0, dtype=np.intp) for pid in pids}))
-    distinct, inverse, occurrences = np.unique(np.concatenate(per_process), return_inverse=True, return_counts=True)
-    (mapcounts,) = reader.lookup_pfns(["/proc/kpagecount"], distinct)
+    """Find the tree's frames and read each distinct frame's map count once (not once per process mapping it).
+
+    Sorting does the counting: numpy's unique() hashes 64-bit keys, several times slower than a sort here."""
+    frames = {pid: np.sort(_resident_frames(snap)) for pid, snap in snaps.items()}
+    every = np.sort(np.concatenate(list(frames.values()))) if frames else np.zeros(0, dtype=np.uint64)
+    if not len(every):
+        return _Frames(0, MappingProxyType(frames))
+    starts = np.flatnonzero(np.concatenate(([True], every[1:] != every[:-1])))
+    occurrences = np.diff(np.append(starts, len(every)))
+    (mapcounts,) = reader.lookup_pfns(["/proc/kpagecount"], every[starts])
     own = int(np.count_nonzero(mapcounts.astype(np.int64) == occurrences))
-    bounds = np.cumsum([0, *(len(pfns) for pfns in per_process)])
-    indexes = {pid: inverse[bounds[i] : bounds[i + 1]] for i, pid in enumerate(pids)}
-    return _Frames(own, len(distinct), MappingProxyType(indexes))
+    return _Frames(own, MappingProxyType(frames))
 
 
 def _resident_frames(snap: Snapshot) -> U64:
