@@ -199,3 +199,28 @@ def test_a_child_forked_between_listing_and_stopping_is_caught(family: Family, m
     tree = pagewalk.snapshot(family.pid, tree=True)
     assert late in tree.processes  # type: ignore[attr-defined]
     assert len(listings) >= 2 and tree.frozen
+
+
+def test_every_process_is_resumed_when_reading_the_tree_fails(family: Family, monkeypatch: pytest.MonkeyPatch) -> None:
+    family.do("map 4")
+    family.fork()
+    family.fork()
+    members = [family.pid, *descendants(family.pid)]
+    read = pagewalk.tree.snapshot
+
+    def failing_on_the_second_process(pid: int, **options: object) -> pagewalk.Snapshot:
+        if pid == members[1]:
+            states = {member: process_state(member) for member in members}
+            assert all(state in "tT" for state in states.values()), states  # all stopped while reading
+            raise RuntimeError("reading failed")
+        return read(pid, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pagewalk.tree, "snapshot", failing_on_the_second_process)
+    with pytest.raises(RuntimeError, match="reading failed"):
+        pagewalk.snapshot(family.pid, tree=True)
+    assert all(process_state(member) not in "tT" for member in members)
+    family.do("child 1 write 1")  # and they still answer
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
