@@ -10,7 +10,7 @@ from __future__ import annotations
 from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, SharingBelow, Verdict
 
 from .fixtures import Pagemap, Runner
-from .processes import AttachedProcess, ProcessNotReady, SpawnedProcess
+from .processes import AttachedProcess, ProcessEnded, ProcessNotReady, SpawnedProcess, SpawnFailed
 from .runner import ChildCrashed, RemoteError, RemoteTraceback, RunResult
 
 __all__ = [
@@ -21,12 +21,14 @@ __all__ = [
     "MemoryLimitExceeded",
     "NotMeasured",
     "Pagemap",
+    "ProcessEnded",
     "ProcessNotReady",
     "RemoteError",
     "RemoteTraceback",
     "RunResult",
     "Runner",
     "SharingBelow",
+    "SpawnFailed",
     "SpawnedProcess",
     "Verdict",
 ]

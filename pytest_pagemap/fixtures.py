@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -10,10 +12,11 @@ from typing import NoReturn, ParamSpec, Protocol, TypeVar
 
 import pytest
 
+from pagewalk.errors import NoAddressSpace, ProcessGone
 from pagewalk.measure import METRICS, Limits, Measurement, Option, missing_requirements
 
 from .markers import marker_limits
-from .processes import AttachedProcess, Ready, SpawnedProcess
+from .processes import AttachedProcess, Ready, SpawnedProcess, interrupt_on_sigterm
 from .runner import ChildCall, RunResult, describe_callable
 
 __all__ = [
@@ -103,6 +106,8 @@ class Pagemap:
         seconds, or the process exiting first, fails the test with its output. The process group is ended
         at teardown (SIGTERM, then SIGKILL after `--pagemap-grace` seconds).
         """
+        __tracebackhide__ = True  # a failure points at the test's call, with one short message
+        interrupt_on_sigterm()
         process = SpawnedProcess(
             cmd, log_dir=self._tmp_path_factory.mktemp("spawn"), env=env, cwd=cwd, grace=self._settings.grace
         )
@@ -139,7 +144,8 @@ class Pagemap:
         pid = process if isinstance(process, int) else process.pid
         label = label or getattr(process, "label", None)
         options = {"writes": writes, "accessed": accessed, "flags": flags, "counts": counts}
-        return MeasureContext(self, pid, label=label, options=options, freeze=freeze, tree=tree)
+        spawned = next((known for known in self._processes if known.pid == pid), None)
+        return MeasureContext(self, pid, label=label, options=options, freeze=freeze, tree=tree, spawned=spawned)
 
     def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> RunResult[T]:
         """Call `func(*args, **kwargs)` in a fresh Python interpreter and measure the child around the call.
@@ -269,8 +275,17 @@ class MeasureContext:
     """The context manager `pagemap.measure(...)` returns; `with` gives the `Measurement`."""
 
     def __init__(
-        self, pagemap: Pagemap, pid: int, *, label: str | None, options: dict[str, bool], freeze: bool, tree: bool
+        self,
+        pagemap: Pagemap,
+        pid: int,
+        *,
+        label: str | None,
+        options: dict[str, bool],
+        freeze: bool,
+        tree: bool = False,
+        spawned: SpawnedProcess | None = None,
     ) -> None:
+        self._spawned = spawned
         self._pagemap = pagemap
         self._pid = pid
         self._label = label
@@ -284,9 +299,26 @@ class MeasureContext:
         options = self._pagemap._options(**self._options)
         measurement = Measurement(self._pid, label=self._label, tree=self._tree, **options)
         self._pagemap.measurements.append(measurement)
-        measurement.start(freeze=self._freeze)
+        with self._explain_exit("before the measurement"):
+            measurement.start(freeze=self._freeze)
         self._measurement = measurement
         return measurement
+
+    @contextlib.contextmanager
+    def _explain_exit(self, when: str) -> Iterator[None]:
+        """Turn "process gone" from a spawned process that exited into its exit status and output."""
+        __tracebackhide__ = True
+        if self._spawned is not None:
+            self._spawned.check_running(when)
+        try:
+            yield
+        except (ProcessGone, NoAddressSpace):
+            if self._spawned is None:
+                raise
+            with contextlib.suppress(subprocess.TimeoutExpired):  # an exiting process is about to be a zombie
+                self._spawned.popen.wait(timeout=1)
+            self._spawned.check_running(when)
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None
@@ -294,7 +326,8 @@ class MeasureContext:
         __tracebackhide__ = True
         if exc_type is not None or self._measurement is None:
             return  # the block failed: its exception matters, and the process may be gone
-        self._measurement.stop(freeze=self._freeze)
+        with self._explain_exit("during the measurement"):
+            self._measurement.stop(freeze=self._freeze)
         self._pagemap._finish(self._measurement, enforce=True)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from puppet import Puppet
 
 import pagewalk
 from pagewalk import procfs
@@ -222,6 +224,9 @@ def test_an_exec_between_snapshots_is_a_note_that_fails_limits() -> None:
         verdict = measurement.check("uss_growth", "1 TiB")
         assert not verdict.passed
         assert "called exec" in measurement.details(verdict)
+        error = measurement.failure(verdict)
+        assert str(error).startswith(f"process {target.pid} called exec between the snapshots")
+        assert str(pickle.loads(pickle.dumps(error))) == str(error)
     finally:
         target.kill()
         target.wait()
@@ -254,3 +259,16 @@ def test_einval_from_the_proc_of_a_process_that_is_gone_is_process_gone() -> Non
 def test_the_ptrace_function_is_loaded_only_when_used() -> None:
     code = "import sys, pagewalk.freeze as f\nprint(f._PTRACE_CALL is None)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout == "True\n"
+
+
+def test_read_over_a_huge_reservation_is_scanned_rather_than_walked_while_frozen(puppet: Puppet) -> None:
+    if not pagewalk.capabilities().pagemap_scan:
+        pytest.skip("PAGEMAP_SCAN needs Linux 6.7+")
+    page = pagewalk.capabilities().page_size
+    area = puppet.map((2 << 40) // page, noreserve=True)
+    puppet.write(area, [0, 7])
+    snap = pagewalk.snapshot(puppet.pid, method="read")
+    assert snap.method == "scan" and snap.frozen
+    assert any("would walk over 1 TiB" in note for note in snap.notes)
+    (region,) = [region for region in snap.regions if region.start == area.address]
+    assert region.uss == 2 * page

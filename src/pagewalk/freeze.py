@@ -29,7 +29,7 @@ from typing import Literal
 from . import procfs
 from .errors import AccessDenied, PagewalkError, ProcessGone
 
-__all__ = ["Freeze", "frozen"]
+__all__ = ["Freeze", "finish_despite_signals", "frozen"]
 
 Method = Literal["ptrace", "sigstop", "already stopped", "self"]
 
@@ -76,10 +76,10 @@ def frozen(pids: Sequence[int], *, timeout: float = 2.0) -> Iterator[Freeze]:
         session.stop()
         yield session.result
     finally:
-        _finish_despite_signals(session.resume)
+        finish_despite_signals(session.resume)
 
 
-def _finish_despite_signals(action: Callable[[], bool]) -> None:
+def finish_despite_signals(action: Callable[[], bool]) -> None:
     """Run `action` until it reports done, even when a signal handler raises in the middle of it.
 
     Ctrl-C (or a SIGTERM handler raising) may land between two system calls of the resume; the steps are
@@ -196,34 +196,37 @@ class _Session:
     def _wait_traced(self) -> bool:
         """Wait until every seized thread reports its stop (or exit); False at the deadline."""
         waiting = {tid for tids in self.traced.values() for tid in tids}
-        spin_until = time.monotonic() + _SPIN_SECONDS
-        while waiting:
+
+        def all_reported() -> bool:
             for tid in list(waiting):
                 state = _peek(tid)
-                if state == "running":
-                    continue
                 if state == "stopped":
                     _consume_stop(tid, self.signals)
-                waiting.discard(tid)  # stopped, or exited (its exit is passed on when resuming)
-            if not waiting:
-                break
+                if state != "running":
+                    waiting.discard(tid)  # stopped, or exited (its exit is passed on when resuming)
+            return not waiting
+
+        return self._poll_until(all_reported)
+
+    def _wait_sigstopped(self) -> bool:
+        def all_stopped() -> bool:
+            live = [state for pid in self.sigstopped for state in procfs.thread_states(pid) if state not in "ZX"]
+            return all(state in "Tt" for state in live)
+
+        return self._poll_until(all_stopped)
+
+    def _poll_until(self, done: Callable[[], bool]) -> bool:
+        """Poll `done` until it is true (True) or the deadline passes (False).
+
+        The first polls only yield the CPU, which lets a target sharing it stop at once; a sleep costs 60
+        microseconds or more before the next look.
+        """
+        spin_until = time.monotonic() + _SPIN_SECONDS
+        while not done():
             now = time.monotonic()
             if now > self.deadline:
                 return False
             os.sched_yield() if now < spin_until else time.sleep(0.0002)
-        return True
-
-    def _wait_sigstopped(self) -> bool:
-        spin_until = time.monotonic() + _SPIN_SECONDS
-        for pid in self.sigstopped:
-            while True:
-                live = [state for state in procfs.thread_states(pid) if state not in "ZX"]
-                if all(state in "Tt" for state in live):
-                    break
-                now = time.monotonic()
-                if now > self.deadline:
-                    return False
-                os.sched_yield() if now < spin_until else time.sleep(0.0002)
         return True
 
     # --- resuming -------------------------------------------------------------------------------------

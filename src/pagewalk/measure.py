@@ -137,6 +137,7 @@ class MemoryLimitExceeded(AssertionError):
         pid: int,
         details: str = "",
         unit: Unit = "bytes",
+        reason: str = "",
     ) -> None:
         self.metric = metric
         self.limit = limit
@@ -144,7 +145,8 @@ class MemoryLimitExceeded(AssertionError):
         self.label = label
         self.pid = pid
         self.unit: Unit = unit
-        self.message = limit_message(metric, limit, measured, label, pid, unit)
+        self.reason = reason  # why it failed when the value is within the limit (an exec between the snapshots)
+        self.message = reason or limit_message(metric, limit, measured, label, pid, unit)
         self._details = details
         super().__init__(self.message)
 
@@ -159,7 +161,7 @@ class MemoryLimitExceeded(AssertionError):
         # Keep the failure intact across process boundaries (xdist workers, `pagemap.run` children).
         return (
             type(self),
-            (self.metric, self.limit, self.measured, self.label, self.pid, self._details, self.unit),
+            (self.metric, self.limit, self.measured, self.label, self.pid, self._details, self.unit, self.reason),
         )
 
 
@@ -515,6 +517,7 @@ class Measurement:
             self.pid,
             self.details(verdict),
             verdict.unit,
+            self.delta.notes[0] if self.delta.program_changed else "",
         )
 
     def _assert(self, metric: str, limit: int | str) -> Verdict:

@@ -73,7 +73,9 @@ def translate_os_error(exc: OSError, pid: int, what: str) -> PagewalkError:
     """Map an OS error met while reading `what` of process `pid` to the library's error."""
     if exc.errno in (errno.ENOENT, errno.ESRCH):
         return _describe_missing(pid)
-    if exc.errno == errno.EINVAL and _is_leaving(pid):  # a file whose task (or namespace) went mid-read
+    # EINVAL: a file whose task (or namespace) went mid-read. EACCES: /proc of a process that has dropped its
+    # memory belongs to root, so an exiting process denies what it allowed a moment before.
+    if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM) and _is_leaving(pid):
         return ProcessGone(f"process {pid} exited while {what} was being read", pid)
     if exc.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(
