@@ -141,6 +141,7 @@ class Pagemap:
         flags: bool = False,
         counts: bool = False,
         freeze: bool = True,
+        tree: bool = False,
     ) -> MeasureContext:
         """Measure `process` (a spawned or attached process, or a pid) around the `with` block.
 
@@ -148,13 +149,16 @@ class Pagemap:
         `counts` computes PSS. A limit of the test's marker turns on the option it needs. When this kernel or
         user cannot give an option the test is skipped (failed with `--pagemap-strict`). When the block ends
         the limits in force are checked and a `MemoryLimitExceeded` raised for the first one exceeded.
+        `tree=True` measures the process and all its descendants, stopped together (`m.after.processes`).
         """
         pid = process if isinstance(process, int) else process.pid
         named = label is not None  # a label the test chose keys the measurement in baselines; a command line never
         label = label or getattr(process, "label", None)
         options = {"writes": writes, "accessed": accessed, "flags": flags, "counts": counts}
         spawned = next((known for known in self._processes if known.pid == pid), None)
-        return MeasureContext(self, pid, label=label, named=named, options=options, freeze=freeze, spawned=spawned)
+        return MeasureContext(
+            self, pid, label=label, named=named, tree=tree, options=options, freeze=freeze, spawned=spawned
+        )
 
     def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> RunResult[T]:
         """Call `func(*args, **kwargs)` in a fresh Python interpreter and measure the child around the call.
@@ -306,6 +310,7 @@ class MeasureContext:
         named: bool,
         options: dict[str, bool],
         freeze: bool,
+        tree: bool = False,
         spawned: SpawnedProcess | None = None,
     ) -> None:
         self._spawned = spawned
@@ -315,12 +320,13 @@ class MeasureContext:
         self._named = named
         self._options = options
         self._freeze = freeze
+        self._tree = tree
         self._measurement: Measurement | None = None
 
     def __enter__(self) -> Measurement:
         __tracebackhide__ = True  # a skip or failure points at the test's `with` line, not here
         options = self._pagemap._options(**self._options)
-        measurement = Measurement(self._pid, label=self._label, named=self._named, **options)
+        measurement = Measurement(self._pid, label=self._label, named=self._named, tree=self._tree, **options)
         self._pagemap.measurements.append(measurement)
         with self._explain_exit("before the measurement"):
             measurement.start(freeze=self._freeze)

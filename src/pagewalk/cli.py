@@ -24,6 +24,7 @@ from .gate import (
     parse_threshold,
 )
 from .snapshot import Region, Snapshot, snapshot
+from .tree import TreeSnapshot
 from .units import format_size, parse_size
 from .waiting import sleep_watching
 
@@ -53,6 +54,22 @@ def _region_table(regions: Sequence[Region], limit: int) -> list[str]:
     return lines
 
 
+def _process_table(tree: TreeSnapshot) -> list[str]:
+    shared_known = tree.shared_with_parent is not None
+    lines = [
+        f"{tree.uss_note()}",
+        f"{'pid':>8} {'ppid':>8} {'rss':>10} {'uss':>10} {'peak rss':>10} {'shared w/ parent':>16}  command",
+    ]
+    for pid, snap in tree.processes.items():
+        shared = tree.shared_with_parent.get(pid) if tree.shared_with_parent is not None else None
+        shared_text = "-" if shared is None else format_size(shared)
+        lines.append(
+            f"{pid:>8} {tree.parents.get(pid, 0):>8} {_size_cell(snap.rss):>10} {_size_cell(snap.uss):>10} "
+            f"{_size_cell(snap.peak_rss):>10} {shared_text if shared_known else 'unknown':>16}  {snap.command[:60]}"
+        )
+    return lines
+
+
 def render_snapshot(snap: Snapshot, *, top: int = 15) -> str:
     """A readable table of a snapshot: totals, then the regions holding the most memory."""
     lines = [f"pid {snap.pid}: {snap.command}"]
@@ -60,6 +77,9 @@ def render_snapshot(snap: Snapshot, *, top: int = 15) -> str:
     if snap.flag_counts is not None:
         set_flags = {name: pages for name, pages in snap.flag_counts.items() if pages}
         lines.append("flags (pages): " + ", ".join(f"{name}={pages}" for name, pages in set_flags.items()))
+    if isinstance(snap, TreeSnapshot):
+        lines.append("")
+        lines.extend(_process_table(snap))
     lines.append("")
     lines.extend(_region_table(snap.regions, top))
     lines.extend(f"note: {note}" for note in snap.notes)
@@ -85,6 +105,13 @@ def render_delta(delta: Delta, *, top: int = 15) -> str:
         )
     if delta.accessed is not None:
         lines.append(f"  accessed {format_size(delta.accessed)}")
+    if delta.peak_rss is not None and delta.peak_rss_growth is not None:
+        growth = format_size(delta.peak_rss_growth, signed=True)
+        lines.append(f"  peak rss {format_size(delta.peak_rss)} ({growth} over the start)")
+    else:
+        lines.extend(f"  {note}" for note in delta.before.notes if "peak" in note)
+    for title, processes in (("started", delta.processes_started), ("exited", delta.processes_exited)):
+        lines.extend(f"  process {pid} {title}: {command}" for pid, command in processes.items())
     lines.append(
         f"  pages appeared {delta.pages_appeared}, disappeared {delta.pages_disappeared}, frames changed "
         f"{'unknown (PFNs hidden)' if delta.frames_changed is None else delta.frames_changed}"
@@ -93,6 +120,9 @@ def render_delta(delta: Delta, *, top: int = 15) -> str:
         if counts is not None:
             changed = ", ".join(f"{flag}={pages}" for flag, pages in counts.items() if pages) or "none"
             lines.append(f"  {title} (pages): {changed}")
+    if isinstance(after, TreeSnapshot):
+        lines.append("")
+        lines.extend(_process_table(after))
     changed_regions = [r for r in delta.regions if r.status != "kept" or r.uss_growth or r.written or r.swap_growth]
     if changed_regions:
         lines.append("")
@@ -126,14 +156,16 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     if counts is None:  # PSS when it can be had, without failing when it cannot
         caps = capabilities()
         counts = caps.missing_for_pss() is None
-    snap = snapshot(args.pid, flags=args.flags, counts=counts, freeze=not args.no_freeze, method=args.method)
+    snap = snapshot(
+        args.pid, flags=args.flags, counts=counts, freeze=not args.no_freeze, method=args.method, tree=args.tree
+    )
     return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top))
 
 
 def _cmd_delta(args: argparse.Namespace) -> int:
     track = tuple(name for name, wanted in (("writes", args.writes), ("accessed", args.accessed)) if wanted)
-    options = {"flags": args.flags, "freeze": not args.no_freeze, "method": args.method}
-    before = snapshot(args.pid, track=track, **options)
+    options = {"flags": args.flags, "freeze": not args.no_freeze, "method": args.method, "tree": args.tree}
+    before = snapshot(args.pid, track=(*track, "peak"), **options)
     sleep_watching(args.pid, args.seconds)
     after = snapshot(args.pid, writes=args.writes, accessed=args.accessed, **options)
     delta = after - before
@@ -205,6 +237,9 @@ def _add_output_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-freeze", action="store_true", help="do not stop the process while reading")
     command.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
     command.add_argument("--top", type=int, default=15, help="regions to list in the table (default 15)")
+    command.add_argument(
+        "--tree", action="store_true", help="the process and all its descendants, stopped together (JSON: processes)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

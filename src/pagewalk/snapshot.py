@@ -6,8 +6,8 @@ import contextlib
 import fnmatch
 import os
 import time
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -155,6 +155,8 @@ class Snapshot(Totals):
     notes: tuple[str, ...] = ()
     start_time: int | None = None  # clock ticks after boot: with `pid`, names the process for good
     exe: str | None = None  # the program it ran (None when unreadable): changes when the process calls exec
+    peak_rss: int | None = None  # VmHWM: the highest RSS since the high-water mark was last reset
+    peak_reset: bool = False  # this snapshot reset the high-water mark (track=("peak",)) after reading it
 
     def __sub__(self, before: Snapshot) -> Delta:
         from .delta import diff
@@ -201,6 +203,7 @@ class Snapshot(Totals):
             "written": self.written,
             "accessed": self.accessed,
             "accessed_anon": self.accessed_anon,
+            "peak_rss": self.peak_rss,
         }
         if regions:
             data["regions"] = [region.to_dict() for region in self.regions]
@@ -210,8 +213,8 @@ class Snapshot(Totals):
         return data
 
 
-def sum_totals(items: list[Region] | tuple[Region, ...]) -> Totals:
-    """Add up the totals of several regions; a None in any makes that total None."""
+def sum_totals(items: Sequence[Totals]) -> Totals:
+    """Add up the totals of several regions (or snapshots); a None in any makes that total None."""
     values: dict[str, Any] = {}
     for f in fields(Totals):
         column = [getattr(item, f.name) for item in items]
@@ -271,6 +274,7 @@ def snapshot(
     writes: bool = False,
     accessed: bool = False,
     track: Iterable[str] = (),
+    tree: bool = False,
 ) -> Snapshot:
     """Take a consistent snapshot of the page tables of process `pid`.
 
@@ -285,7 +289,17 @@ def snapshot(
     after this snapshot, while the process is still stopped. A later snapshot with `writes=True` records
     the pages written since (`snap.written`, per region too), and with `accessed=True` the bytes accessed
     since. Write tracking needs a kernel with CONFIG_MEM_SOFT_DIRTY and raises `Unsupported` without it.
+    `track=("peak",)` resets the RSS high-water mark; every snapshot reads it (`snap.peak_rss`).
+
+    `tree=True` snapshots `pid` and all its descendants, stopped together: a `TreeSnapshot` with the
+    summed totals and `.processes` (see `pagewalk.tree`).
     """
+    if tree:
+        from .tree import snapshot_tree
+
+        return snapshot_tree(
+            pid, flags=flags, counts=counts, freeze=freeze, method=method, writes=writes, accessed=accessed, track=track
+        )
     procfs.check_platform()
     pid = procfs.check_pid(pid)
     if method not in ("auto", "read", "scan"):
@@ -345,7 +359,8 @@ def snapshot(
             # Reading the command line reads the process's stack: after the accessed bits are read and before
             # they are cleared, so the measurement never counts a page it touched itself.
             command = _command(pid)
-            tracking.apply_tracking(pid, track)
+            peak_rss = tracking.read_peak(pid)
+            peak_unknown = tracking.apply_tracking(pid, track)
     except reader.ProcessExited:
         raise ProcessGone(f"process {pid} exited while its page tables were being read", pid) from None
     except OSError as exc:
@@ -357,7 +372,10 @@ def snapshot(
     if freeze_result is not None:
         data.notes.extend(note for note in freeze_result.notes if pid != os.getpid())
     was_frozen = freeze_result is not None and freeze_result.methods.get(pid) != "self" and freeze_result.complete
-    return _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe))
+    if peak_unknown:
+        data.notes.append(peak_unknown)
+    snap = _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe))
+    return replace(snap, peak_rss=peak_rss, peak_reset="peak" in track and peak_unknown is None)
 
 
 # Walking pagemap costs about a second per TiB of address space: above this, never while the process is stopped.

@@ -177,6 +177,8 @@ EXPECTED_VERDICTS = [
     ("anon", 1 << 30, "default"),
     ("anon_growth", 1 << 30, "default"),
     ("flags_gained:KSM", 0, "default"),
+    ("peak_rss", 1 << 30, "default"),
+    ("peak_rss_growth", 1 << 30, "default"),
     ("pss", 1 << 30, "default"),
     ("rss", 1 << 30, "default"),
     ("rss_growth", 1 << 30, "default"),
