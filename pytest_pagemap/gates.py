@@ -105,10 +105,12 @@ def _save_name_type(text: str) -> str:
         name = check_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}; write --pagemap-save=NAME (with '=')") from None
-    if os.path.isdir(name):
-        # `--pagemap-save tests` takes the test directory as the name: refuse rather than run the wrong tests.
+    if os.path.exists(name) or name.endswith(".py"):
+        # `--pagemap-save tests` or `--pagemap-save test_x.py` takes a test path as the name: refuse rather than
+        # run the wrong tests.
+        what = "a directory here" if os.path.isdir(name) else "a file here" if os.path.exists(name) else "a file name"
         raise argparse.ArgumentTypeError(
-            f"{name!r} is a directory here, so probably a test path: write --pagemap-save=NAME (with '='), "
+            f"{name!r} is {what}, so probably a test path: write --pagemap-save=NAME (with '='), "
             "or put --pagemap-save after the test paths"
         )
     return name

@@ -301,6 +301,13 @@ def test_a_test_directory_is_not_taken_for_a_baseline_name(workload):
     result.stderr.fnmatch_lines(["*'suite' is a directory here, so probably a test path: write --pagemap-save=NAME*"])
 
 
+def test_a_test_file_is_not_taken_for_a_baseline_name(workload):
+    result = workload.runpytest("--pagemap-save", "test_workload.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*'test_workload.py' is a file here, so probably a test path*"])
+    assert not (workload.path / ".pagemap").exists()
+
+
 def test_a_bad_ini_threshold_is_a_usage_error(workload):
     workload.makeini("[pytest]\npagemap_fail =\n    uss:5%\n    rss:lots\n")
     result = workload.runpytest()
