@@ -33,8 +33,14 @@ def _written(delta: dict[str, Any]) -> str:
 
 def _measurement_lines(result: dict[str, Any]) -> list[str]:
     before, after, delta = result["before"], result["after"], result["delta"]
-    uss = f"USS {size_cell(before['uss'])} -> {size_cell(after['uss'])} ({size_cell(delta['uss_growth'], signed=True)})"
-    lines = [f"{result['test']}", f"  {result['label']!r} (pid {result['pid']}): {uss}, {_written(delta)}"]
+    growth = format_size(delta["uss_growth"], signed=True)
+    uss = f"USS {size_cell(before['uss'])} -> {size_cell(after['uss'])} ({growth})"
+    peak = delta.get("peak_rss")
+    peak_text = "" if peak is None else f", peak RSS {format_size(peak)}"
+    processes = result.get("processes", 1)
+    who = f"pid {result['pid']}" if processes == 1 else f"pid {result['pid']} and {processes - 1} descendants"
+    lines = [f"{result['test']}", f"  {result['label']!r} ({who}): {uss}, {_written(delta)}{peak_text}"]
+    lines.extend(f"    note: {note}" for note in result.get("notes", ()))
     verdicts = result["verdicts"]
     lines.extend(f"    {verdict_text(verdict)}" for verdict in verdicts)
     if not verdicts:

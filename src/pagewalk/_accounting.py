@@ -25,7 +25,16 @@ from . import bits, procfs, reader
 from .capabilities import Capabilities
 from .scan import pagemap_scan
 
-__all__ = ["Method", "PageData", "count_flags", "read_pages", "read_pfn_files", "region_metrics", "user_ranges"]
+__all__ = [
+    "ANON_KINDS",
+    "Method",
+    "PageData",
+    "count_flags",
+    "read_pages",
+    "read_pfn_files",
+    "region_metrics",
+    "user_ranges",
+]
 
 Method = Literal["auto", "read", "scan"]
 U64 = npt.NDArray[np.uint64]
@@ -55,11 +64,12 @@ _FILE = (_CODE & _TOP_FILE) != 0
 _EXCLUSIVE = (_CODE & _TOP_EXCLUSIVE) != 0
 _REAL = _PRESENT & ~_ZERO
 # Columns of the per-region page counts, computed by one matrix product over the 256 classes.
-_COLUMNS = ("present", "uss", "anon", "file", "thp", "zero", "swap", "guard")
+_COLUMNS = ("present", "uss", "uss_file", "anon", "file", "thp", "zero", "swap", "guard")
 _CLASS_MATRIX = np.stack(
     [
         _REAL,
         _REAL & _EXCLUSIVE,
+        _REAL & _EXCLUSIVE & _FILE,
         _REAL & ~_FILE,
         _REAL & _FILE,
         _REAL & _PMD,
@@ -70,7 +80,7 @@ _CLASS_MATRIX = np.stack(
     axis=1,
 ).astype(np.float64)
 
-_ANON_KINDS = frozenset({"anon", "heap", "stack"})
+ANON_KINDS = frozenset({"anon", "heap", "stack"})  # region kinds of anonymous memory
 # Top bytes that may be a zero page: present, not FILE, not exclusive (the zero page); in anonymous regions
 # also present and FILE (the huge zero page is not an anonymous folio, so it reads as FILE).
 # Pages already marked as a zero page are no candidates.
@@ -244,7 +254,7 @@ def _zero_candidates(data: PageData, kinds: list[str]) -> tuple[I64, I64]:
     """Index ranges `[lo, hi)` of the pages that may map a zero page: present, not FILE and not exclusive
     (the zero page), or present and FILE in an anonymous region (the huge zero page)."""
     runs = data.code_runs
-    anonymous = np.array([kind in _ANON_KINDS for kind in kinds], dtype=bool)
+    anonymous = np.array([kind in ANON_KINDS for kind in kinds], dtype=bool)
     possible = np.where(anonymous[runs.region], _ZERO_IN_ANON[runs.code], _ZERO_SMALL[runs.code])
     lo = runs.first[possible]
     return lo, lo + runs.length[possible]
@@ -556,6 +566,7 @@ def region_metrics(data: PageData, kinds: list[str], page: int) -> tuple[Metrics
     metrics: Metrics = {
         "rss": np.where(hugetlb, 0, column["present"]).tolist(),
         "uss": column["uss"].tolist(),
+        "uss_file": column["uss_file"].tolist(),
         "pss": pss,
         "swap": column["swap"].tolist(),
         "anon": np.where(hugetlb, 0, column["anon"]).tolist(),

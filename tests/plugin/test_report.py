@@ -35,10 +35,10 @@ def test_summary_lists_every_measurement(pytester):
         [
             "*= pagemap =*",
             "test_summary_lists_every_measurement.py::test_small",
-            "  '*.grow()' (pid *): USS * -> * (+1.0 MiB), written -",
+            "  '*.grow()' (pid *): USS * -> * (+1.0 MiB), written -, peak RSS *",
             "    pass  uss_growth 1.0 MiB <= 2.0 MiB (marker)",
             "test_summary_lists_every_measurement.py::test_big",
-            "  '*.grow()' (pid *): USS * -> * (+4.0 MiB), written -",
+            "  '*.grow()' (pid *): USS * -> * (+4.0 MiB), written -, peak RSS *",
             "    FAIL  uss_growth 4.0 MiB > 2.0 MiB (marker)",
             "2 measurements in 2 tests, 2 limits checked, 1 exceeded",
             "*= short test summary info =*",
@@ -82,8 +82,8 @@ def test_failure_has_a_section_with_the_regions(pytester):
         [
             "E   *MemoryLimitExceeded: USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB*",
             "*- pagemap -*",
-            "USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB (+2.0 MiB)",
-            "USS * -> * (+4.0 MiB); RSS * (+4.0 MiB)",
+            "USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB, 2.0 MiB over",
+            "USS * -> * (+4.0 MiB); RSS * (+4.0 MiB); peak RSS *",
             "regions that contributed most to uss growth:",
             "  uss growth  status  kind  name",
             "    +4.0 MiB  grown   anon  ?anon?",  # fnmatch: [...] is a character class
