@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
+from ._present import plural
 from .baseline import KEY_SEPARATOR, RECORDED_METRICS, MeasurementRecord, SessionRecord
 from .units import format_size, parse_decimal, parse_size
 
@@ -342,8 +343,7 @@ def compare(
                 )
             )
     unmeasured = tuple(
-        f"{metric} is not recorded in {side} for {len(keys)} measurement{'s' if len(keys) != 1 else ''}: "
-        + ", ".join(keys)
+        f"{metric} is not recorded in {side} for {plural(len(keys), 'measurement')}: " + ", ".join(keys)
         for (metric, side), keys in missing.items()
     )
     return ComparisonResult(

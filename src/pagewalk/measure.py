@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._present import Unit, amount, size_cell, table, verdict_text
+from ._present import Unit, amount, plural, size_cell, table, verdict_text
 from .bits import FLAG_BITS
 from .capabilities import capabilities
 from .errors import PagewalkError, Unsupported
@@ -406,7 +406,7 @@ class Measurement:
         if held > self.after.rss:
             # "nginx: master process": programs that set their title end the name with a colon
             name = os.path.basename(self.after.command.split(" ", 1)[0]).rstrip(":") or f"pid {self.pid}"
-            count = f"{len(pids)} descendant" + ("" if len(pids) == 1 else "s")
+            count = plural(len(pids), "descendant")
             self.notes.append(f"measured `{name}`; its children hold {format_size(held)} ({count}, RSS): use tree=True")
 
     @property
