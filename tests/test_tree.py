@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -171,7 +172,7 @@ def test_cli_snapshot_and_delta_with_tree(family: Family) -> None:
     assert data["processes"][str(child)]["ppid"] == family.pid
     assert data["rss"] == sum(process["rss"] for process in data["processes"].values())
     text = subprocess.run([*command, "snapshot", "--tree", str(family.pid)], capture_output=True, text=True)
-    assert text.returncode == 0 and f"{child:>8} {family.pid:>8}" in text.stdout
+    assert text.returncode == 0 and re.search(rf"^ *{child}  +{family.pid}  ", text.stdout, re.MULTILINE)
     delta = subprocess.run(
         [*command, "delta", "--tree", "--for", "0", "--json", str(family.pid)], capture_output=True, text=True
     )
