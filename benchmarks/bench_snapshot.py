@@ -40,6 +40,14 @@ except ImportError:  # not installed: use the repository's source tree
 import numpy as np
 import psutil
 
+# The parts of the library the benchmark times alone or instruments (the package loads them on first use).
+import pagewalk.bits
+import pagewalk.freeze
+import pagewalk.procfs
+import pagewalk.reader
+import pagewalk.snapshot
+import pagewalk.tree
+
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -132,30 +140,34 @@ for line in sys.stdin:
 
 
 class StopClock:
-    """How long the target stays stopped: each `procfs.frozen` block timed from the call that stops the target
-    to its resumption, recorded while the clock is installed."""
+    """How long the target stays stopped: each freeze (`pagewalk.freeze.frozen`) a snapshot takes, timed from
+    the call that stops the target to its resumption, recorded while the clock is installed."""
+
+    USERS = ("pagewalk.snapshot", "pagewalk.tree")  # the modules that freeze, each holding the name `frozen`
 
     def __init__(self) -> None:
         self.spans: list[float] = []
-        self.original = pagewalk.procfs.frozen
+        self.original = pagewalk.freeze.frozen
 
     def __enter__(self) -> StopClock:
         original, spans = self.original, self.spans
 
         @contextlib.contextmanager
-        def timed(pid: int, **kwargs: Any) -> Any:
+        def timed(pids: Any, **kwargs: Any) -> Any:
             t0 = time.perf_counter()
             try:
-                with original(pid, **kwargs) as stopped:
+                with original(pids, **kwargs) as stopped:
                     yield stopped
             finally:
                 spans.append((time.perf_counter() - t0) * 1e3)
 
-        pagewalk.procfs.frozen = timed  # type: ignore[assignment]
+        for name in self.USERS:
+            sys.modules[name].frozen = timed  # type: ignore[attr-defined]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pagewalk.procfs.frozen = self.original  # type: ignore[assignment]
+        for name in self.USERS:
+            sys.modules[name].frozen = self.original  # type: ignore[attr-defined]
 
     def take(self) -> list[float]:
         spans, self.spans[:] = list(self.spans), []
@@ -336,7 +348,7 @@ def floor_methods(pid: int, caps: pagewalk.Capabilities) -> dict[str, Callable[[
     low, high = min(m.start for m in maps), max(m.end for m in maps if m.path != "[vsyscall]")
 
     def freeze(_: int) -> None:
-        with procfs.frozen(pid):
+        with pagewalk.freeze.frozen([pid]):
             pass
 
     def entries(_: int) -> None:
