@@ -20,8 +20,9 @@ from pagewalk.measure import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Limits, Measurem
 from . import hookspecs
 from .fixtures import DEFAULT_GRACE_SECONDS, MEASUREMENTS_KEY, SETTINGS_KEY, Settings, pagemap
 from .gates import PagemapGates, add_gate_options, read_gate_settings
+from .maps import PagemapMaps
 from .markers import MARKER_HELP, marker_limits, marker_tolerance
-from .report import SECTION_TITLE, summary_lines
+from .report import SECTION_TITLE, SUMMARY_FORMS, summary_lines
 
 __all__ = [
     "PagemapManager",
@@ -131,6 +132,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"(ini: pagemap_{NO_FLAG_GAIN})",
     )
     parser.addini(f"pagemap_{NO_FLAG_GAIN}", "as --pagemap-no-flag-gain", default="")
+    group.addoption(
+        "--pagemap-summary",
+        choices=SUMMARY_FORMS,
+        default=None,
+        help="the --pagemap summary: 'short', one row per measurement, failures first (default); 'full', every "
+        "measurement's totals and verdicts; 'none' (ini: pagemap_summary)",
+    )
+    parser.addini("pagemap_summary", "as --pagemap-summary", default="short")
+    group.addoption(
+        "--pagemap-html",
+        default=None,
+        metavar="PATH",
+        help="write a self-contained HTML page with a memory map of every measurement, the gate's comparison "
+        "first (ini: pagemap_html, relative to the rootdir)",
+    )
+    parser.addini("pagemap_html", "as --pagemap-html, relative to the rootdir", default="")
     add_gate_options(group, parser)
 
 
@@ -181,6 +198,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[GATES_KEY] = gates
     config.pluginmanager.register(manager, "pagemap-manager")
     config.pluginmanager.register(gates, "pagemap-gates")
+    config.pluginmanager.register(PagemapMaps(config, gates), "pagemap-maps")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -189,6 +207,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.pluginmanager.unregister(manager)
         del config.stash[MANAGER_KEY]
         del config.stash[SETTINGS_KEY]
+    maps = config.pluginmanager.get_plugin("pagemap-maps")
+    if maps is not None:
+        config.pluginmanager.unregister(maps)
     gates = config.stash.get(GATES_KEY, None)
     if gates is not None:
         config.pluginmanager.unregister(gates)
@@ -211,6 +232,12 @@ class PagemapManager:
         self.config = config
         self.settings = settings
         self.results: list[dict[str, Any]] = []
+        self.summary = _choice(config, "pagemap_summary")
+        if self.summary not in SUMMARY_FORMS:
+            raise pytest.UsageError(
+                f"invalid pytest-pagemap ini value: pagemap_summary: {self.summary!r}; choose from "
+                + ", ".join(SUMMARY_FORMS)
+            )
 
     def pytest_report_header(self) -> str | None:
         if not self.settings.active:
@@ -258,7 +285,9 @@ class PagemapManager:
         if call.when == "teardown":
             measurements: list[Measurement] = item.stash.get(MEASUREMENTS_KEY, [])
             finished = [
-                {"test": item.nodeid, **measurement.to_dict()} for measurement in measurements if measurement.finished
+                {"test": item.nodeid, "peak_rss": getattr(measurement, "peak_rss", None), **measurement.to_dict()}
+                for measurement in measurements
+                if measurement.finished
             ]
             if finished:
                 setattr(report, _REPORT_ATTRIBUTE, finished)
@@ -276,8 +305,8 @@ class PagemapManager:
         self.results.extend(getattr(report, _REPORT_ATTRIBUTE, None) or [])
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if not self.settings.active or hasattr(self.config, "workerinput"):
+        if not self.settings.active or hasattr(self.config, "workerinput") or self.summary == "none":
             return
         terminalreporter.write_sep("=", SECTION_TITLE)
-        for line in summary_lines(self.results):
+        for line in summary_lines(self.results, self.summary):
             terminalreporter.write_line(line)

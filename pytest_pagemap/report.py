@@ -1,7 +1,9 @@
 """The session summary and per-test report sections, built from measurements as JSON-ready dicts.
 
 Measurements travel as dicts (`Measurement.to_dict()` plus the test id) so the same code reports them from
-this process and from xdist workers.
+this process and from xdist workers. The summary comes in two forms: `short`, one table row per measurement
+(test, label, the metric that matters, its change, the peak when measured, the verdict), and `full`, every
+measurement with its totals and every verdict; failures come first in both.
 """
 
 from __future__ import annotations
@@ -11,50 +13,138 @@ from typing import Any
 
 from pagewalk.units import PAGE_SIZE, format_size
 
-__all__ = ["SECTION_TITLE", "summary_lines", "verdict_text"]
+__all__ = ["SECTION_TITLE", "SUMMARY_FORMS", "summary_lines", "verdict_text"]
 
 SECTION_TITLE = "pagemap"
+SUMMARY_FORMS = ("short", "full", "none")
+_LABEL_WIDTH = 40
+_LEVELS = ("uss", "rss", "pss", "swap", "anon")  # the levels a measurement's dict holds before and after
 
 
 def _size(value: int | None) -> str:
     return "n/a" if value is None else format_size(value)
 
 
+def _amount(value: int, unit: str) -> str:
+    return f"{value} pages" if unit == "pages" else format_size(value)
+
+
 def verdict_text(verdict: dict[str, Any]) -> str:
     """`pass  uss_growth 1.2 MiB <= 8.0 MiB (marker)`."""
-    if verdict["unit"] == "pages":
-        measured, limit = f"{verdict['measured']} pages", f"{verdict['limit']} pages"
-    else:
-        measured, limit = format_size(verdict["measured"]), format_size(verdict["limit"])
+    measured, limit = _amount(verdict["measured"], verdict["unit"]), _amount(verdict["limit"], verdict["unit"])
     outcome, relation = ("pass", "<=") if verdict["passed"] else ("FAIL", ">")
     return f"{outcome}  {verdict['metric']} {measured} {relation} {limit} ({verdict['source']})"
 
 
-def _written(delta: dict[str, Any]) -> str:
+def _failed(result: dict[str, Any]) -> bool:
+    return any(not verdict["passed"] for verdict in result["verdicts"])
+
+
+def _failures_first(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(results, key=_failed, reverse=True)  # stable: otherwise in the order they were reported
+
+
+def _peak(result: dict[str, Any]) -> int | None:
+    peak = result.get("peak_rss")
+    return peak if isinstance(peak, int) else None
+
+
+# --- full: every measurement with its totals and verdicts ---------------------------------------------------
+
+
+def _totals_text(result: dict[str, Any]) -> str:
+    before, after, delta = result["before"], result["after"], result["delta"]
+    parts = [f"USS {_size(before['uss'])} -> {_size(after['uss'])} ({format_size(delta['uss_growth'], signed=True)})"]
+    if (peak := _peak(result)) is not None:
+        parts.append(f"peak RSS {format_size(peak)}")
     written = delta.get("written")
-    if written is None:
-        return "written n/a"
-    return f"written {format_size(written)} ({written // PAGE_SIZE} pages)"
+    if written is not None:  # unmeasured (no soft-dirty, or not asked for): not shown at all
+        parts.append(f"written {format_size(written)} ({written // PAGE_SIZE} pages)")
+    if delta.get("accessed") is not None:
+        parts.append(f"accessed {format_size(delta['accessed'])}")
+    return ", ".join(parts)
 
 
 def _measurement_lines(result: dict[str, Any]) -> list[str]:
-    before, after, delta = result["before"], result["after"], result["delta"]
-    uss = f"USS {_size(before['uss'])} -> {_size(after['uss'])} ({format_size(delta['uss_growth'], signed=True)})"
-    lines = [f"{result['test']}", f"  {result['label']!r} (pid {result['pid']}): {uss}, {_written(delta)}"]
-    verdicts = result["verdicts"]
+    lines = [f"{result['test']}", f"  {result['label']!r} (pid {result['pid']}): {_totals_text(result)}"]
+    verdicts = sorted(result["verdicts"], key=lambda verdict: verdict["passed"])
     lines.extend(f"    {verdict_text(verdict)}" for verdict in verdicts)
     if not verdicts:
         lines.append("    no limits")
     return lines
 
 
-def summary_lines(results: Sequence[dict[str, Any]]) -> list[str]:
-    """The terminal summary: every measurement with its test, totals, pages written and verdicts."""
+# --- short: one row per measurement -------------------------------------------------------------------------
+
+
+def _key_metric(result: dict[str, Any]) -> str:
+    """The metric a reader looks at first: the first limit exceeded, else the first checked, else USS."""
+    verdicts = sorted(result["verdicts"], key=lambda verdict: verdict["passed"])
+    return verdicts[0]["metric"] if verdicts else "uss"
+
+
+def _metric_cells(result: dict[str, Any], metric: str) -> tuple[str, str]:
+    """`uss 13.0 MiB` and its change `+4.0 MiB`, for the level a metric is about."""
+    after, delta = result["after"], result["delta"]
+    base = metric.removesuffix("_growth")
+    if base in _LEVELS:
+        growth = delta.get(f"{base}_growth")
+        return f"{base} {_size(after.get(base))}", "" if growth is None else format_size(growth, signed=True)
+    if metric in delta and isinstance(delta[metric], int):  # written, accessed: amounts, not levels
+        return f"{metric} {format_size(delta[metric])}", ""
+    return metric, ""  # a page flag: the verdict says how many pages gained it
+
+
+def _verdict_cell(result: dict[str, Any]) -> str:
+    verdicts = result["verdicts"]
+    failed = [verdict for verdict in verdicts if not verdict["passed"]]
+    if failed:
+        first = failed[0]
+        more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
+        measured, limit = _amount(first["measured"], first["unit"]), _amount(first["limit"], first["unit"])
+        return f"FAIL {first['metric']} {measured} > {limit} ({first['source']}){more}"
+    if verdicts:
+        return f"pass ({len(verdicts)} limit{'s' if len(verdicts) != 1 else ''})"
+    return "no limits"
+
+
+def _short_label(label: str) -> str:
+    return label if len(label) <= _LABEL_WIDTH else label[: _LABEL_WIDTH - 3] + "..."
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> list[str]:
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    return [
+        "  ".join(
+            text.rjust(widths[column]) if column in right else text.ljust(widths[column])
+            for column, text in enumerate(row)
+        ).rstrip()
+        for row in [header, *rows]
+    ]
+
+
+def _short_lines(results: Sequence[dict[str, Any]]) -> list[str]:
+    with_peak = any(_peak(result) is not None for result in results)
+    header = ["test", "label", "metric", "change", *(["peak"] if with_peak else []), "verdict"]
+    rows = []
+    for result in results:
+        metric, change = _metric_cells(result, _key_metric(result))
+        peak = [_size(_peak(result))] if with_peak else []
+        rows.append([result["test"], _short_label(str(result["label"])), metric, change, *peak, _verdict_cell(result)])
+    return _table(header, rows, right={3, 4} if with_peak else {3})
+
+
+def summary_lines(results: Sequence[dict[str, Any]], form: str = "short") -> list[str]:
+    """The terminal summary in `form` (see `SUMMARY_FORMS`), failures first, then a tally."""
+    if form == "none":
+        return []
     if not results:
         return ["no measurements"]
-    lines: list[str] = []
-    for result in results:
-        lines.extend(_measurement_lines(result))
+    ordered = _failures_first(results)
+    if form == "full":
+        lines = [line for result in ordered for line in _measurement_lines(result)]
+    else:
+        lines = _short_lines(ordered)
     verdicts = [verdict for result in results for verdict in result["verdicts"]]
     failed = sum(not verdict["passed"] for verdict in verdicts)
     tests = len({result["test"] for result in results})

@@ -47,6 +47,7 @@ __all__ = [
     "resolve_record",
     "save_record",
     "write_json_atomic",
+    "write_text_atomic",
 ]
 
 SCHEMA = "pytest-pagemap/session"
@@ -326,12 +327,16 @@ def _umask() -> int:
 
 def write_json_atomic(target: Path, data: Any) -> None:
     """Write JSON to a temporary file beside `target`, flush it to disk, then rename it into place."""
+    write_text_atomic(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    """Write text to a temporary file beside `target`, flush it to disk, then rename it into place."""
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # as `open` would create it: mkstemp makes it private to its owner
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, sort_keys=False)
-            stream.write("\n")
+            stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, target)

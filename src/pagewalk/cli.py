@@ -6,11 +6,16 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
+from .baseline import collect_context
 from .capabilities import capabilities
 from .delta import Delta
 from .errors import PagewalkError
+from .html_report import report_document, write_html
+from .measure import Measurement
+from .memory_map import measurement_map, snapshot_map
 from .snapshot import Region, Snapshot, snapshot
 from .units import format_size
 from .waiting import sleep_watching
@@ -99,8 +104,18 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _emit(args: argparse.Namespace, data: Callable[[], Any], text: Callable[[], str]) -> int:
-    """Print JSON with --json, else the readable text."""
+def _emit(
+    args: argparse.Namespace, data: Callable[[], Any], text: Callable[[], str], memory_map: Callable[[], Any]
+) -> int:
+    """Write the HTML page with --html; print JSON with --json, else the readable text."""
+    if args.html:
+        path = Path(args.html)
+        try:
+            write_html(path, report_document([memory_map()], context=collect_context()))
+        except OSError as exc:
+            print(f"pagewalk: error: cannot write the HTML page to {path}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"wrote the memory map to {path}", file=sys.stderr)
     if args.json:
         _print_json(data())
     else:
@@ -114,7 +129,7 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
         caps = capabilities()
         counts = caps.missing_for_pss() is None
     snap = snapshot(args.pid, flags=args.flags, counts=counts, freeze=not args.no_freeze, method=args.method)
-    return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top))
+    return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top), lambda: snapshot_map(snap))
 
 
 def _cmd_delta(args: argparse.Namespace) -> int:
@@ -124,7 +139,12 @@ def _cmd_delta(args: argparse.Namespace) -> int:
     sleep_watching(args.pid, args.seconds)
     after = snapshot(args.pid, writes=args.writes, accessed=args.accessed, **options)
     delta = after - before
-    return _emit(args, delta.to_dict, lambda: render_delta(delta, top=args.top))
+    return _emit(
+        args,
+        delta.to_dict,
+        lambda: render_delta(delta, top=args.top),
+        lambda: measurement_map(Measurement.from_snapshots(before, after)),
+    )
 
 
 def _cmd_capabilities(args: argparse.Namespace) -> int:
@@ -160,6 +180,7 @@ def _add_output_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-freeze", action="store_true", help="do not stop the process while reading")
     command.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
     command.add_argument("--top", type=int, default=15, help="regions to list in the table (default 15)")
+    command.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page with the memory map")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,323 @@
+"""The memory map of a measurement or a snapshot as compact, JSON-ready data, for pictures of an address space.
+
+Every mapping of the `before` and `after` snapshots becomes one row, in address order, with its numbers and,
+per page, where it is resident, swapped out or part of a PMD-mapped huge page. Per-page data is bucketed:
+a mapping of `L` pages gets about `sqrt(L)` cells (at most `MAX_CELLS`, never more than its pages), and each
+cell holds one hex digit per layer: how much of it is resident, from `0` (none) through `f` (all); any page
+at all shows as at least `1`. A string of one digit means every cell has that digit. The same data goes into
+the HTML report and into the JSON report's `measurements[].map`, whose keys the README documents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .baseline import measurement_metrics
+from .delta import Delta, RegionDelta
+from .measure import Measurement
+from .reader import concatenated_ranges, exclusive_cumsum
+from .snapshot import Region, Snapshot
+
+__all__ = ["MAP_VERSION", "MAX_CELLS", "REGION_COLUMNS", "json_text", "measurement_map", "snapshot_map"]
+
+MAP_VERSION = 1
+MAX_CELLS = 256
+LEVELS = 15  # the top hex digit: a cell all of whose pages are in the layer
+# One row per mapping: these values, in this order (bytes, or None when not measured).
+REGION_COLUMNS = (
+    "start",
+    "end",
+    "before_start",  # the mapping's range in the `before` snapshot (None when it did not exist)
+    "before_end",
+    "perms",
+    "kind",
+    "name",
+    "status",  # added, removed, grown, shrunk or kept (a snapshot's mappings: kept)
+    "rss",  # after the workload (0 for a removed mapping)
+    "uss",
+    "swap",
+    "anon",
+    "thp",
+    "rss_growth",  # None in a snapshot's map
+    "uss_growth",
+    "swap_growth",
+    "anon_growth",
+    "written",
+    "accessed",
+    "resident_cells",  # hex digits over [min(start, before_start), max(end, before_end)), after the workload
+    "before_cells",  # the same before it; "" when equal to resident_cells
+    "thp_cells",  # "" when no page is in a PMD-mapped huge page
+    "swap_cells",  # "" when no page is swapped out
+)
+_TOTALS = ("rss", "uss", "pss", "swap", "anon", "file", "shmem", "thp", "zero", "hugetlb")
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+I64 = npt.NDArray[np.int64]
+
+
+@dataclasses.dataclass
+class _Rows:
+    """The rows' page spans and the cells they are cut into."""
+
+    first: I64  # each row's first page number
+    pages: I64  # pages in its span
+    cells: I64  # cells it is cut into (0: nothing to draw)
+
+    @property
+    def offsets(self) -> I64:
+        return exclusive_cumsum(self.cells)
+
+
+def _cell_count(pages: I64) -> I64:
+    counts: I64 = np.minimum(np.ceil(np.sqrt(pages)).astype(np.int64), MAX_CELLS)
+    return np.minimum(counts, pages)
+
+
+def _layers(snap: Snapshot, rows: _Rows) -> dict[str, I64]:
+    """Pages per cell of every row: resident (present, not the zero page), in huge pages, swapped out."""
+    total_cells = int(rows.cells.sum())
+    empty = np.zeros(total_cells, dtype=np.int64)
+    if not len(snap.entries) or not total_cells:
+        return {"resident": empty, "thp": empty.copy(), "swap": empty.copy()}
+    vpn = snap.vpn.view(np.int64)
+    drawn = rows.cells > 0
+    lo = np.searchsorted(vpn, rows.first[drawn])
+    hi = np.searchsorted(vpn, rows.first[drawn] + rows.pages[drawn])
+    index = concatenated_ranges(lo, hi - lo, np.int64)
+    row = np.repeat(np.flatnonzero(drawn), hi - lo)
+    cell = (vpn[index] - rows.first[row]) * rows.cells[row] // rows.pages[row] + rows.offsets[:-1][row]
+    top = (snap.entries[index] >> np.uint64(56)).astype(np.int64)
+    present = ((top & 0x80) != 0) & ((top & 0x08) == 0)  # the zero page is not resident memory of its own
+    swap = ((top & 0xC0) == 0x40) & ((top & 0x06) == 0)  # guard and userfaultfd markers are no memory
+    thp = present & ((top & 0x10) != 0)
+    return {
+        name: np.bincount(cell, weights=mask, minlength=total_cells).astype(np.int64)
+        for name, mask in (("resident", present), ("thp", thp), ("swap", swap))
+    }
+
+
+def _cell_pages(rows: _Rows) -> I64:
+    """How many pages each cell covers: cell `c` of `n` over `L` pages holds pages ceil(cL/n) to ceil((c+1)L/n)-1."""
+    row = np.repeat(np.arange(len(rows.cells)), rows.cells)
+    position = np.arange(int(rows.cells.sum()), dtype=np.int64) - rows.offsets[:-1][row]
+    pages, cells = rows.pages[row], rows.cells[row]
+    start = -((-position * pages) // cells)
+    end = -((-(position + 1) * pages) // cells)
+    result: I64 = end - start
+    return result
+
+
+def _digits(counts: I64, cell_pages: I64, rows: _Rows) -> list[str]:
+    """Each row's cells as hex digits; one digit when they are all equal, "" when the row has no page in them."""
+    levels = np.where(counts > 0, np.maximum(1, (counts * LEVELS + cell_pages - 1) // np.maximum(cell_pages, 1)), 0)
+    text = _HEX[np.minimum(levels, LEVELS)].tobytes().decode("ascii")
+    offsets = rows.offsets.tolist()
+    result = []
+    for lo, hi in itertools.pairwise(offsets):
+        cells = text[lo:hi]
+        if not cells or cells.count("0") == len(cells):
+            result.append("")
+        elif cells.count(cells[0]) == len(cells):
+            result.append(cells[0])
+        else:
+            result.append(cells)
+    return result
+
+
+def _cells(before: Snapshot | None, after: Snapshot, spans: Sequence[tuple[int, int]]) -> dict[str, list[str]]:
+    page = after.page_size
+    first = np.array([lo // page for lo, _ in spans], dtype=np.int64)
+    pages = np.array([(hi - lo) // page for lo, hi in spans], dtype=np.int64)
+    rows = _Rows(first, pages, _cell_count(pages))
+    cell_pages = _cell_pages(rows)
+    now = _layers(after, rows)
+    result = {
+        "resident_cells": _digits(now["resident"], cell_pages, rows),
+        "thp_cells": _digits(now["thp"], cell_pages, rows),
+        "swap_cells": _digits(now["swap"], cell_pages, rows),
+    }
+    if before is None:
+        result["before_cells"] = [""] * len(spans)
+    else:
+        then = _digits(_layers(before, rows)["resident"], cell_pages, rows)
+        result["before_cells"] = [
+            "" if old == new else (old or "0") for old, new in zip(then, result["resident_cells"], strict=True)
+        ]
+    return result
+
+
+def _pair_regions(delta: Delta) -> list[tuple[RegionDelta, Region | None, Region | None]]:
+    """Each region's change with its mapping before and after, matched as the delta matched them."""
+    before = {(r.start, r.name): r for r in delta.before.regions}
+    after = {(r.start, r.name): r for r in delta.after.regions}
+    by_name: dict[str, list[Region]] = {}
+    for region in delta.before.regions:
+        by_name.setdefault(region.name, []).append(region)
+    paired = []
+    for change in delta.regions:
+        new = None if change.status == "removed" else after.get((change.start, change.name))
+        old = None if change.status == "added" else before.get((change.start, change.name))
+        if old is None and change.status != "added" and new is not None:  # matched by overlap: a stack grew down
+            old = next((r for r in by_name.get(change.name, ()) if r.start < new.end and new.start < r.end), None)
+        paired.append((change, old, new))
+    return paired
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready form of what another part of the library attached (process trees, peaks)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return str(value)
+
+
+def _header(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "version": MAP_VERSION,
+        "pid": snap.pid,
+        "command": snap.command,
+        "page_size": snap.page_size,
+        "taken_at": snap.taken_at,
+        "cells": MAX_CELLS,
+        "columns": list(REGION_COLUMNS),
+    }
+
+
+def _delta_rows(delta: Delta) -> list[list[Any]]:
+    paired = _pair_regions(delta)
+    spans = []
+    for change, old, new in paired:
+        ends = [(r.start, r.end) for r in (old, new) if r is not None] or [(change.start, change.end)]
+        spans.append((min(lo for lo, _ in ends), max(hi for _, hi in ends)))
+    cells = _cells(delta.before, delta.after, spans)
+    rows = []
+    for index, (change, old, new) in enumerate(paired):
+        ref = new or old
+        assert ref is not None
+        rows.append(
+            [
+                ref.start,
+                ref.end,
+                None if old is None else old.start,
+                None if old is None else old.end,
+                ref.perms,
+                change.kind,
+                change.name,
+                change.status,
+                *((0 if new is None else getattr(new, name)) for name in ("rss", "uss", "swap", "anon", "thp")),
+                change.rss_growth,
+                change.uss_growth,
+                change.swap_growth,
+                change.anon_growth,
+                change.written,
+                change.accessed,
+                *(cells[column][index] for column in REGION_COLUMNS[-4:]),
+            ]
+        )
+    return rows
+
+
+def measurement_map(measurement: Measurement, *, label: str | None = None) -> dict[str, Any]:
+    """The map of a finished measurement: its totals, verdicts, notes and one row per mapping (see module doc)."""
+    delta = measurement.delta
+    data = _header(delta.after)
+    data.update(
+        {
+            "label": label if label is not None else measurement.label,
+            "seconds": delta.seconds,
+            "totals": {
+                "before": {name: getattr(delta.before, name) for name in _TOTALS},
+                "after": {name: getattr(delta.after, name) for name in _TOTALS},
+            },
+            "metrics": measurement_metrics(measurement),
+            "peak_rss": _plain(getattr(measurement, "peak_rss", None)),
+            "processes": _plain(getattr(measurement, "processes", None)),
+            "verdicts": [verdict.to_dict() for verdict in measurement.verdicts],
+            "flags_gained": None if delta.flags_gained is None else {k: v for k, v in delta.flags_gained.items() if v},
+            "notes": sorted({*delta.before.notes, *delta.after.notes}),
+            "regions": _delta_rows(delta),
+        }
+    )
+    return data
+
+
+def snapshot_map(snap: Snapshot, *, label: str | None = None) -> dict[str, Any]:
+    """The map of one snapshot: its totals and one row per mapping, every one `kept`, with no changes."""
+    cells = _cells(None, snap, [(r.start, r.end) for r in snap.regions])
+    rows = []
+    for index, region in enumerate(snap.regions):
+        rows.append(
+            [
+                region.start,
+                region.end,
+                region.start,
+                region.end,
+                region.perms,
+                region.kind,
+                region.name,
+                "kept",
+                region.rss,
+                region.uss,
+                region.swap,
+                region.anon,
+                region.thp,
+                None,
+                None,
+                None,
+                None,
+                region.written,
+                region.accessed,
+                *(cells[column][index] for column in REGION_COLUMNS[-4:]),
+            ]
+        )
+    data = _header(snap)
+    data.update(
+        {
+            "label": label if label is not None else snap.command,
+            "seconds": None,
+            "totals": {"before": None, "after": {name: getattr(snap, name) for name in _TOTALS}},
+            "metrics": {name: getattr(snap, name) for name in ("uss", "rss", "pss", "swap", "anon")},
+            "peak_rss": None,
+            "processes": None,
+            "verdicts": [],
+            "flags_gained": None,
+            "notes": list(snap.notes),
+            "regions": rows,
+        }
+    )
+    return data
+
+
+def json_text(data: Any) -> str:
+    """JSON indented by two, as reports are written, except that each map's region rows take one line each: a
+    map of 65,000 mappings stays a few megabytes and still reads one mapping a line."""
+    rows: list[list[list[Any]]] = []
+
+    def placeholders(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            if "columns" in value and isinstance(value.get("regions"), list):
+                rows.append(value["regions"])
+                return {**value, "regions": f"\0rows:{len(rows) - 1}\0"}
+            return {key: placeholders(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [placeholders(item) for item in value]
+        return value
+
+    text = json.dumps(placeholders(data), indent=2)
+    for index, regions in enumerate(rows):
+        lines = ",\n".join(json.dumps(row, separators=(",", ":")) for row in regions)
+        text = text.replace(json.dumps(f"\0rows:{index}\0"), f"[\n{lines}\n]" if lines else "[]", 1)
+    return text + "\n"
