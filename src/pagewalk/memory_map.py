@@ -11,7 +11,6 @@ the HTML report and into the JSON report's `measurements[].map`, whose keys the 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -34,7 +33,7 @@ LEVELS = 15  # the top hex digit: a cell all of whose pages are in the layer
 REGION_COLUMNS = (
     "start",
     "end",
-    "before_start",  # the mapping's range in the `before` snapshot (None when it did not exist)
+    "before_start",  # the mapping's range before, when it grew or shrank (None otherwise)
     "before_end",
     "perms",
     "kind",
@@ -116,17 +115,25 @@ def _cell_pages(rows: _Rows) -> I64:
 def _digits(counts: I64, cell_pages: I64, rows: _Rows) -> list[str]:
     """Each row's cells as hex digits; one digit when they are all equal, "" when the row has no page in them."""
     levels = np.where(counts > 0, np.maximum(1, (counts * LEVELS + cell_pages - 1) // np.maximum(cell_pages, 1)), 0)
-    text = _HEX[np.minimum(levels, LEVELS)].tobytes().decode("ascii")
-    offsets = rows.offsets.tolist()
-    result = []
-    for lo, hi in itertools.pairwise(offsets):
-        cells = text[lo:hi]
-        if not cells or cells.count("0") == len(cells):
-            result.append("")
-        elif cells.count(cells[0]) == len(cells):
-            result.append(cells[0])
-        else:
-            result.append(cells)
+    levels = np.minimum(levels, LEVELS)
+    result = [""] * len(rows.cells)
+    filled = np.flatnonzero(rows.cells > 0)
+    if not len(filled):
+        return result
+    starts = rows.offsets[:-1][filled]
+    low, high = np.minimum.reduceat(levels, starts), np.maximum.reduceat(levels, starts)
+    # Most rows are uniform (one digit) or empty: only the others are cut out of the text one by one.
+    for row, level in zip(
+        filled[(low == high) & (low > 0)].tolist(), low[(low == high) & (low > 0)].tolist(), strict=True
+    ):
+        result[row] = "0123456789abcdef"[level]
+    mixed = filled[low != high]
+    if len(mixed):
+        text = _HEX[levels].tobytes().decode("ascii")
+        for row, lo, hi in zip(
+            mixed.tolist(), rows.offsets[mixed].tolist(), rows.offsets[mixed + 1].tolist(), strict=True
+        ):
+            result[row] = text[lo:hi]
     return result
 
 
@@ -156,15 +163,16 @@ def _pair_regions(delta: Delta) -> list[tuple[RegionDelta, Region | None, Region
     """Each region's change with its mapping before and after, matched as the delta matched them."""
     before = {(r.start, r.name): r for r in delta.before.regions}
     after = {(r.start, r.name): r for r in delta.after.regions}
-    by_name: dict[str, list[Region]] = {}
-    for region in delta.before.regions:
-        by_name.setdefault(region.name, []).append(region)
     paired = []
     for change in delta.regions:
-        new = None if change.status == "removed" else after.get((change.start, change.name))
-        old = None if change.status == "added" else before.get((change.start, change.name))
+        key = (change.start, change.name)
+        new = None if change.status == "removed" else after.get(key)
+        old = None if change.status == "added" else before.get(key)
         if old is None and change.status != "added" and new is not None:  # matched by overlap: a stack grew down
-            old = next((r for r in by_name.get(change.name, ()) if r.start < new.end and new.start < r.end), None)
+            old = next(
+                (r for r in delta.before.regions if r.name == new.name and r.start < new.end and new.start < r.end),
+                None,
+            )
         paired.append((change, old, new))
     return paired
 
@@ -200,31 +208,36 @@ def _delta_rows(delta: Delta) -> list[list[Any]]:
     paired = _pair_regions(delta)
     spans = []
     for change, old, new in paired:
-        ends = [(r.start, r.end) for r in (old, new) if r is not None] or [(change.start, change.end)]
-        spans.append((min(lo for lo, _ in ends), max(hi for _, hi in ends)))
+        if old is None or new is None:
+            spans.append((change.start, change.end))
+        else:
+            spans.append((min(old.start, new.start), max(old.end, new.end)))
     cells = _cells(delta.before, delta.after, spans)
+    drawn = zip(*(cells[column] for column in REGION_COLUMNS[-4:]), strict=True)
     rows = []
-    for index, (change, old, new) in enumerate(paired):
+    for (change, old, new), layers in zip(paired, drawn, strict=True):
+        moved = old is not None and new is not None and (old.start, old.end) != (new.start, new.end)
+        levels = (0, 0, 0, 0, 0) if new is None else (new.rss, new.uss, new.swap, new.anon, new.thp)
         ref = new or old
         assert ref is not None
         rows.append(
             [
-                ref.start,
-                ref.end,
-                None if old is None else old.start,
-                None if old is None else old.end,
+                change.start,
+                change.end,
+                old.start if moved and old is not None else None,
+                old.end if moved and old is not None else None,
                 ref.perms,
                 change.kind,
                 change.name,
                 change.status,
-                *((0 if new is None else getattr(new, name)) for name in ("rss", "uss", "swap", "anon", "thp")),
+                *levels,
                 change.rss_growth,
                 change.uss_growth,
                 change.swap_growth,
                 change.anon_growth,
                 change.written,
                 change.accessed,
-                *(cells[column][index] for column in REGION_COLUMNS[-4:]),
+                *layers,
             ]
         )
     return rows
@@ -263,8 +276,8 @@ def snapshot_map(snap: Snapshot, *, label: str | None = None) -> dict[str, Any]:
             [
                 region.start,
                 region.end,
-                region.start,
-                region.end,
+                None,
+                None,
                 region.perms,
                 region.kind,
                 region.name,
