@@ -322,15 +322,21 @@ def json_text(data: Any) -> str:
     def placeholders(value: Any) -> Any:
         if isinstance(value, Mapping):
             if "columns" in value and isinstance(value.get("regions"), list):
+                rows.append([value["columns"]])
                 rows.append(value["regions"])
-                return {**value, "regions": f"\0rows:{len(rows) - 1}\0"}
+                return {**value, "columns": f"\0rows:{len(rows) - 2}\0", "regions": f"\0rows:{len(rows) - 1}\0"}
             return {key: placeholders(item) for key, item in value.items()}
         if isinstance(value, list):
             return [placeholders(item) for item in value]
         return value
 
     text = json.dumps(placeholders(data), indent=2)
-    for index, regions in enumerate(rows):
-        lines = ",\n".join(json.dumps(row, separators=(",", ":")) for row in regions)
-        text = text.replace(json.dumps(f"\0rows:{index}\0"), f"[\n{lines}\n]" if lines else "[]", 1)
+    for index, lines in enumerate(rows):
+        if index % 2 == 0:  # the column names, on one line
+            packed = json.dumps(lines[0], separators=(",", ":"))
+        else:
+            packed = (
+                "[\n" + ",\n".join(json.dumps(row, separators=(",", ":")) for row in lines) + "\n]" if lines else "[]"
+            )
+        text = text.replace(json.dumps(f"\0rows:{index}\0"), packed, 1)
     return text + "\n"
