@@ -74,7 +74,8 @@ class Page:
             text = details.get("exception", {}).get("description") or details.get("text")
             self.errors.append(f"uncaught: {text}")
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):
-            self.errors.append("console: " + " ".join(str(arg.get("value", arg.get("description"))) for arg in params["args"]))
+            words = (str(arg.get("value", arg.get("description"))) for arg in params["args"])
+            self.errors.append("console: " + " ".join(words))
         elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
             self.errors.append(f"log: {params['entry'].get('text')}")
 
@@ -170,5 +171,5 @@ class Browser:
         self.pages.append(page)
         started = time.monotonic()
         page.call("Page.navigate", url=path.resolve().as_uri())
-        page.wait_for("document.readyState === 'complete' && document.body && document.body.dataset.ready === '1'", ready_seconds)
+        page.wait_for("document.readyState === 'complete' && document.body?.dataset.ready === '1'", ready_seconds)
         return page, time.monotonic() - started

@@ -22,7 +22,7 @@ from pagewalk.html_report import report_document, write_html
 from pagewalk.memory_map import snapshot_map
 
 pytest.importorskip("websocket", reason="the browser tests need websocket-client (the 'test' extra)")
-from browser import Browser, Page, chromium_path  # noqa: E402
+from browser import Browser, Page, chromium_path
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)")
@@ -125,7 +125,8 @@ def test_failing_measurement_on_top_and_numbers_match_the_json(
         totals = page.evaluate(
             f"""Object.fromEntries([...document.querySelectorAll(
                 'details.measurement[data-key={json.dumps(measurement["key"])}] table.totals tr[data-metric]')]
-                .map(tr => [tr.dataset.metric, [...tr.querySelectorAll('td[data-bytes]')].map(td => td.dataset.bytes)]))"""
+                .map(tr => [tr.dataset.metric,
+                            [...tr.querySelectorAll('td[data-bytes]')].map(td => td.dataset.bytes)]))"""
         )
         for name, (before, after, change) in totals.items():
             assert (int(before), int(after)) == (data["totals"]["before"][name], data["totals"]["after"][name])
@@ -135,7 +136,8 @@ def test_failing_measurement_on_top_and_numbers_match_the_json(
     page.evaluate("document.querySelector('details.measurement table.top-regions tr[data-row]').click()")
     detail = page.evaluate("document.querySelector('details.measurement .region-detail').innerText")
     big = next(m for m in report["measurements"] if m["key"] == "test_grow.py::test_big")["map"]
-    first = dict(zip(big["columns"], big["regions"][read_top_regions(page, "test_grow.py::test_big")[0]["row"]]))
+    shown = read_top_regions(page, "test_grow.py::test_big")[0]["row"]
+    first = dict(zip(big["columns"], big["regions"][shown], strict=True))
     assert first["name"] in detail and format_size(first["rss"]) in detail
     assert page.errors == []
 

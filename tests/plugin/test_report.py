@@ -257,9 +257,10 @@ def test_summary_shows_pages_written_when_tracked():
         f"    FAIL  written {format_size(10 * PAGE_SIZE)} > 0 B (marker)",
         "1 measurement in 1 test, 1 limit checked, 1 exceeded",
     ]
+    written = format_size(10 * PAGE_SIZE)
     assert summary_lines([result]) == [
         "test          label  metric            change  verdict",
-        f"t.py::test_w  app    written {format_size(10 * PAGE_SIZE)}          FAIL written {format_size(10 * PAGE_SIZE)} > 0 B (marker)",
+        f"t.py::test_w  app    written {written}          FAIL written {written} > 0 B (marker)",
         "1 measurement in 1 test, 1 limit checked, 1 exceeded",
     ]
 
