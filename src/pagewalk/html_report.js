@@ -29,6 +29,12 @@
     for (const child of children) if (child !== null && child !== undefined) node.append(child);
     return node;
   }
+  // Test ids wrap after "::" and "/" rather than in the middle of a name.
+  function breakable(text) {
+    const parts = [];
+    for (const piece of String(text).split(/(?<=::|\/)/)) parts.push(piece, document.createElement("wbr"));
+    return parts;
+  }
   function sizeCell(bytes, signed) {
     return el("td", { class: "num", "data-bytes": bytes === null || bytes === undefined ? "" : String(bytes), text: size(bytes, signed) });
   }
@@ -120,7 +126,7 @@
       const verdict = item.failedVerdicts.length ? verdictText(item.failedVerdicts[0]) : regressedKeys.has(item.record.key) ? "regressed against the baseline" : item.verdicts.length ? `pass (${item.verdicts.length} limit${item.verdicts.length === 1 ? "" : "s"})` : "no limits";
       const row = el("tr", { class: "clickable", "data-key": item.record.key, "data-failed": item.failed ? "1" : "0" },
         el("td", {}, el("span", { class: `badge ${item.failed ? "bad" : "good"}`, text: item.failed ? "FAIL" : "ok" })),
-        el("td", { class: "test", text: item.record.test || item.record.key }),
+        el("td", { class: "test" }, ...breakable(item.record.test || item.record.key)),
         el("td", { class: "label muted", title: item.record.label || "", text: item.record.label || "" }),
         el("td", { text: base }),
         sizeCell(level, false),
@@ -461,7 +467,7 @@
     regions.listeners.push((i) => {
       detail.hidden = false;
       detail.replaceChildren(el("div", { class: "name", text: regions.get(i, "name") }),
-        el("table", {}, ...regionFacts(regions, i).map(([k, v]) => el("tr", {}, el("td", { class: "muted", text: k }), el("td", { text: v })))));
+        el("div", { class: "inline-facts" }, ...regionFacts(regions, i).map(([k, v]) => el("span", {}, el("span", { class: "muted", text: `${k} ` }), v))));
       draw();
     });
     return box;
