@@ -577,11 +577,17 @@ class Measurement:
         if not regions:
             return [f"no region changed its {column.replace('_', ' ')}"]
         title = column.replace("_", " ")
-        rows = [f"regions that contributed most to {title}:", f"  {title:>12}  {'status':<8} {'kind':<8} name"]
+        rows = [
+            f"regions that contributed most to {title}:",
+            f"  {title:>12}  {'status':<8} {'kind':<8} {'address':<25}  name",
+        ]
         for region in regions:
             value = getattr(region, column) or 0
             signed = column.endswith("_growth")
-            rows.append(f"  {format_size(value, signed=signed):>12}  {region.status:<8} {region.kind:<8} {region.name}")
+            rows.append(
+                f"  {format_size(value, signed=signed):>12}  {region.status:<8} {region.kind:<8} "
+                f"{region.start:012x}-{region.end:012x}  {region.name}"  # tells identical [anon] rows apart
+            )
         return rows
 
     def _level_table(self, spec: Metric, top: int) -> list[str]:

@@ -116,8 +116,8 @@ def test_failure_has_a_section_with_the_regions(pytester):
             "USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB (+2.0 MiB)",
             "USS * -> * (+4.0 MiB); RSS * (+4.0 MiB)",
             "regions that contributed most to uss growth:",
-            "    uss growth  status   kind     name",
-            "      +4.0 MiB  *  anon * ?anon?",  # fnmatch: [...] is a character class
+            "    uss growth  status   kind     address                    name",
+            "      +4.0 MiB  *  anon     *-*  ?anon?",  # fnmatch: [...] is a character class
         ]
     )
 
