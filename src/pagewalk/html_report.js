@@ -264,7 +264,7 @@
   const KIND_COLOR = { heap: "#e8590c", stack: "#0c8599", anon: "#1c7ed6", file: "#9775fa", shmem: "#d6336c", hugetlb: "#5c940d", special: "#868e96" };
   const KIND_TINT = { heap: "#fde3d3", stack: "#d3eef2", anon: "#d8e9fb", file: "#f1edfd", shmem: "#f9dbe5", hugetlb: "#e2f0d0", special: "#eceef0" };
   const STATUS_COLOR = { added: "#2f9e44", grown: "#8ce99a", shrunk: "#f59f00", removed: "#e03131" };
-  const THP_COLOR = "#ae3ec9", SWAP_COLOR = "#c92a2a";
+  const THP_COLOR = "#ae3ec9", SWAP_COLOR = "#c92a2a", WRITTEN_COLOR = "#f76707";
   const LINE_H = 30, BAND = 4, BODY = 18, LAYER = 4;
   const HUGE_GAP = 1 << 30;
 
@@ -328,6 +328,7 @@
       const levels = levelsOf(cells);
       const thp = which === "after" ? levelsOf(regions.get(i, "thp_cells")) : null;
       const swap = which === "after" ? levelsOf(regions.get(i, "swap_cells")) : null;
+      const written = which === "after" && regions.col.written_cells !== undefined ? levelsOf(regions.get(i, "written_cells")) : null;
       const a = geo.x0[i], b = geo.x1[i];
       pieces(a, b, (x, y, w, f0, f1) => {
         const top = y + BAND;
@@ -350,6 +351,7 @@
           ctx.fillRect(x, y, w, BAND - 1);
         }
         if (thp) fillCells(ctx, thp, x, w, f0, f1, (cx, cw, level) => { ctx.fillStyle = THP_COLOR; ctx.fillRect(cx, top + BODY + 1, cw, Math.max(1, (LAYER - 1) * level)); });
+        if (written) fillCells(ctx, written, x, w, f0, f1, (cx, cw) => { ctx.fillStyle = WRITTEN_COLOR; ctx.fillRect(cx, y, cw, BAND - 1); });
         if (swap) fillCells(ctx, swap, x, w, f0, f1, (cx, cw, level) => { ctx.fillStyle = SWAP_COLOR; ctx.fillRect(cx, top + BODY + LAYER - 1, cw, 2); });
         if (w >= 4 && f0 === 0) { ctx.fillStyle = "#ffffff"; ctx.fillRect(x, top, 1, BODY); }
       });
@@ -482,6 +484,9 @@
     if (regions.hasGrowth) for (const [status, color] of Object.entries(STATUS_COLOR)) box.append(el("span", {}, el("span", { class: "swatch", style: `background:${color};height:4px` }), status));
     box.append(el("span", {}, el("span", { class: "swatch", style: `background:${THP_COLOR};height:4px` }), "THP"));
     box.append(el("span", {}, el("span", { class: "swatch", style: `background:${SWAP_COLOR};height:3px` }), "swapped"));
+    let anyWritten = false;
+    for (let i = 0; i < regions.n && !anyWritten; i++) anyWritten = regions.col.written_cells !== undefined && !!regions.get(i, "written_cells");
+    if (anyWritten) box.append(el("span", {}, el("span", { class: "swatch", style: `background:${WRITTEN_COLOR};height:3px` }), "written (top bar)"));
     box.append(el("span", {}, el("span", { class: "swatch", style: "background:#f1f3f5;border:1px solid #868e96" }), "≥ 1 GiB unmapped"));
     return box;
   }

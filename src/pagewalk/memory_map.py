@@ -1,11 +1,11 @@
 """The memory map of a measurement or a snapshot as compact, JSON-ready data, for pictures of an address space.
 
 Every mapping of the `before` and `after` snapshots becomes one row, in address order, with its numbers and,
-per page, where it is resident, swapped out or part of a PMD-mapped huge page. Per-page data is bucketed:
+per page, where it is resident, in a PMD-mapped huge page, swapped out or written. Per-page data is bucketed:
 a mapping of `L` pages gets about `sqrt(L)` cells (at most `MAX_CELLS`, never more than its pages), and each
-cell holds one hex digit per layer: how much of it is resident, from `0` (none) through `f` (all); any page
-at all shows as at least `1`. A string of one digit means every cell has that digit. The same data goes into
-the HTML report and into the JSON report's `measurements[].map`, whose keys the README documents.
+cell holds one hex digit per layer: how much of it is in the layer, from `0` (none) through `f` (all); any
+page at all shows as at least `1`. A string of one digit means every cell has that digit. The same data
+goes into the HTML report and into the JSON report's `measurements[].map`, whose keys the README documents.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import bits
 from .baseline import measurement_metrics
 from .delta import Delta, RegionDelta
 from .measure import Measurement
@@ -54,6 +55,7 @@ REGION_COLUMNS = (
     "before_cells",  # the same before it; "" when equal to resident_cells
     "thp_cells",  # "" when no page is in a PMD-mapped huge page
     "swap_cells",  # "" when no page is swapped out
+    "written_cells",  # pages written while tracking (soft-dirty); "" when none, or not tracked
 )
 _TOTALS = ("rss", "uss", "pss", "swap", "anon", "file", "shmem", "thp", "zero", "hugetlb")
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
@@ -83,7 +85,7 @@ def _layers(snap: Snapshot, rows: _Rows) -> dict[str, I64]:
     total_cells = int(rows.cells.sum())
     empty = np.zeros(total_cells, dtype=np.int64)
     if not len(snap.entries) or not total_cells:
-        return {"resident": empty, "thp": empty.copy(), "swap": empty.copy()}
+        return {"resident": empty, "thp": empty.copy(), "swap": empty.copy(), "written": empty.copy()}
     vpn = snap.vpn.view(np.int64)
     drawn = rows.cells > 0
     lo = np.searchsorted(vpn, rows.first[drawn])
@@ -95,9 +97,12 @@ def _layers(snap: Snapshot, rows: _Rows) -> dict[str, I64]:
     present = ((top & 0x80) != 0) & ((top & 0x08) == 0)  # the zero page is not resident memory of its own
     swap = ((top & 0xC0) == 0x40) & ((top & 0x06) == 0)  # guard and userfaultfd markers are no memory
     thp = present & ((top & 0x10) != 0)
+    # Bit 55 of every entry read is its soft-dirty bit: the pages written since tracking started.
+    soft_dirty = (snap.entries[index] & np.uint64(bits.PM_SOFT_DIRTY)) != 0
+    written = soft_dirty & (present | swap) if snap.written is not None else np.zeros(len(index), dtype=bool)
     return {
         name: np.bincount(cell, weights=mask, minlength=total_cells).astype(np.int64)
-        for name, mask in (("resident", present), ("thp", thp), ("swap", swap))
+        for name, mask in (("resident", present), ("thp", thp), ("swap", swap), ("written", written))
     }
 
 
@@ -148,6 +153,7 @@ def _cells(before: Snapshot | None, after: Snapshot, spans: Sequence[tuple[int, 
         "resident_cells": _digits(now["resident"], cell_pages, rows),
         "thp_cells": _digits(now["thp"], cell_pages, rows),
         "swap_cells": _digits(now["swap"], cell_pages, rows),
+        "written_cells": _digits(now["written"], cell_pages, rows),
     }
     if before is None:
         result["before_cells"] = [""] * len(spans)
@@ -213,7 +219,7 @@ def _delta_rows(delta: Delta) -> list[list[Any]]:
         else:
             spans.append((min(old.start, new.start), max(old.end, new.end)))
     cells = _cells(delta.before, delta.after, spans)
-    drawn = zip(*(cells[column] for column in REGION_COLUMNS[-4:]), strict=True)
+    drawn = zip(*(cells[column] for column in REGION_COLUMNS[-5:]), strict=True)
     rows = []
     for (change, old, new), layers in zip(paired, drawn, strict=True):
         moved = old is not None and new is not None and (old.start, old.end) != (new.start, new.end)
@@ -293,7 +299,7 @@ def snapshot_map(snap: Snapshot, *, label: str | None = None) -> dict[str, Any]:
                 None,
                 region.written,
                 region.accessed,
-                *(cells[column][index] for column in REGION_COLUMNS[-4:]),
+                *(cells[column][index] for column in REGION_COLUMNS[-5:]),
             ]
         )
     data = _header(snap)
