@@ -24,6 +24,7 @@ from pagewalk.memory_map import json_text, measurement_map
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from browser import Browser  # the DevTools client the browser tests use
+from many_mappings import MANY_MAPPINGS
 
 # Each target prints "ready", then does its workload on a line of input and prints "ok".
 TARGETS = {
@@ -54,31 +55,16 @@ print("ok", flush=True)
 sys.stdin.readline()
 """,
     ),
-    "65k": (
-        "65,000 mappings",
-        """
-import mmap, sys
-kept = []
-for n in range(65_000):
-    area = mmap.mmap(-1, 2 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                     prot=mmap.PROT_READ | (mmap.PROT_WRITE if n % 2 else 0))
-    if n % 2:
-        area[0] = 1
-    kept.append(area)
-print("ready", flush=True)
-sys.stdin.readline()
-for area in kept[1:4000:2]:
-    area[mmap.PAGESIZE] = 1
-print("ok", flush=True)
-sys.stdin.readline()
-""",
-    ),
+    "65k": ("65,000 mappings", MANY_MAPPINGS),
 }
 
 
 def run(name: str, browser: Browser, folder: Path) -> None:
     title, code = TARGETS[name]
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    arguments = ["65000"] if code is MANY_MAPPINGS else []
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, *arguments], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert child.stdin is not None and child.stdout is not None
         assert child.stdout.readline() == "ready\n"

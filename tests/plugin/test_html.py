@@ -11,21 +11,13 @@ import pytest
 
 from pagewalk.html_report import DATA_ELEMENT_ID
 
-from .support import GROW
+from .support import GROW, SMALL_AND_BIG
 
 pytest_plugins = ["pytester"]  # here, not in conftest.py: see conftest.py
 
 TESTS = (
-    GROW
+    SMALL_AND_BIG
     + """
-@pytest.mark.pagemap(uss_growth_below="2 MiB")
-def test_small(pagemap):
-    pagemap.run(grow, 1 << 20)
-
-@pytest.mark.pagemap(uss_growth_below="2 MiB")
-def test_big(pagemap):
-    pagemap.run(grow, 4 << 20)
-
 def test_twice(pagemap):
     pagemap.run(grow, 1 << 20)
     pagemap.run(grow, 1 << 20)

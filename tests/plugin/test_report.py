@@ -6,21 +6,13 @@ import json
 
 import pytest
 
-from .support import GROW
+from .support import GROW, SMALL_AND_BIG
 
 pytest_plugins = ["pytester"]  # here, not in conftest.py: see conftest.py
 
 LIMITED = (
-    GROW
+    SMALL_AND_BIG
     + """
-@pytest.mark.pagemap(uss_growth_below="2 MiB")
-def test_small(pagemap):
-    pagemap.run(grow, 1 << 20)
-
-@pytest.mark.pagemap(uss_growth_below="2 MiB")
-def test_big(pagemap):
-    pagemap.run(grow, 4 << 20)
-
 def test_no_measurement():
     pass
 """

@@ -21,48 +21,16 @@ from pagewalk import format_size, snapshot
 from pagewalk.html_report import report_document, write_html
 from pagewalk.memory_map import snapshot_map
 
+from .support import GROW, SMALL_AND_BIG
+
 pytest.importorskip("websocket", reason="the browser tests need websocket-client (the 'test' extra)")
 from browser import Browser, Page, chromium_path
+from many_mappings import MANY_MAPPINGS
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)")
 
 LOAD_BOUND_SECONDS = 30  # a 65,000-mapping report must be drawn within this, on a loaded machine too
-GROW = """
-import pytest
-
-kept = []
-
-
-def grow(nbytes):
-    block = bytearray(nbytes)
-    block[::4096] = b"x" * len(block[::4096])
-    kept.append(block)
-    return nbytes
-
-
-@pytest.mark.pagemap(uss_growth_below="2 MiB")
-def test_small(pagemap):
-    pagemap.run(grow, 1 << 20)
-
-
-@pytest.mark.pagemap(uss_growth_below="2 MiB")
-def test_big(pagemap):
-    pagemap.run(grow, 4 << 20)
-"""
-MANY_MAPPINGS = """
-import mmap, sys
-kept = []
-for n in range(int(sys.argv[1])):
-    # Neighbours with different protections never merge into one mapping.
-    area = mmap.mmap(-1, 2 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
-                     prot=mmap.PROT_READ | (mmap.PROT_WRITE if n % 2 else 0))
-    if n % 2:
-        area[0] = 1
-    kept.append(area)
-print("ready", flush=True)
-sys.stdin.readline()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +62,7 @@ def read_top_regions(page: Page, key: str) -> list[dict[str, Any]]:
 def test_failing_measurement_on_top_and_numbers_match_the_json(
     pytester: pytest.Pytester, browser: Browser, tmp_path: Path
 ) -> None:
-    pytester.makepyfile(test_grow=GROW)
+    pytester.makepyfile(test_grow=SMALL_AND_BIG)
     result = pytester.runpytest("--pagemap", "--pagemap-html=map.html", "--pagemap-json=report.json")
     result.assert_outcomes(passed=1, failed=1)
     report = json.loads((pytester.path / "report.json").read_text())
@@ -146,7 +114,7 @@ def test_the_gate_comes_first_with_its_regression_on_top(
     pytester: pytest.Pytester, browser: Browser, tmp_path: Path
 ) -> None:
     pytester.makepyfile(
-        test_gate=GROW.split("@pytest.mark", 1)[0]
+        test_gate=GROW
         + "import os\n\ndef test_grows(pagemap):\n    pagemap.run(grow, int(os.environ.get('GROW_BYTES', 1 << 20)))\n"
     )
     pytester.runpytest("--pagemap-save=base").assert_outcomes(passed=1)
@@ -170,7 +138,7 @@ def test_a_report_of_65000_mappings_loads_within_the_bound(browser: Browser, tmp
     )
     try:
         assert target.stdout is not None and target.stdout.readline() == "ready\n"
-        data = snapshot_map(snapshot(target.pid, method="scan" if _can_scan() else "auto"), label="many mappings")
+        data = snapshot_map(snapshot(target.pid), label="many mappings")
     finally:
         target.kill()
         target.wait()
@@ -188,9 +156,3 @@ def test_a_report_of_65000_mappings_loads_within_the_bound(browser: Browser, tmp
     page.wait_for("document.querySelectorAll('.vlist .vrow').length > 0", LOAD_BOUND_SECONDS)
     assert page.evaluate("document.querySelectorAll('.vlist .vrow').length") < 100
     assert page.errors == []
-
-
-def _can_scan() -> bool:
-    from pagewalk import capabilities
-
-    return capabilities().pagemap_scan
