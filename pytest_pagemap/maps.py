@@ -6,7 +6,6 @@ The maps themselves and the page are the core's (`pagewalk.memory_map`, `pagewal
 
 from __future__ import annotations
 
-import os
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from pagewalk.memory_map import measurement_map
 
 from .fixtures import MEASUREMENTS_KEY
 from .gates import PagemapGates
+from .gates import _path as path_option
 
 __all__ = ["MAPS_ATTRIBUTE", "PagemapMaps", "html_path"]
 
@@ -29,11 +29,7 @@ _TITLE = "pytest-pagemap memory map"
 
 def html_path(config: pytest.Config) -> Path | None:
     """`--pagemap-html`, relative to the invocation directory; else the ini's, relative to the rootdir."""
-    value: str | None = config.getoption("pagemap_html")
-    if value:
-        return Path(os.path.expanduser(value))
-    text = str(config.getini("pagemap_html"))
-    return config.rootpath / os.path.expanduser(text) if text else None
+    return path_option(config, "pagemap_html")
 
 
 class PagemapMaps:
