@@ -100,10 +100,24 @@ def test_failing_measurement_on_top_and_numbers_match_the_json(
             assert (int(before), int(after)) == (data["totals"]["before"][name], data["totals"]["after"][name])
             assert int(change) == int(after) - int(before)
 
+    # Hovering over the map shows the numbers of the mapping under the pointer.
+    left, top, width = page.evaluate(
+        """(() => { const c = document.querySelector('details.measurement canvas.map[data-which=after]');
+                    c.scrollIntoView(); const r = c.getBoundingClientRect(); return [r.left, r.top, r.width]; })()"""
+    )
+    page.call("Input.dispatchMouseEvent", type="mouseMoved", x=left + width / 2, y=top + 12)
+    tip = page.evaluate("document.getElementById('tip').hidden ? null : document.getElementById('tip').innerText")
+    assert tip is not None, "no tooltip over the map"
+    start = int(tip.split("range", 1)[1].split()[0].split("-")[0], 16)
+    big = next(m for m in report["measurements"] if m["key"] == "test_grow.py::test_big")["map"]
+    (hovered,) = [dict(zip(big["columns"], row, strict=True)) for row in big["regions"] if row[0] == start]
+    flat = " ".join(tip.split())
+    rss = f"rss {format_size(hovered['rss'])} ({format_size(hovered['rss_growth'], signed=True)})"
+    assert hovered["name"] in flat and rss in flat
+
     # Clicking a region shows its numbers.
     page.evaluate("document.querySelector('details.measurement table.top-regions tr[data-row]').click()")
     detail = page.evaluate("document.querySelector('details.measurement .region-detail').innerText")
-    big = next(m for m in report["measurements"] if m["key"] == "test_grow.py::test_big")["map"]
     shown = read_top_regions(page, "test_grow.py::test_big")[0]["row"]
     first = dict(zip(big["columns"], big["regions"][shown], strict=True))
     assert first["name"] in detail and format_size(first["rss"]) in detail
