@@ -141,6 +141,7 @@
   }
 
   // --- a measurement --------------------------------------------------------------------------------------
+  let eagerLeft = 6;
   function renderMeasurement(item, open) {
     const details = el("details", { class: `measurement${item.failed ? " failed" : ""}`, id: `m${item.index}`, "data-key": item.record.key });
     const summary = el("summary", {},
@@ -154,8 +155,21 @@
       rendered = true;
       details.append(renderBody(item));
     };
-    details.addEventListener("toggle", render);
-    if (open) { details.open = true; render(); }
+    let waiting = false; // for the viewport: opening it programmatically fires "toggle" too
+    details.addEventListener("toggle", () => { if (!waiting) render(); });
+    if (open) {
+      details.open = true;
+      // The first few are drawn at once; the others when they come near the viewport, so a suite with
+      // many failures opens as fast as one with a few.
+      if (eagerLeft-- > 0 || typeof IntersectionObserver === "undefined") render();
+      else {
+        waiting = true;
+        const observer = new IntersectionObserver((entries) => {
+          if (entries.some((e) => e.isIntersecting)) { observer.disconnect(); waiting = false; render(); }
+        }, { rootMargin: "800px" });
+        observer.observe(details);
+      }
+    }
     return details;
   }
 
