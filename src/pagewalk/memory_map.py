@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import bits
+from . import bits, reader
 from .baseline import measurement_metrics
 from .delta import Delta, RegionDelta
 from .measure import Measurement
-from .reader import concatenated_ranges, exclusive_cumsum
+from .reader import exclusive_cumsum
 from .snapshot import Region, Snapshot
 
 __all__ = ["MAP_VERSION", "MAX_CELLS", "REGION_COLUMNS", "json_text", "measurement_map", "snapshot_map"]
@@ -80,41 +80,37 @@ def _cell_count(pages: I64) -> I64:
     return np.minimum(counts, pages)
 
 
-def _layers(snap: Snapshot, rows: _Rows) -> dict[str, I64]:
-    """Pages per cell of every row: resident (present, not the zero page), in huge pages, swapped out."""
-    total_cells = int(rows.cells.sum())
-    empty = np.zeros(total_cells, dtype=np.int64)
-    if not len(snap.entries) or not total_cells:
-        return {"resident": empty, "thp": empty.copy(), "swap": empty.copy(), "written": empty.copy()}
-    vpn = snap.vpn.view(np.int64)
-    drawn = rows.cells > 0
-    lo = np.searchsorted(vpn, rows.first[drawn])
-    hi = np.searchsorted(vpn, rows.first[drawn] + rows.pages[drawn])
-    index = concatenated_ranges(lo, hi - lo, np.int64)
-    row = np.repeat(np.flatnonzero(drawn), hi - lo)
-    cell = (vpn[index] - rows.first[row]) * rows.cells[row] // rows.pages[row] + rows.offsets[:-1][row]
-    top = (snap.entries[index] >> np.uint64(56)).astype(np.int64)
-    present = ((top & 0x80) != 0) & ((top & 0x08) == 0)  # the zero page is not resident memory of its own
-    swap = ((top & 0xC0) == 0x40) & ((top & 0x06) == 0)  # guard and userfaultfd markers are no memory
-    thp = present & ((top & 0x10) != 0)
-    # Bit 55 of every entry read is its soft-dirty bit: the pages written since tracking started.
-    soft_dirty = (snap.entries[index] & np.uint64(bits.PM_SOFT_DIRTY)) != 0
-    written = soft_dirty & (present | swap) if snap.written is not None else np.zeros(len(index), dtype=bool)
-    return {
-        name: np.bincount(cell, weights=mask, minlength=total_cells).astype(np.int64)
-        for name, mask in (("resident", present), ("thp", thp), ("swap", swap), ("written", written))
-    }
-
-
-def _cell_pages(rows: _Rows) -> I64:
-    """How many pages each cell covers: cell `c` of `n` over `L` pages holds pages ceil(cL/n) to ceil((c+1)L/n)-1."""
+def _cell_bounds(rows: _Rows) -> tuple[I64, I64]:
+    """The first page number of every cell and the one after its last: cell `c` of `n` over `L` pages starting
+    at page `F` holds pages F+ceil(cL/n) to F+ceil((c+1)L/n)-1."""
     row = np.repeat(np.arange(len(rows.cells)), rows.cells)
     position = np.arange(int(rows.cells.sum()), dtype=np.int64) - rows.offsets[:-1][row]
-    pages, cells = rows.pages[row], rows.cells[row]
-    start = -((-position * pages) // cells)
-    end = -((-(position + 1) * pages) // cells)
-    result: I64 = end - start
-    return result
+    pages, cells, first = rows.pages[row], rows.cells[row], rows.first[row]
+    return first - ((-position * pages) // cells), first - ((-(position + 1) * pages) // cells)
+
+
+def _layers(snap: Snapshot, bounds: tuple[I64, I64], *, resident_only: bool = False) -> dict[str, I64]:
+    """Pages per cell: resident (present, not the zero page), in huge pages, swapped out, written.
+
+    Each layer's per-page mask is summed once, and a cell's count is the difference of the running sums
+    where its pages begin and end (found from the page runs: no per-page array of page numbers is made).
+    """
+    first, end = bounds
+    lo = snap.vpn_runs.index_of(first.astype(np.uint64))
+    hi = snap.vpn_runs.index_of(end.astype(np.uint64))
+    top = reader.top_byte_view(snap.entries)
+    masks = {"resident": (top & np.uint8(0x88)) == np.uint8(0x80)}  # present, not the zero page (0x08)
+    if not resident_only:
+        masks["thp"] = (top & np.uint8(0x98)) == np.uint8(0x90)
+        masks["swap"] = (top & np.uint8(0xC6)) == np.uint8(0x40)  # guard and userfaultfd markers are no memory
+        if snap.written is not None:  # bit 55 of every entry read is its soft-dirty bit
+            dirty = (snap.entries & np.uint64(bits.PM_SOFT_DIRTY)) != 0
+            masks["written"] = dirty & (masks["resident"] | masks["swap"])
+    counts = {}
+    for name, mask in masks.items():
+        running = exclusive_cumsum(mask.astype(np.int64))
+        counts[name] = running[hi] - running[lo]
+    return counts
 
 
 def _digits(counts: I64, cell_pages: I64, rows: _Rows) -> list[str]:
@@ -147,18 +143,17 @@ def _cells(before: Snapshot | None, after: Snapshot, spans: Sequence[tuple[int, 
     first = np.array([lo // page for lo, _ in spans], dtype=np.int64)
     pages = np.array([(hi - lo) // page for lo, hi in spans], dtype=np.int64)
     rows = _Rows(first, pages, _cell_count(pages))
-    cell_pages = _cell_pages(rows)
-    now = _layers(after, rows)
+    bounds = _cell_bounds(rows)
+    cell_pages = bounds[1] - bounds[0]
+    now = _layers(after, bounds)
     result = {
-        "resident_cells": _digits(now["resident"], cell_pages, rows),
-        "thp_cells": _digits(now["thp"], cell_pages, rows),
-        "swap_cells": _digits(now["swap"], cell_pages, rows),
-        "written_cells": _digits(now["written"], cell_pages, rows),
+        f"{name}_cells": _digits(now[name], cell_pages, rows) if name in now else [""] * len(spans)
+        for name in ("resident", "thp", "swap", "written")
     }
     if before is None:
         result["before_cells"] = [""] * len(spans)
     else:
-        then = _digits(_layers(before, rows)["resident"], cell_pages, rows)
+        then = _digits(_layers(before, bounds, resident_only=True)["resident"], cell_pages, rows)
         result["before_cells"] = [
             "" if old == new else (old or "0") for old, new in zip(then, result["resident_cells"], strict=True)
         ]
