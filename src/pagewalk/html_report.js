@@ -95,7 +95,13 @@
     const hidden = sorted.length - shown.length;
     const table = el("table", { class: "gate-rows" });
     table.append(el("tr", {}, ...columns.map((k) => el("th", { class: ["baseline", "current", "change", "change_percent"].includes(k) ? "num" : null, text: k.replace("_", " ") }))));
-    const addRows = (rows) => { for (const r of rows) table.append(el("tr", { "data-status": r.status }, ...columns.map((k) => gateCell(k, r[k])))); };
+    const addRows = (rows) => {
+      for (const r of rows) {
+        const row = el("tr", { class: "clickable", "data-status": r.status }, ...columns.map((k) => gateCell(k, r[k])));
+        row.addEventListener("click", () => openMeasurement(r.key));
+        table.append(row);
+      }
+    };
     addRows(shown);
     box.append(table);
     if (hidden) {
@@ -133,11 +139,18 @@
         sizeCell(growth, true));
       if (anyPeak) row.append(sizeCell(item.map ? item.map.peak_rss : null, false));
       row.append(el("td", { class: item.failed ? "bad-text" : "muted", text: verdict }));
-      row.addEventListener("click", () => { const d = document.getElementById(`m${item.index}`); d.open = true; d.scrollIntoView({ behavior: "smooth" }); });
+      row.addEventListener("click", () => openMeasurement(item.record.key));
       table.append(row);
     }
     box.append(table);
     return box;
+  }
+
+  function openMeasurement(key) {
+    const section = [...document.querySelectorAll("details.measurement")].find((d) => d.dataset.key === key);
+    if (!section) return;
+    section.open = true;
+    section.scrollIntoView({ behavior: "smooth" });
   }
 
   // --- a measurement --------------------------------------------------------------------------------------
