@@ -9,13 +9,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .baseline import collect_context
 from .capabilities import capabilities
 from .delta import Delta
 from .errors import PagewalkError
-from .html_report import report_document, write_html
-from .measure import Measurement
-from .memory_map import measurement_map, snapshot_map
 from .snapshot import Region, Snapshot, snapshot
 from .units import format_size
 from .waiting import sleep_watching
@@ -109,6 +105,10 @@ def _emit(
 ) -> int:
     """Write the HTML page with --html; print JSON with --json, else the readable text."""
     if args.html:
+        # Imported here: they cost the command's start-up a quarter of a second, and most runs need none of it.
+        from .baseline import collect_context
+        from .html_report import report_document, write_html
+
         path = Path(args.html)
         try:
             write_html(path, report_document([memory_map()], context=collect_context()))
@@ -123,13 +123,21 @@ def _emit(
     return 0
 
 
+def _map(snap: Snapshot, after: Snapshot | None = None) -> dict[str, Any]:
+    """The memory map of a snapshot, or of the measurement from `snap` to `after`."""
+    from .measure import Measurement
+    from .memory_map import measurement_map, snapshot_map
+
+    return snapshot_map(snap) if after is None else measurement_map(Measurement.from_snapshots(snap, after))
+
+
 def _cmd_snapshot(args: argparse.Namespace) -> int:
     counts = args.counts
     if counts is None:  # PSS when it can be had, without failing when it cannot
         caps = capabilities()
         counts = caps.missing_for_pss() is None
     snap = snapshot(args.pid, flags=args.flags, counts=counts, freeze=not args.no_freeze, method=args.method)
-    return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top), lambda: snapshot_map(snap))
+    return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top), lambda: _map(snap))
 
 
 def _cmd_delta(args: argparse.Namespace) -> int:
@@ -143,7 +151,7 @@ def _cmd_delta(args: argparse.Namespace) -> int:
         args,
         delta.to_dict,
         lambda: render_delta(delta, top=args.top),
-        lambda: measurement_map(Measurement.from_snapshots(before, after)),
+        lambda: _map(before, after),
     )
 
 
