@@ -141,6 +141,7 @@ class Browser:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        browser: Browser | None = None
         try:
             port_file = Path(profile, "DevToolsActivePort")
             deadline = time.monotonic() + START_SECONDS
@@ -153,7 +154,7 @@ class Browser:
             browser = cls(process, profile, int(port_file.read_text().split()[0]))
             yield browser
         finally:
-            for page in getattr(locals().get("browser"), "pages", []):
+            for page in browser.pages if browser is not None else []:
                 page.close()
             process.kill()
             process.wait()
