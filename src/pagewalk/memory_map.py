@@ -21,6 +21,7 @@ import numpy.typing as npt
 from . import bits, reader
 from .baseline import measurement_metrics
 from .delta import Delta, RegionDelta
+from .errors import PagewalkError
 from .measure import Measurement
 from .reader import exclusive_cumsum
 from .snapshot import Region, Snapshot
@@ -193,6 +194,14 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _attached(measurement: Measurement, name: str) -> Any:
+    """What a measurement may carry besides its snapshots (a peak, a process tree), JSON-ready; None if absent."""
+    try:
+        return _plain(getattr(measurement, name, None))
+    except PagewalkError:  # not known for this measurement
+        return None
+
+
 def _header(snap: Snapshot) -> dict[str, Any]:
     return {
         "version": MAP_VERSION,
@@ -257,8 +266,8 @@ def measurement_map(measurement: Measurement, *, label: str | None = None) -> di
                 "after": {name: getattr(delta.after, name) for name in _TOTALS},
             },
             "metrics": measurement_metrics(measurement),
-            "peak_rss": _plain(getattr(measurement, "peak_rss", None)),
-            "processes": _plain(getattr(measurement, "processes", None)),
+            "peak_rss": _attached(measurement, "peak_rss"),
+            "processes": _attached(measurement, "processes"),
             "verdicts": [verdict.to_dict() for verdict in measurement.verdicts],
             "flags_gained": None if delta.flags_gained is None else {k: v for k, v in delta.flags_gained.items() if v},
             "notes": sorted({*delta.before.notes, *delta.after.notes}),
