@@ -32,7 +32,12 @@ def child() -> Iterator[Puppet]:
 
 
 def rows_of(data: dict[str, Any]) -> list[dict[str, Any]]:
-    return [dict(zip(data["columns"], row, strict=True)) for row in data["regions"]]
+    """The rows as dicts, with their addresses as numbers."""
+    rows = [dict(zip(data["columns"], row, strict=True)) for row in data["regions"]]
+    for row in rows:
+        for key in ("start", "end", "before_start", "before_end"):
+            row[key] = None if row[key] is None else int(row[key], 16)
+    return rows
 
 
 def row_at(data: dict[str, Any], address: int) -> dict[str, Any]:

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
 import platform
 import re
+import secrets
+import stat
 import subprocess
 import sys
-import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,14 @@ from typing import Any
 from .capabilities import capabilities
 from .errors import PagewalkError
 from .measure import METRICS, Measurement, NotMeasured
-from .procfs import status_field
+from .record_format import (
+    REPORT_SCHEMA,
+    SESSION_SCHEMA,
+    SESSION_VERSION,
+    FormatFault,
+    read_document,
+    validate_measurement,
+)
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -43,6 +53,7 @@ __all__ = [
     "measurement_metrics",
     "median_metrics",
     "merge_repeats",
+    "record_from_bytes",
     "records_of_test",
     "resolve_record",
     "save_record",
@@ -50,15 +61,21 @@ __all__ = [
     "write_text_atomic",
 ]
 
-SCHEMA = "pytest-pagemap/session"
-SCHEMA_VERSION = 1
+SCHEMA = SESSION_SCHEMA
+SCHEMA_VERSION = SESSION_VERSION
 DEFAULT_STORAGE = ".pagemap"
 LOCK_NAME = ".lock"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", re.ASCII)
+_RECORD_FILE = re.compile(r"^[0-9]{4}_.+\.json$", re.ASCII)
 _CONTEXT_KEYS_THAT_MATTER = ("kernel", "machine", "page_size")
 # What a record keeps of each measurement, in bytes (None when not measured); smaller is better for all.
 RECORDED_METRICS = tuple(METRICS)
 KEY_SEPARATOR = " > "  # between a test id and a measurement's label, when a test measures several times
+MAX_RECORD_BYTES = 256 << 20  # a record of 20,000 measurements takes about 10 MiB
+# Temporary files are named after their target and their writer's pid, so a dead writer's can be told apart.
+_TEMPORARY = re.compile(r"^\.(?P<target>.+)\.(?P<pid>[0-9]{1,10})\.[0-9a-f]{8}\.tmp$")
+_LEGACY_TEMPORARY = re.compile(r"^\.(?P<target>[0-9]{4}_.+\.json)\.[a-z0-9_]{8}\.tmp$")  # mkstemp's, unowned
+_LEGACY_TEMPORARY_AGE = 3600.0  # seconds after which an unowned temporary file cannot be a live save's
 
 
 class BaselineError(PagewalkError):
@@ -86,22 +103,14 @@ class MeasurementRecord:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MeasurementRecord:
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a measurement must be an object, not {type(data).__name__}")
-        metrics = data["metrics"]
-        if not isinstance(metrics, Mapping) or not all(
-            (isinstance(value, int) and not isinstance(value, bool)) or value is None for value in metrics.values()
-        ):
-            raise ValueError(f"metrics of {data.get('key')!r} must map names to integers or null")
-        repeat = data.get("repeat", 1)
-        if not isinstance(repeat, int) or isinstance(repeat, bool) or repeat < 1:
-            raise ValueError(f"repeat of {data.get('key')!r} must be a positive integer, not {repeat!r}")
+        """A measurement from its `to_dict` form; a `ValueError` (a `FormatFault`) saying what is wrong."""
+        return cls._from_valid(validate_measurement(dict(data) if isinstance(data, Mapping) else data, "measurement"))
+
+    @classmethod
+    def _from_valid(cls, entry: Mapping[str, Any]) -> MeasurementRecord:
+        """From an entry the strict reader has checked and completed."""
         return cls(
-            key=str(data["key"]),
-            test=str(data["test"]),
-            label=str(data.get("label", "")),
-            metrics=dict(metrics),
-            repeat=repeat,
+            key=entry["key"], test=entry["test"], label=entry["label"], metrics=entry["metrics"], repeat=entry["repeat"]
         )
 
 
@@ -175,47 +184,60 @@ def _problem(path: Path, what: str) -> BaselineError:
     return BaselineError(f"baseline {path}: {what}")
 
 
-def load_record(path: str | os.PathLike[str]) -> SessionRecord:
-    """Read and validate a stored record; every problem is a `BaselineError` naming the file and the fault."""
-    path = Path(path)
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes: refused, without blocking, when it is a FIFO, a device or too large to be a record."""
     try:
-        text = path.read_text(encoding="utf-8")
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise _problem(path, "no such file") from None
     except OSError as exc:
         raise _problem(path, f"cannot be read ({exc.strerror})") from None
+    info = os.fstat(handle)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD_BYTES:
+        os.close(handle)
+        if not stat.S_ISREG(info.st_mode):
+            raise _problem(path, f"is {_file_kind(info.st_mode)}, not a regular file")
+        raise _problem(path, f"is {info.st_size} bytes, more than a record can be ({MAX_RECORD_BYTES})")
+    with os.fdopen(handle, "rb") as stream:
+        try:
+            data = stream.read(MAX_RECORD_BYTES + 1)
+        except OSError as exc:
+            raise _problem(path, f"cannot be read ({exc.strerror})") from None
+    if len(data) > MAX_RECORD_BYTES:
+        raise _problem(path, f"grew beyond {MAX_RECORD_BYTES} bytes while it was read")
+    return data
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISLNK, "a symbolic link"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def record_from_bytes(data: bytes, path: str | os.PathLike[str]) -> SessionRecord:
+    """The session record in `data` (a stored record, or a `--pagemap-json` report, which holds one), read by
+    the strict reader; every fault is a `BaselineError` naming `path`, the JSON path and what is wrong."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _problem(
-            path,
-            f"is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
-            "was it truncated? Save a new baseline with --pagemap-save",
-        ) from None
-    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise _problem(path, f'is not a pytest-pagemap session record (expected "schema": "{SCHEMA}")')
-    if data.get("version") != SCHEMA_VERSION:
-        raise _problem(
-            path,
-            f"has schema version {data.get('version')!r}; this pytest-pagemap reads version {SCHEMA_VERSION}: "
-            "save a new baseline with --pagemap-save",
-        )
-    try:
-        context = data["context"]
-        if not isinstance(context, dict):
-            raise ValueError("context must be an object")
-        entries = data["measurements"]
-        if not isinstance(entries, list):
-            raise ValueError("measurements must be a list")
-        measurements = tuple(MeasurementRecord.from_dict(entry) for entry in entries)
-        keys = [m.key for m in measurements]
-        duplicated = sorted({key for key in keys if keys.count(key) > 1})
-        if duplicated:
-            raise ValueError(f"measurement keys must be unique; repeated: {', '.join(map(repr, duplicated))}")
-    except (KeyError, TypeError, ValueError) as exc:
-        detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise _problem(path, f"is malformed: {detail}") from None
-    return SessionRecord(context=context, measurements=measurements, created=str(data.get("created", "")), path=path)
+        document = read_document(data, (SESSION_SCHEMA, REPORT_SCHEMA))
+    except FormatFault as fault:
+        where = f"at {fault.where}: " if fault.where else ""
+        raise _problem(Path(path), f"{where}{fault.what} (repair the file, or save a new baseline)") from None
+    measurements = tuple(MeasurementRecord._from_valid(entry) for entry in document["measurements"])
+    return SessionRecord(
+        context=document["context"], measurements=measurements, created=document["created"], path=Path(path)
+    )
+
+
+def load_record(path: str | os.PathLike[str]) -> SessionRecord:
+    """Read and validate a stored record; every problem is a `BaselineError` naming the file and the fault."""
+    path = Path(path)
+    return record_from_bytes(_read_bytes(path), path)
 
 
 def _records(storage: Path) -> list[Path]:
@@ -259,15 +281,27 @@ def resolve_record(storage: str | os.PathLike[str], name_or_path: str | None) ->
 
 def check_name(name: str) -> str:
     """Validate a baseline name: letters, digits, dot, dash and underscore."""
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ValueError(f"baseline name {name!r} may hold only letters, digits, '.', '-' and '_'")
     return name
 
 
 def default_name(context: Mapping[str, Any]) -> str:
-    commit = (context.get("git") or {}).get("commit")
+    git = context.get("git")
+    commit = git.get("commit") if isinstance(git, Mapping) else None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{commit[:12]}_{stamp}" if commit else stamp
+    return f"{commit[:12]}_{stamp}" if isinstance(commit, str) and _NAME_RE.fullmatch(commit[:12]) else stamp
+
+
+def _free_default_name(storage: Path, context: Mapping[str, Any]) -> str:
+    """The default name, with `-2`, `-3`... when sessions saved in the same second: called under the lock."""
+    base = default_name(context)
+    taken = {path.stem.split("_", 1)[1] for path in _records(storage)}
+    name, number = base, 1
+    while name in taken:
+        number += 1
+        name = f"{base}-{number}"
+    return name
 
 
 def check_can_save(storage: str | os.PathLike[str], name: str | None, *, overwrite: bool = False) -> Path | None:
@@ -276,6 +310,12 @@ def check_can_save(storage: str | os.PathLike[str], name: str | None, *, overwri
     storage = Path(storage)
     if storage.exists() and not storage.is_dir():
         raise BaselineError(f"baseline storage {storage} is not a directory")
+    with contextlib.suppress(FileNotFoundError):
+        lock_mode = os.lstat(storage / LOCK_NAME).st_mode
+        if not stat.S_ISREG(lock_mode):
+            raise BaselineError(
+                f"the lock file {storage / LOCK_NAME} is {_file_kind(lock_mode)}, not a regular file: remove it"
+            )
     if not name:
         return None
     existing = [path for path in _records(storage) if path.stem.split("_", 1)[1] == name]
@@ -297,9 +337,12 @@ def save_record(
     """Write `record` as `NNNN_NAME.json` in `storage`, atomically. An existing NAME is an error unless
     `overwrite`; unnamed records get the next sequence number and the commit and time as their name."""
     storage = Path(storage)
-    name = check_name(name) if name else default_name(record.context)
+    if name:
+        check_name(name)
     storage.mkdir(parents=True, exist_ok=True)
     with _locked(storage):  # sessions saving into one folder at once get distinct numbers and names
+        _remove_stale_temporaries(storage)
+        name = name or _free_default_name(storage, record.context)
         target = check_can_save(storage, name, overwrite=overwrite)
         if target is None:
             numbers = [int(path.name[:4]) for path in _records(storage)]
@@ -308,33 +351,100 @@ def save_record(
     return target
 
 
+def _open_plain_file(path: Path, flags: int, what: str) -> int:
+    """Open (or create) `path` without following a symbolic link or blocking on a FIFO or device, and refuse
+    anything but a regular file: a planted link or FIFO must not redirect or hang a save."""
+    try:
+        handle = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise BaselineError(f"{what} {path} is a symbolic link, which is not followed: remove it") from None
+        if exc.errno in (errno.ENXIO, errno.ENODEV, errno.EWOULDBLOCK):
+            raise BaselineError(f"{what} {path} is not a regular file (a FIFO, socket or device): remove it") from None
+        if exc.errno == errno.EISDIR:
+            raise BaselineError(f"{what} {path} is a directory, not a regular file: remove it") from None
+        raise
+    mode = os.fstat(handle).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(handle)
+        raise BaselineError(f"{what} {path} is {_file_kind(mode)}, not a regular file: remove it")
+    return handle
+
+
 @contextlib.contextmanager
 def _locked(storage: Path) -> Iterator[None]:
     """Hold an exclusive lock on `storage` (a hidden `.lock` file in it) for the block."""
-    with open(storage / LOCK_NAME, "a", encoding="utf-8") as lock:
-        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
-        yield
-
-
-def _umask() -> int:
-    """The process's umask, read without changing it (os.umask would, for a moment, in every thread)."""
+    handle = _open_plain_file(storage / LOCK_NAME, os.O_RDWR | os.O_CREAT, "the lock file")
     try:
-        umask = status_field("self", "Umask")  # Linux 4.7+
-        return int(umask, 8) if umask else 0o022
-    except (PagewalkError, ValueError):
-        return 0o022
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes
+        yield
+    finally:
+        os.close(handle)
+
+
+def _writer_is_gone(pid: int) -> bool:
+    if pid <= 0:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False  # alive as another user's process; or not a pid this kernel has: leave it be
+    return False
+
+
+def _remove_stale_temporaries(directory: Path, target: str | None = None) -> None:
+    """Remove the temporary files that writers of `directory`'s records (or of `target` alone) left when they
+    were killed: named for a process that is gone, or made by older versions and older than an hour."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        if not entry.name.endswith(".tmp"):
+            continue
+        owned, legacy = _TEMPORARY.match(entry.name), _LEGACY_TEMPORARY.match(entry.name)
+        match = owned or legacy
+        if match is None or (target is not None and match.group("target") != target):
+            continue
+        if target is None and not _RECORD_FILE.match(match.group("target")):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        stale = _writer_is_gone(int(owned.group("pid"))) if owned else now - info.st_mtime > _LEGACY_TEMPORARY_AGE
+        if stale and stat.S_ISREG(info.st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def _create_temporary(target: Path) -> tuple[int, Path]:
+    """A new temporary file beside `target`, named for it and for this process; created as `open` would
+    (0666 less the umask), never through a symbolic link or onto a FIFO."""
+    for _ in range(100):
+        temporary = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        try:
+            return _open_plain_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, "the temporary file"), temporary
+        except FileExistsError:
+            continue
+    raise BaselineError(f"cannot create a temporary file beside {target}: every name tried exists")
 
 
 def write_json_atomic(target: Path, data: Any) -> None:
-    """Write JSON to a temporary file beside `target`, flush it to disk, then rename it into place."""
-    write_text_atomic(target, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write standard JSON (no NaN or Infinity) to a temporary file beside `target`, flush it to disk, then
+    rename it into place. Temporary files that killed writers of `target` left are removed first."""
+    write_text_atomic(target, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_text_atomic(target: Path, text: str) -> None:
-    """Write text to a temporary file beside `target`, flush it to disk, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    """Write text to a temporary file beside `target`, flush it to disk, then rename it into place; temporary
+    files that killed writers of `target` left are removed first."""
+    _remove_stale_temporaries(target.parent, target.name)
+    handle, temporary = _create_temporary(target)
     try:
-        os.fchmod(handle, 0o666 & ~_umask())  # as `open` would create it: mkstemp makes it private to its owner
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(text)
             stream.flush()

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from .baseline import KEY_SEPARATOR, MeasurementRecord, SessionRecord
 from .gate import GATED_METRICS, Comparison, ComparisonResult
+from .record_format import REPORT_SCHEMA, REPORT_VERSION
 from .units import format_size
 
 __all__ = [
@@ -24,8 +25,6 @@ __all__ = [
     "markdown_summary",
 ]
 
-REPORT_SCHEMA = "pytest-pagemap/report"
-REPORT_VERSION = 1
 # The metrics written as JUnit XML properties: the levels and changes people chart, when measured.
 JUNIT_METRICS = ("uss", "rss", "pss", "uss_growth", "anon_growth", "written")
 JUNIT_PREFIX = "pagemap."

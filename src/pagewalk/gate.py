@@ -10,7 +10,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .baseline import RECORDED_METRICS, SessionRecord
-from .units import format_size, parse_size
+from .units import format_size, parse_decimal, parse_size
 
 __all__ = [
     "FORMS",
@@ -25,10 +25,14 @@ __all__ = [
 
 # Metrics a session record keeps and a gate can compare; smaller is better for every one of them.
 GATED_METRICS = RECORDED_METRICS
-_EXPRESSION = re.compile(r"^\s*(?P<metric>[a-z_]+)\s*:\s*(?P<amount>.+?)\s*$")
-_PERCENT = re.compile(r"^\+?(?P<number>\d+(?:\.\d*)?|\.\d+)\s*%$")
-_BARE_NUMBER = re.compile(r"^\+?(?:\d+(?:\.\d*)?|\.\d+)$")
-FORMS = "METRIC:N% (relative to the baseline) or METRIC:+SIZE (absolute, e.g. rss:+2MiB)"
+_EXPRESSION = re.compile(r"^[ \t]*(?P<metric>[a-z_]+)[ \t]*:[ \t]*(?P<amount>.+?)[ \t]*$", re.ASCII)
+_PERCENT = re.compile(r"^\+?(?P<number>[0-9.]+)[ \t]*%$", re.ASCII)
+_BARE_NUMBER = re.compile(r"^\+?[0-9.]+$", re.ASCII)
+MAX_PERCENT = 10_000  # a threshold beyond 100 times the baseline is no threshold: refuse it as a typo
+FORMS = (
+    f"METRIC:N% (relative to the baseline; N in ASCII digits, at most {MAX_PERCENT:,}) "
+    "or METRIC:+SIZE (absolute, e.g. rss:+2MiB)"
+)
 
 
 @dataclass(frozen=True)
@@ -62,18 +66,30 @@ def parse_threshold(text: str) -> Threshold:
         raise ValueError(f"unknown metric {metric!r} in {text!r}; choose from {', '.join(GATED_METRICS)}")
     percent = _PERCENT.match(amount)
     if percent:
-        return Threshold(metric, percent=float(percent.group("number")))
-    if amount.startswith("-"):
+        return Threshold(metric, percent=_percentage(percent.group("number"), text))
+    if amount.startswith("-") or amount.startswith("+-"):
         raise ValueError(f"threshold {text!r} is negative; a threshold is how much growth is allowed")
     if _BARE_NUMBER.match(amount):
         # `uss:5` reads as 5 bytes to a parser and as 5% to most people: make the writer say which.
         raise ValueError(
             f"threshold {text!r} has no unit: write {metric}:{amount.lstrip('+')}% or {metric}:+{amount.lstrip('+')} B"
         )
+    if amount.startswith("++"):
+        raise ValueError(f"cannot read {text!r} as a threshold; expected {FORMS}")
     try:
-        return Threshold(metric, absolute=parse_size(amount.lstrip("+")))
+        return Threshold(metric, absolute=parse_size(amount.removeprefix("+")))
     except ValueError as exc:
-        raise ValueError(f"cannot read the amount in {text!r}: {exc}") from None
+        raise ValueError(f"cannot read the amount in {text!r}: {exc}; expected {FORMS}") from None
+
+
+def _percentage(number: str, text: str) -> float:
+    """The percentage of a threshold: a plain decimal, at most MAX_PERCENT."""
+    value = parse_decimal(number)
+    if value is None:
+        raise ValueError(f"cannot read the percentage in {text!r}; expected {FORMS}")
+    if value > MAX_PERCENT:
+        raise ValueError(f"the percentage in {text!r} is more than {MAX_PERCENT:,}%; expected {FORMS}")
+    return float(value)
 
 
 def parse_thresholds(value: object) -> tuple[Threshold, ...]:

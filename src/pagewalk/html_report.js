@@ -16,7 +16,6 @@
     while (m >= 1024 && i < UNITS.length - 1) { m /= 1024; i++; }
     return i === 0 ? `${sign}${Math.trunc(m)} B` : `${sign}${m.toFixed(1)} ${UNITS[i]}`;
   }
-  const hex = (n) => n.toString(16).padStart(12, "0");
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);
     if (attrs) for (const [k, v] of Object.entries(attrs)) {
@@ -277,15 +276,25 @@
     map.columns.forEach((name, i) => { col[name] = i; });
     const rows = map.regions;
     const n = rows.length;
-    const lo = new Float64Array(n), hi = new Float64Array(n);
+    // Addresses are hex strings (as in /proc/PID/maps): [vsyscall] lies beyond what JSON integers hold.
+    // As numbers they serve for sizes and layout, exact below 2**53 and to the page above it.
+    const num = (text) => (text === null ? null : parseInt(text, 16));
+    const start = new Float64Array(n), end = new Float64Array(n), lo = new Float64Array(n), hi = new Float64Array(n);
     for (let i = 0; i < n; i++) {
       const r = rows[i];
-      const bs = r[col.before_start], be = r[col.before_end];
-      lo[i] = bs === null ? r[col.start] : Math.min(r[col.start], bs);
-      hi[i] = be === null ? r[col.end] : Math.max(r[col.end], be);
+      start[i] = num(r[col.start]);
+      end[i] = num(r[col.end]);
+      const bs = num(r[col.before_start]), be = num(r[col.before_end]);
+      lo[i] = bs === null ? start[i] : Math.min(start[i], bs);
+      hi[i] = be === null ? end[i] : Math.max(end[i], be);
     }
     const get = (i, name) => rows[i][col[name]];
-    return { rows, n, col, lo, hi, get, page: map.page_size, hasGrowth: n > 0 && rows[0][col.uss_growth] !== null, selected: -1, listeners: [] };
+    const pad = (text) => text.padStart(12, "0");
+    const range = (i) => `${pad(get(i, "start"))}-${pad(get(i, "end"))}`;
+    const beforeRange = (i) => `${pad(get(i, "before_start"))}-${pad(get(i, "before_end"))}`;
+    const sizeOf = (i) => end[i] - start[i];
+    const beforeSize = (i) => num(get(i, "before_end")) - num(get(i, "before_start"));
+    return { rows, n, col, lo, hi, get, range, beforeRange, sizeOf, beforeSize, page: map.page_size, hasGrowth: n > 0 && rows[0][col.uss_growth] !== null, selected: -1, listeners: [] };
   }
 
   const KIND_COLOR = { heap: "#e8590c", stack: "#0c8599", anon: "#1c7ed6", file: "#9775fa", shmem: "#d6336c", hugetlb: "#5c940d", special: "#868e96" };
@@ -426,8 +435,8 @@
 
   function regionFacts(regions, i) {
     const g = (name) => regions.get(i, name);
-    const facts = [["range", `${hex(g("start"))}-${hex(g("end"))}`], ["size", size(g("end") - g("start"))]];
-    if (g("before_start") !== null && (g("before_start") !== g("start") || g("before_end") !== g("end"))) facts.push(["before", `${hex(g("before_start"))}-${hex(g("before_end"))} (${size(g("before_end") - g("before_start"))})`]);
+    const facts = [["range", regions.range(i)], ["size", size(regions.sizeOf(i))]];
+    if (g("before_start") !== null) facts.push(["before", `${regions.beforeRange(i)} (${size(regions.beforeSize(i))})`]);
     facts.push(["kind", `${g("kind")}  ${g("perms")}  ${g("status")}`]);
     for (const name of ["rss", "uss", "anon", "swap", "thp"]) {
       const growth = regions.col[`${name}_growth`] !== undefined ? g(`${name}_growth`) : null;
@@ -535,8 +544,8 @@
     const rowsByIndex = new Map();
     for (const i of top) {
       const g = (name) => regions.get(i, name);
-      const row = el("tr", { class: "clickable", "data-row": String(i), "data-start": String(g("start")) },
-        el("td", { class: "addr", text: `${hex(g("start"))}-${hex(g("end"))}` }),
+      const row = el("tr", { class: "clickable", "data-row": String(i), "data-start": g("start") },
+        el("td", { class: "addr", text: regions.range(i) }),
         el("td", { text: g("perms") }), el("td", { text: g("kind") }),
         el("td", { class: `status-${g("status")}`, text: g("status") }),
         sizeCell(g(column), column.endsWith("_growth")), sizeCell(g("rss")), sizeCell(g("uss")), sizeCell(g("swap")),
@@ -571,7 +580,7 @@
     wrap.append(list);
     const ROW = 22;
     let order = [];
-    const value = (i, key) => (key === "size" ? regions.get(i, "end") - regions.get(i, "start") : key === "address" ? regions.lo[i] : Math.abs(regions.get(i, key) || 0));
+    const value = (i, key) => (key === "size" ? regions.sizeOf(i) : key === "address" ? regions.lo[i] : Math.abs(regions.get(i, key) || 0));
     const recompute = () => {
       const needle = filter.value.trim().toLowerCase();
       order = [];
@@ -597,7 +606,7 @@
         if (force || row.dataset.row !== String(i)) {
           const g = (name) => regions.get(i, name);
           row.dataset.row = String(i);
-          row.replaceChildren(el("span", { class: "addr", text: `${hex(g("start"))}-${hex(g("end"))}` }), el("span", { text: g("perms") }), el("span", { text: g("kind") }),
+          row.replaceChildren(el("span", { class: "addr", text: regions.range(i) }), el("span", { text: g("perms") }), el("span", { text: g("kind") }),
             el("span", { class: `status-${g("status")}`, text: g("status") }), el("span", { class: "num", text: size(g("rss")) }), el("span", { class: "num", text: size(g("uss")) }),
             el("span", { class: "num", text: regions.hasGrowth ? size(g("uss_growth"), true) : size(g("thp")) }), el("span", { class: "num", text: size(g("swap")) }), el("span", { text: g("name") }));
         }

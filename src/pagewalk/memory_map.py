@@ -33,7 +33,7 @@ MAX_CELLS = 256
 LEVELS = 15  # the top hex digit: a cell all of whose pages are in the layer
 # One row per mapping: these values, in this order (bytes, or None when not measured).
 REGION_COLUMNS = (
-    "start",
+    "start",  # addresses in hex, as /proc/PID/maps writes them: [vsyscall] lies beyond 64-bit JSON integers
     "end",
     "before_start",  # the mapping's range before, when it grew or shrank (None otherwise)
     "before_end",
@@ -232,10 +232,10 @@ def _delta_rows(delta: Delta) -> list[list[Any]]:
         assert ref is not None
         rows.append(
             [
-                change.start,
-                change.end,
-                old.start if moved and old is not None else None,
-                old.end if moved and old is not None else None,
+                f"{change.start:x}",
+                f"{change.end:x}",
+                f"{old.start:x}" if moved and old is not None else None,
+                f"{old.end:x}" if moved and old is not None else None,
                 ref.perms,
                 change.kind,
                 change.name,
@@ -284,8 +284,8 @@ def snapshot_map(snap: Snapshot, *, label: str | None = None) -> dict[str, Any]:
     for index, region in enumerate(snap.regions):
         rows.append(
             [
-                region.start,
-                region.end,
+                f"{region.start:x}",
+                f"{region.end:x}",
                 None,
                 None,
                 region.perms,

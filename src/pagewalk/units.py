@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import mmap
 import re
+from fractions import Fraction
 
-__all__ = ["PAGE_SIZE", "format_size", "parse_size"]
+__all__ = ["MAX_SIZE", "PAGE_SIZE", "format_size", "parse_decimal", "parse_size"]
 
 PAGE_SIZE = mmap.PAGESIZE
 
@@ -26,12 +26,21 @@ _UNITS: dict[str, int] = {
     "pages": PAGE_SIZE,
 }
 
-_SIZE_RE = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*([A-Za-z]*)\s*$")
+MAX_SIZE = 2**63 - 1  # bytes: what a 64-bit signed count holds, and what a record stores
+_DECIMAL = re.compile(r"[0-9]{1,30}(?:\.[0-9]{0,30})?|\.[0-9]{1,30}", re.ASCII)
+_SIZE_RE = re.compile(r"^[ \t]*([+-]?[0-9.]+)[ \t]*([A-Za-z]*)[ \t]*$", re.ASCII)
 
 ACCEPTED_FORMS = (
     "an int of bytes, or a string such as '4096', '512 KiB', '64 MiB', '1.5 GiB' (powers of 1024), "
-    "'500 kB', '64 MB', '1.5 GB' (powers of 1000), or '100 pages'"
+    "'500 kB', '64 MB', '1.5 GB' (powers of 1000), or '100 pages'; ASCII digits, no exponent, "
+    "at most 2**63 - 1 bytes"
 )
+
+
+def parse_decimal(text: str) -> Fraction | None:
+    """The exact value of an unsigned decimal written with ASCII digits (`5`, `0.5`, `.5`, `12.`; at most 30
+    digits before and after the point), or None when `text` is not one. No exponents, no other digits."""
+    return Fraction(text) if _DECIMAL.fullmatch(text) else None
 
 
 def parse_size(value: int | str, *, allow_negative: bool = False) -> int:
@@ -44,22 +53,21 @@ def parse_size(value: int | str, *, allow_negative: bool = False) -> int:
     if isinstance(value, bool):
         raise ValueError(f"size {value!r} is a bool; expected {ACCEPTED_FORMS}")
     if isinstance(value, int):
-        number: float = value
-        result = value
+        result, negative = value, value < 0
     elif isinstance(value, str):
         match = _SIZE_RE.match(value)
         unit = match.group(2).lower() if match else ""
-        if match is None or (unit and unit not in _UNITS):
+        number = parse_decimal(match.group(1).lstrip("+-")) if match else None
+        if match is None or number is None or (unit and unit not in _UNITS):
             raise ValueError(f"cannot read {value!r} as a size; expected {ACCEPTED_FORMS}")
-        number = float(match.group(1))
-        scaled = number * _UNITS[unit or "b"]
-        if not math.isfinite(scaled):
-            raise ValueError(f"size {value!r} is too large")
-        result = round(scaled)
+        negative = match.group(1).startswith("-") and number > 0
+        result = round(number * _UNITS[unit or "b"]) * (-1 if negative else 1)
     else:
         raise ValueError(f"size {value!r} has type {type(value).__name__}; expected {ACCEPTED_FORMS}")
-    if number < 0 and not allow_negative:
+    if negative and not allow_negative:
         raise ValueError(f"size {value!r} is negative; a limit must be zero or more")
+    if abs(result) > MAX_SIZE:
+        raise ValueError(f"size {value!r} is more than {MAX_SIZE} bytes (2**63 - 1); expected {ACCEPTED_FORMS}")
     return result
 
 

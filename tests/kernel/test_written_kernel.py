@@ -110,7 +110,7 @@ def test_the_memory_map_shows_which_pages_were_written(puppet: Puppet, method: s
     puppet.write(area, range(16, 24))  # the third cell, all of it
     puppet.write(area, [40])  # one page of the sixth
     after = pagewalk.snapshot(puppet.pid, writes=True, method=method)  # type: ignore[arg-type]
-    (row,) = [row for row in snapshot_map(after)["regions"] if row[0] == area.address]
+    (row,) = [row for row in snapshot_map(after)["regions"] if int(row[0], 16) == area.address]
     columns = dict(zip(snapshot_map(after)["columns"], row, strict=True))
     assert columns["written"] == 9 * pagewalk.units.PAGE_SIZE
     assert columns["written_cells"] == "00f002" + "00"  # 1 page of 8: 15/8 rounds up to 2

@@ -7,9 +7,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
+from pagewalk.baseline import load_record
 from pagewalk.html_report import DATA_ELEMENT_ID
+from pagewalk.record_format import REPORT_SCHEMA, read_document, shipped_schema
 
 from .support import GROW, SMALL_AND_BIG
 
@@ -55,6 +58,11 @@ def test_html_and_json_carry_the_same_maps_from_every_worker(pytester: pytest.Py
         assert in_report["map"]["regions"], "every measurement has its mappings"
     big = next(m for m in report["measurements"] if m["key"] == "test_maps.py::test_big")
     assert [v["passed"] for v in big["map"]["verdicts"]] == [False]
+    # The report stays a valid report, for the strict reader and for its JSON Schema, and serves as a baseline.
+    path = pytester.path / "report.json"
+    assert read_document(path.read_bytes())["measurements"][0]["map"] == report["measurements"][0]["map"]
+    jsonschema.Draft202012Validator(shipped_schema(REPORT_SCHEMA)).validate(report)
+    assert [m.key for m in load_record(path).measurements] == keys
 
 
 def test_ini_key_and_no_maps_unless_asked(pytester: pytest.Pytester) -> None:

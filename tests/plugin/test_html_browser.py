@@ -82,7 +82,7 @@ def test_failing_measurement_on_top_and_numbers_match_the_json(
         assert rows, f"no top regions for {measurement['key']}"
         for shown in rows:
             region = dict(zip(columns, data["regions"][shown["row"]], strict=True))
-            assert shown["address"] == f"{region['start']:012x}-{region['end']:012x}"
+            assert shown["address"] == f"{int(region['start'], 16):012x}-{int(region['end'], 16):012x}"
             expected = [region[shown["column"]], region["rss"], region["uss"], region["swap"]]
             assert [int(value) for value, _ in shown["bytes"]] == expected
             signed = shown["column"].endswith("_growth")
@@ -108,9 +108,9 @@ def test_failing_measurement_on_top_and_numbers_match_the_json(
     page.call("Input.dispatchMouseEvent", type="mouseMoved", x=left + width / 2, y=top + 12)
     tip = page.evaluate("document.getElementById('tip').hidden ? null : document.getElementById('tip').innerText")
     assert tip is not None, "no tooltip over the map"
-    start = int(tip.split("range", 1)[1].split()[0].split("-")[0], 16)
+    start = int(tip.split("range", 1)[1].split()[0].split("-")[0], 16)  # the map's addresses are hex strings
     big = next(m for m in report["measurements"] if m["key"] == "test_grow.py::test_big")["map"]
-    (hovered,) = [dict(zip(big["columns"], row, strict=True)) for row in big["regions"] if row[0] == start]
+    (hovered,) = [dict(zip(big["columns"], row, strict=True)) for row in big["regions"] if int(row[0], 16) == start]
     flat = " ".join(tip.split())
     rss = f"rss {format_size(hovered['rss'])} ({format_size(hovered['rss_growth'], signed=True)})"
     assert hovered["name"] in flat and rss in flat
