@@ -2,16 +2,40 @@
 
 The pytest plugin (`pytest_pagemap.plugin`, loaded through the `pytest11` entry point) provides the `pagemap`
 fixture, the `@pytest.mark.pagemap(...)` marker and the `--pagemap` options. The measuring itself lives in
-the pytest-free core, `pagewalk`.
+the pytest-free core, `pagewalk`. The names below load on first use, so that loading the plugin stays cheap.
 """
 
 from __future__ import annotations
 
-from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .fixtures import Pagemap, Runner
-from .processes import AttachedProcess, ProcessNotReady, SpawnedProcess
-from .runner import ChildCrashed, RemoteError, RemoteTraceback, RunResult
+if TYPE_CHECKING:
+    from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
+
+    from .fixtures import Pagemap, Runner
+    from .processes import AttachedProcess, ProcessEnded, ProcessNotReady, SpawnedProcess, SpawnFailed
+    from .runner import ChildCrashed, RemoteError, RemoteTraceback, RunResult
+
+# Public name -> the module defining it.
+_SOURCES = {
+    "AttachedProcess": ".processes",
+    "ChildCrashed": ".runner",
+    "Limits": "pagewalk.measure",
+    "Measurement": "pagewalk.measure",
+    "MemoryLimitExceeded": "pagewalk.measure",
+    "NotMeasured": "pagewalk.measure",
+    "Pagemap": ".fixtures",
+    "ProcessEnded": ".processes",
+    "ProcessNotReady": ".processes",
+    "RemoteError": ".runner",
+    "RemoteTraceback": ".runner",
+    "RunResult": ".runner",
+    "Runner": ".fixtures",
+    "SpawnFailed": ".processes",
+    "SpawnedProcess": ".processes",
+    "Verdict": "pagewalk.measure",
+}
 
 __all__ = [
     "AttachedProcess",
@@ -21,11 +45,26 @@ __all__ = [
     "MemoryLimitExceeded",
     "NotMeasured",
     "Pagemap",
+    "ProcessEnded",
     "ProcessNotReady",
     "RemoteError",
     "RemoteTraceback",
     "RunResult",
     "Runner",
+    "SpawnFailed",
     "SpawnedProcess",
     "Verdict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _SOURCES.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SOURCES})

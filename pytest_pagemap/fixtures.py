@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, NoReturn, ParamSpec, Protocol, TypeVar
 
 import pytest
 
+from pagewalk.errors import NoAddressSpace, ProcessGone
 from pagewalk.measure import METRICS, Limits, Measurement, Option, missing_requirements
 
 from .markers import marker_limits
-from .processes import AttachedProcess, Ready, SpawnedProcess
-from .runner import ChildCall, RunResult, describe_callable
+
+if TYPE_CHECKING:
+    # Loaded on first use (psutil, pickle): loading the plugin must stay cheap for runs that never measure.
+    from .processes import AttachedProcess, Ready, SpawnedProcess
+    from .runner import ChildCall, RunResult
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
@@ -38,7 +44,8 @@ class Settings:
     active: bool  # --pagemap: limits from markers and defaults, MEMORY status, summary
     strict: bool  # --pagemap-strict: fail instead of skip when the kernel or user cannot measure
     grace: float  # seconds between SIGTERM and SIGKILL when ending processes
-    defaults: Limits  # session-wide limits from --pagemap-*-below options and pagemap_*_below ini keys
+    defaults: Limits  # session-wide limits from --pagemap-limit options and pagemap_limits ini lines
+    unsupported: str | None = None  # why this platform cannot be measured; the plugin is then inactive
 
 
 DEFAULT_GRACE_SECONDS = 5.0
@@ -103,6 +110,10 @@ class Pagemap:
         seconds, or the process exiting first, fails the test with its output. The process group is ended
         at teardown (SIGTERM, then SIGKILL after `--pagemap-grace` seconds).
         """
+        __tracebackhide__ = True  # a failure points at the test's call, with one short message
+        from .processes import SpawnedProcess, interrupt_on_sigterm
+
+        interrupt_on_sigterm()
         process = SpawnedProcess(
             cmd, log_dir=self._tmp_path_factory.mktemp("spawn"), env=env, cwd=cwd, grace=self._settings.grace
         )
@@ -112,6 +123,8 @@ class Pagemap:
 
     def attach(self, pid: int) -> AttachedProcess:
         """A handle on a process the test started itself, for `measure`; it is not ended at teardown."""
+        from .processes import AttachedProcess
+
         return AttachedProcess(pid)
 
     # --- measuring --------------------------------------------------------------------------------------
@@ -137,7 +150,8 @@ class Pagemap:
         pid = process if isinstance(process, int) else process.pid
         label = label or getattr(process, "label", None)
         options = {"writes": writes, "accessed": accessed, "flags": flags, "counts": counts}
-        return MeasureContext(self, pid, label=label, options=options, freeze=freeze)
+        spawned = next((known for known in self._processes if known.pid == pid), None)
+        return MeasureContext(self, pid, label=label, options=options, freeze=freeze, spawned=spawned)
 
     def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> RunResult[T]:
         """Call `func(*args, **kwargs)` in a fresh Python interpreter and measure the child around the call.
@@ -185,13 +199,15 @@ class Pagemap:
             flag_names = self.limits.no_flag_gain
         missing = missing_requirements(**options, flag_names=flag_names)
         if missing:
-            self._unavailable(missing)
+            self.unavailable(self._settings, missing)
         return options
 
-    def _unavailable(self, reasons: list[str]) -> NoReturn:
+    @staticmethod
+    def unavailable(settings: Settings, reasons: list[str]) -> NoReturn:
+        """Skip the test for these reasons (fail it with `--pagemap-strict`)."""
         __tracebackhide__ = True
         reason = "pagemap: " + "; ".join(reasons)
-        if self._settings.strict:
+        if settings.strict:
             pytest.fail(f"{reason} (a skip turned into a failure by --pagemap-strict)", pytrace=False)
         pytest.skip(reason)
 
@@ -227,6 +243,8 @@ class Pagemap:
     ) -> RunResult[T]:
         __tracebackhide__ = True
         checked = self._options(**options)
+        from .runner import ChildCall, RunResult, describe_callable
+
         call = ChildCall(
             func,
             args,
@@ -267,8 +285,16 @@ class MeasureContext:
     """The context manager `pagemap.measure(...)` returns; `with` gives the `Measurement`."""
 
     def __init__(
-        self, pagemap: Pagemap, pid: int, *, label: str | None, options: dict[str, bool], freeze: bool
+        self,
+        pagemap: Pagemap,
+        pid: int,
+        *,
+        label: str | None,
+        options: dict[str, bool],
+        freeze: bool,
+        spawned: SpawnedProcess | None = None,
     ) -> None:
+        self._spawned = spawned
         self._pagemap = pagemap
         self._pid = pid
         self._label = label
@@ -281,9 +307,26 @@ class MeasureContext:
         options = self._pagemap._options(**self._options)
         measurement = Measurement(self._pid, label=self._label, **options)
         self._pagemap.measurements.append(measurement)
-        measurement.start(freeze=self._freeze)
+        with self._explain_exit("before the measurement"):
+            measurement.start(freeze=self._freeze)
         self._measurement = measurement
         return measurement
+
+    @contextlib.contextmanager
+    def _explain_exit(self, when: str) -> Iterator[None]:
+        """Turn "process gone" from a spawned process that exited into its exit status and output."""
+        __tracebackhide__ = True
+        if self._spawned is not None:
+            self._spawned.check_running(when)
+        try:
+            yield
+        except (ProcessGone, NoAddressSpace):
+            if self._spawned is None:
+                raise
+            with contextlib.suppress(subprocess.TimeoutExpired):  # an exiting process is about to be a zombie
+                self._spawned.popen.wait(timeout=1)
+            self._spawned.check_running(when)
+            raise
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: types.TracebackType | None
@@ -291,7 +334,8 @@ class MeasureContext:
         __tracebackhide__ = True
         if exc_type is not None or self._measurement is None:
             return  # the block failed: its exception matters, and the process may be gone
-        self._measurement.stop(freeze=self._freeze)
+        with self._explain_exit("during the measurement"):
+            self._measurement.stop(freeze=self._freeze)
         self._pagemap._finish(self._measurement, enforce=True)
 
 
@@ -324,11 +368,13 @@ def pagemap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
       the call: ``result.value``, ``result.measurement``.
 
     With ``--pagemap``, ``@pytest.mark.pagemap(uss_growth_below="8 MiB", ...)`` limits and the
-    ``pagemap_*_below`` ini defaults are checked against every measurement. Tests needing what this kernel or
-    user cannot give (soft-dirty for ``writes=True``, CAP_SYS_ADMIN for flags and PSS) are skipped.
+    ``--pagemap-limit`` / ``pagemap_limits`` defaults are checked against every measurement. Tests needing
+    what this kernel or user cannot give (soft-dirty for ``writes=True``, CAP_SYS_ADMIN for flags and PSS) are skipped.
     """
     settings = request.config.stash.get(SETTINGS_KEY, _INACTIVE)
     assert isinstance(request.node, pytest.Item)
+    if settings.unsupported:
+        Pagemap.unavailable(settings, [settings.unsupported])
     session = Pagemap(request.node, settings, tmp_path_factory)
     try:
         yield session

@@ -44,7 +44,6 @@ from pagewalk.ci_reports import (
     markdown_summary,
 )
 from pagewalk.gate import FORMS, ComparisonResult, Threshold, compare, parse_threshold
-from pagewalk.memory_map import json_text
 
 from .fixtures import MEASUREMENTS_KEY
 from .markers import marker_tolerance
@@ -440,6 +439,8 @@ class PagemapGates:
 
     def _write_outputs(self, record: SessionRecord) -> str | None:
         """Save the baseline and write the JSON files; a failure is reported and fails the session."""
+        from pagewalk.memory_map import json_text  # numpy and the snapshot machinery load on first use
+
         settings, saved = self.settings, None
         count = f"{len(record.measurements)} measurement{'s' if len(record.measurements) != 1 else ''}"
         if settings.save is not None:

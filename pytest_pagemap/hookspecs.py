@@ -36,8 +36,8 @@ def pytest_pagemap_measurement(item: pytest.Item, measurement: Measurement) -> N
 def pytest_pagemap_limits(item: pytest.Item, limits: Limits) -> Limits | None:
     """Return the limits to check the measurements of `item` against, or None to leave them as they are.
 
-    `limits` are the test's `@pytest.mark.pagemap` limits over the session defaults (`--pagemap-*-below`
-    options and `pagemap_*_below` ini keys). Consulted when `--pagemap` is active, once per test, at its
+    `limits` are the test's `@pytest.mark.pagemap` limits over the session defaults (`--pagemap-limit`
+    options and `pagemap_limits` ini lines). Consulted when `--pagemap` is active, once per test, at its
     first finished measurement. The first non-None result wins; the default implementation returns `limits`.
 
     Example: give a slower-to-settle CI machine more room::

@@ -15,7 +15,6 @@ import pytest
 from pagewalk.baseline import MeasurementRecord, SessionRecord, collect_context, measurement_metrics, records_of_test
 from pagewalk.ci_reports import json_report
 from pagewalk.html_report import write_html
-from pagewalk.memory_map import measurement_map
 
 from .fixtures import MEASUREMENTS_KEY
 from .gates import PagemapGates
@@ -56,6 +55,8 @@ class PagemapMaps:
             return report
         finished = [m for m in item.stash.get(MEASUREMENTS_KEY, []) if m.finished]
         if finished:
+            from pagewalk.memory_map import measurement_map  # numpy loads on first use, not with the plugin
+
             records = records_of_test(item.nodeid, [(m.label, measurement_metrics(m)) for m in finished])
             carried = [
                 {"record": record.to_dict(), "map": measurement_map(measurement)}

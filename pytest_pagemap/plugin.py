@@ -9,13 +9,16 @@ plugin.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Generator
+import dataclasses
+from collections.abc import Generator
 from typing import Any
 
 import pytest
 
-from pagewalk import capabilities
-from pagewalk.measure import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Limits, Measurement, MemoryLimitExceeded
+from pagewalk.capabilities import capabilities
+from pagewalk.errors import Unsupported
+from pagewalk.measure import LIMIT_KEYS, NO_FLAG_GAIN, Limits, Measurement, MemoryLimitExceeded
+from pagewalk.procfs import check_platform
 
 from . import hookspecs
 from .fixtures import DEFAULT_GRACE_SECONDS, MEASUREMENTS_KEY, SETTINGS_KEY, Settings, pagemap
@@ -39,26 +42,38 @@ MANAGER_KEY = pytest.StashKey["PagemapManager"]()
 GATES_KEY = pytest.StashKey[PagemapGates]()
 _REPORT_ATTRIBUTE = "pagemap_measurements"  # on teardown reports: JSON-ready dicts, so xdist can carry them
 _EXCEEDED_ATTRIBUTE = "pagemap_limit_exceeded"  # on call reports failed by a MemoryLimitExceeded
+_UNCHECKED_ATTRIBUTE = "pagemap_unchecked_limits"  # on teardown reports of tests whose marker limits went unchecked
 _MARKER_PROBLEM_KEY = pytest.StashKey[str]()
 
 
 # --- options --------------------------------------------------------------------------------------------
 
 
-def _option_name(key: str) -> str:
-    return "--pagemap-" + key.replace("_", "-")
+LIMIT_FORMS = "METRIC:SIZE, e.g. uss:64MiB or uss_growth:8MiB (a growth limit may be negative)"
 
 
-def _size_type(key: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        try:
-            Limits.parse({key: text})
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-        return text
+def parse_limit(text: str) -> tuple[str, str]:
+    """Split `uss:64MiB` into the `Limits.parse` keyword and its size; `ValueError` naming the grammar if bad."""
+    metric, colon, size = (part.strip() for part in text.partition(":"))
+    key = f"{metric}_below"
+    if not colon or not size or key not in LIMIT_KEYS:
+        metrics = ", ".join(LIMIT_KEYS.values())
+        raise ValueError(f"cannot read {text!r} as a limit; expected {LIMIT_FORMS}; metrics: {metrics}")
+    try:
+        Limits.parse({key: size})
+    except ValueError as exc:
+        raise ValueError(f"cannot read the size in {text!r}: {str(exc).partition(': ')[2] or exc}") from None
+    return key, size
 
-    parse.__name__ = "size"  # argparse names the type in its error message
-    return parse
+
+def _limit_type(text: str) -> tuple[str, str]:
+    try:
+        return parse_limit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_limit_type.__name__ = "limit"  # argparse names the type in its error message
 
 
 def _flags_type(text: str) -> str:
@@ -113,18 +128,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"(default {DEFAULT_GRACE_SECONDS:g}; ini: pagemap_grace)",
     )
     parser.addini("pagemap_grace", "as --pagemap-grace", default=str(DEFAULT_GRACE_SECONDS))
-    for key in LIMIT_KEYS:
-        group.addoption(
-            _option_name(key),
-            type=_size_type(key),
-            default=None,
-            metavar="SIZE",
-            help=f"default limit on {METRICS[LIMIT_KEYS[key]].title} for every measurement that records it, "
-            f"e.g. '8 MiB' (ini: pagemap_{key}; a marker's {key} wins)",
-        )
-        parser.addini(f"pagemap_{key}", f"as {_option_name(key)}", default="")
     group.addoption(
-        _option_name(NO_FLAG_GAIN),
+        "--pagemap-limit",
+        type=_limit_type,
+        action="append",
+        default=None,
+        metavar="METRIC:SIZE",
+        help="a default limit for every measurement that records METRIC, e.g. uss:64MiB or uss_growth:8MiB; "
+        f"repeat for more metrics ({', '.join(LIMIT_KEYS.values())}); a marker's limit on the same metric wins "
+        "(ini: pagemap_limits, one per line)",
+    )
+    parser.addini("pagemap_limits", "default limits as --pagemap-limit, one METRIC:SIZE per line", type="linelist")
+    group.addoption(
+        "--pagemap-no-flag-gain",
         type=_flags_type,
         default=None,
         metavar="FLAGS",
@@ -169,10 +185,13 @@ def read_settings(config: pytest.Config) -> Settings:
     except argparse.ArgumentTypeError as exc:
         raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_grace: {exc}") from None
     values: dict[str, Any] = {}
-    for key in LIMIT_KEYS:
-        text = _choice(config, f"pagemap_{key}")
-        if text:
-            values[key] = text
+    for text in config.getini("pagemap_limits"):
+        try:
+            key, size = parse_limit(text)
+        except ValueError as exc:
+            raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_limits: {exc}") from None
+        values[key] = size
+    values.update(config.getoption("pagemap_limit") or [])  # the command line wins, metric by metric
     flags_text = _choice(config, f"pagemap_{NO_FLAG_GAIN}")
     if flags_text:
         values[NO_FLAG_GAIN] = _split_flags(flags_text)
@@ -185,14 +204,27 @@ def read_settings(config: pytest.Config) -> Settings:
         strict=bool(_choice(config, "pagemap_strict")),
         grace=grace,
         defaults=defaults,
+        unsupported=platform_problem(),
     )
+
+
+def platform_problem() -> str | None:
+    """Why this platform cannot be measured (not Linux, no /proc/PID/pagemap), or None when it can."""
+    try:
+        check_platform()
+    except Unsupported as exc:
+        return str(exc)
+    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     settings = read_settings(config)
-    manager = PagemapManager(config, settings)
-    gates = PagemapGates(config, read_gate_settings(config, active=settings.active))
+    gate_settings = read_gate_settings(config, active=settings.active)
+    manager = PagemapManager(config, settings, asked=settings.active or gate_settings.record)
+    if settings.unsupported:
+        gate_settings = dataclasses.replace(gate_settings, record=False)  # inactive: nothing to save or compare
+    gates = PagemapGates(config, gate_settings)
     config.stash[SETTINGS_KEY] = settings
     config.stash[MANAGER_KEY] = manager
     config.stash[GATES_KEY] = gates
@@ -228,10 +260,12 @@ def pytest_pagemap_limits(item: pytest.Item, limits: Limits) -> Limits:
 class PagemapManager:
     """Holds the settings and the measurements reported so far; implements the reporting hooks."""
 
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+    def __init__(self, config: pytest.Config, settings: Settings, *, asked: bool) -> None:
         self.config = config
         self.settings = settings
+        self.asked = asked  # --pagemap, or an option that records measurements (save, compare, reports)
         self.results: list[dict[str, Any]] = []
+        self.unchecked_limits = False  # some test had marker limits that went unchecked (no --pagemap)
         self.summary = _choice(config, "pagemap_summary")
         if self.summary not in SUMMARY_FORMS:
             raise pytest.UsageError(
@@ -240,6 +274,10 @@ class PagemapManager:
             )
 
     def pytest_report_header(self) -> str | None:
+        if self.settings.unsupported:
+            if not self.asked:
+                return None
+            return f"pagemap: inactive, tests using the pagemap fixture are skipped: {self.settings.unsupported}"
         if not self.settings.active:
             return None
         caps = capabilities()
@@ -276,6 +314,8 @@ class PagemapManager:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         if not self.settings.active:
+            if call.when == "teardown" and _MARKER_PROBLEM_KEY not in item.stash and marker_limits(item):
+                setattr(report, _UNCHECKED_ATTRIBUTE, True)
             return report
         if call.when == "call" and report.failed and call.excinfo is not None:
             exc = call.excinfo.value
@@ -303,9 +343,25 @@ class PagemapManager:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Runs in this process for local tests and, under xdist, on the controller for every worker's report.
         self.results.extend(getattr(report, _REPORT_ATTRIBUTE, None) or [])
+        self.unchecked_limits |= getattr(report, _UNCHECKED_ATTRIBUTE, False)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if not self.settings.active or hasattr(self.config, "workerinput") or self.summary == "none":
+        if hasattr(self.config, "workerinput") or self.settings.unsupported:
+            return
+        if not self.settings.active:
+            sources = [
+                what
+                for what, present in (("markers", self.unchecked_limits), ("defaults", bool(self.settings.defaults)))
+                if present
+            ]
+            if sources:
+                terminalreporter.write_line(
+                    f"pagemap: memory limits set by {' and '.join(sources)} were not checked: "
+                    "run with --pagemap (or ini: pagemap = true) to check them",
+                    yellow=True,
+                )
+            return
+        if self.summary == "none":
             return
         terminalreporter.write_sep("=", SECTION_TITLE)
         for line in summary_lines(self.results, self.summary):

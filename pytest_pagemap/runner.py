@@ -10,7 +10,6 @@ import io
 import os
 import pickle
 import select
-import signal
 import subprocess
 import sys
 import time
@@ -18,13 +17,16 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from pagewalk import Delta, Snapshot
 from pagewalk.measure import Measurement
 
 from . import _child
-from .processes import end_process_tree
+from .processes import describe_status, end_process_tree
+
+if TYPE_CHECKING:
+    from pagewalk.delta import Delta
+    from pagewalk.snapshot import Snapshot
 
 __all__ = ["ChildCall", "ChildCrashed", "RemoteError", "RemoteTraceback", "RunResult", "describe_callable"]
 
@@ -65,19 +67,6 @@ def describe_callable(func: Callable[..., object]) -> str:
     name = getattr(func, "__qualname__", None) or type(func).__qualname__
     module = getattr(func, "__module__", None)
     return f"{module}.{name}" if module and module != "builtins" else name
-
-
-def describe_status(returncode: int | None) -> str:
-    """`exited with status 3`, `was killed by signal 11 (SIGSEGV)`."""
-    if returncode is None:
-        return "is still running"
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "unknown signal"
-        return f"was killed by signal {-returncode} ({name})"
-    return f"exited with status {returncode}"
 
 
 class _RecordingPickler(pickle.Pickler):
@@ -184,10 +173,12 @@ class ChildCall:
 
     def close(self) -> None:
         """End the child and anything it started, and close the pipes."""
-        end_process_tree(self.popen, self.grace)
-        for fd in (self._control, self._status):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        try:
+            end_process_tree(self.popen, self.grace)
+        finally:
+            for fd in (self._control, self._status):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
 
     @property
     def stdout(self) -> str:

@@ -13,9 +13,10 @@ import pytest
 import pagewalk
 
 TARGET = (
-    "import mmap, sys\n"
+    "import ctypes, mmap, sys\n"
     "area = mmap.mmap(-1, 64 * mmap.PAGESIZE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)\n"
     "for page in range(16): area[page * mmap.PAGESIZE] = 1\n"
+    "print('area', hex(ctypes.addressof(ctypes.c_char.from_buffer(area))), file=sys.stderr, flush=True)\n"
     "print('ready', flush=True)\n"
     "sys.stdin.readline()\n"
     "for page in range(16, 48): area[page * mmap.PAGESIZE] = 1\n"
@@ -26,7 +27,9 @@ TARGET = (
 
 @pytest.fixture
 def target() -> Iterator[subprocess.Popen[str]]:
-    process = subprocess.Popen([sys.executable, "-c", TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-c", TARGET], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert process.stdout is not None and process.stdout.readline() == "ready\n"
     yield process
     process.kill()
@@ -92,6 +95,18 @@ def test_bad_input_exits_with_a_clear_message(args: list[str], code: int, messag
     assert message in result.stderr
 
 
+def referenced_kb(pid: int, address: str) -> int:
+    """The `Referenced:` of the mapping starting at `address` (hex) in /proc/PID/smaps."""
+    with open(f"/proc/{pid}/smaps") as smaps:
+        inside = False
+        for line in smaps:
+            if "-" in line.split(" ", 1)[0]:
+                inside = line.split("-", 1)[0].lstrip("0") == address.lstrip("0")
+            elif inside and line.startswith("Referenced:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no mapping at 0x{address} in process {pid}")
+
+
 def test_delta_json_reports_growth(target: subprocess.Popen[str]) -> None:
     assert target.stdin is not None and target.stdout is not None
     process = subprocess.Popen(
@@ -100,8 +115,14 @@ def test_delta_json_reports_growth(target: subprocess.Popen[str]) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Let the first snapshot happen, then make the target touch 32 more pages.
-    time.sleep(0.8)
+    # Once the first snapshot has started tracking accesses (the area's pages no longer show referenced),
+    # make the target touch 32 more pages.
+    assert target.stderr is not None
+    area = target.stderr.readline().split()[1][2:]
+    deadline = time.monotonic() + 60
+    while referenced_kb(target.pid, area) != 0:
+        assert time.monotonic() < deadline, "the first snapshot did not happen"
+        time.sleep(0.01)
     target.stdin.write("\n")
     target.stdin.flush()
     assert target.stdout.readline() == "grown\n"
@@ -131,10 +152,30 @@ def test_capabilities_json() -> None:
     assert set(data) >= {"pfn_visible", "kpageflags", "pagemap_scan", "soft_dirty", "thp_mode"}
 
 
+# Exits once the first snapshot of `delta --accessed` has cleared the referenced bit of its one touched page.
+EXITS_AFTER_FIRST_SNAPSHOT = (
+    "import ctypes, mmap, time\n"
+    "area = mmap.mmap(-1, mmap.PAGESIZE)\n"
+    "area[0] = 1\n"
+    "start = '%x' % ctypes.addressof(ctypes.c_char.from_buffer(area))\n"
+    "print('ready', flush=True)\n"
+    "def referenced():\n"
+    "    inside = False\n"
+    "    for line in open('/proc/self/smaps'):\n"
+    "        if '-' in line.split(' ', 1)[0]:\n"
+    "            inside = line.split('-', 1)[0].lstrip('0') == start\n"
+    "        elif inside and line.startswith('Referenced:'):\n"
+    "            return int(line.split()[1])\n"
+    "while referenced():\n"
+    "    time.sleep(0.01)\n"
+)
+
+
 def test_delta_of_a_process_that_exits_during_the_wait() -> None:
-    short = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1)"])
+    short = subprocess.Popen([sys.executable, "-c", EXITS_AFTER_FIRST_SNAPSHOT], stdout=subprocess.PIPE, text=True)
+    assert short.stdout is not None and short.stdout.readline() == "ready\n"
     try:
-        result = pagewalk_cli("delta", str(short.pid), "--for", "30")
+        result = pagewalk_cli("delta", str(short.pid), "--for", "30", "--accessed")
     finally:
         short.wait()
     assert result.returncode == 1

@@ -10,6 +10,7 @@ import pytest
 
 from pagewalk import baseline, ci_reports, gate
 from pagewalk.baseline import BaselineError, MeasurementRecord, SessionRecord
+from pagewalk.measure import METRICS
 
 MiB = 1 << 20
 CONTEXT = {"kernel": "6.18.0", "machine": "x86_64", "page_size": 4096, "git": {"commit": "abc123def4567890"}}
@@ -283,6 +284,18 @@ def test_reports() -> None:
     assert report["comparison"]["regressions"] == 1
     entries = ci_reports.benchmark_action_entries(new)
     assert {"name": "t::a uss", "unit": "bytes", "value": 120 * MiB, "extra": "app"} in entries
+
+
+def test_benchmark_entries_are_positive_levels() -> None:
+    levels = {"uss": 3 * MiB, "rss": 5 * MiB, "swap": 0, "anon": MiB}
+    changes = {"uss_growth": MiB, "rss_growth": -MiB, "anon_growth": 0}
+    entries = ci_reports.benchmark_action_entries(record({"t::a": {**levels, **changes}}))
+    assert {entry["name"]: entry["value"] for entry in entries} == {
+        "t::a uss": 3 * MiB,
+        "t::a rss": 5 * MiB,
+        "t::a anon": MiB,
+    }
+    assert set(ci_reports.BENCHMARK_METRICS) == {name for name, spec in METRICS.items() if not spec.growth}
 
 
 def test_markdown_counts_unchanged_metrics_and_names_the_saved_file() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import errno
-import fcntl
 import json
 import os
 import platform
@@ -374,6 +373,8 @@ def _open_plain_file(path: Path, flags: int, what: str) -> int:
 @contextlib.contextmanager
 def _locked(storage: Path) -> Iterator[None]:
     """Hold an exclusive lock on `storage` (a hidden `.lock` file in it) for the block."""
+    import fcntl  # here: importing this module must work where fcntl does not exist
+
     handle = _open_plain_file(storage / LOCK_NAME, os.O_RDWR | os.O_CREAT, "the lock file")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file closes

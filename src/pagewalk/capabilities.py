@@ -13,7 +13,6 @@ from typing import Any
 
 from . import bits
 from .procfs import check_platform, status_field
-from .scan import ScanUnsupported, pagemap_scan
 
 __all__ = ["Capabilities", "capabilities"]
 
@@ -170,6 +169,8 @@ def _kpageflags_of(pfn: int) -> int | None:
 
 def _probe_scan() -> tuple[str, ...] | None:
     """The PAGE_IS_* categories PAGEMAP_SCAN accepts, or None without the ioctl."""
+    from .scan import ScanUnsupported, pagemap_scan  # here: the scan needs numpy, which importing must not load
+
     fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:

@@ -9,10 +9,12 @@ from typing import Any, Literal
 
 from .baseline import KEY_SEPARATOR, MeasurementRecord, SessionRecord
 from .gate import GATED_METRICS, Comparison, ComparisonResult
+from .measure import METRICS
 from .record_format import REPORT_SCHEMA, REPORT_VERSION
 from .units import format_size
 
 __all__ = [
+    "BENCHMARK_METRICS",
     "JUNIT_METRICS",
     "JUNIT_PREFIX",
     "REPORT_SCHEMA",
@@ -27,6 +29,8 @@ __all__ = [
 
 # The metrics written as JUnit XML properties: the levels and changes people chart, when measured.
 JUNIT_METRICS = ("uss", "rss", "pss", "uss_growth", "anon_growth", "written")
+# The metrics exported to github-action-benchmark: the levels, never a change.
+BENCHMARK_METRICS = tuple(metric for metric in GATED_METRICS if not METRICS[metric].growth)
 JUNIT_PREFIX = "pagemap."
 _MARK = {"regression": "❌", "improvement": "✅", "better": "✅", "unchanged": "✅", "worse": "✅"}
 _ORDER = {metric: index for index, metric in enumerate(GATED_METRICS)}
@@ -165,13 +169,17 @@ def markdown_summary(record: SessionRecord, comparison: ComparisonResult | None,
 
 
 def benchmark_action_entries(record: SessionRecord) -> list[dict[str, Any]]:
-    """github-action-benchmark's `customSmallerIsBetter` format: `[{name, unit, value, extra}]`, one per metric."""
+    """github-action-benchmark's `customSmallerIsBetter` format: `[{name, unit, value, extra}]`, one per metric.
+
+    Only levels (`BENCHMARK_METRICS`), and only positive values: the tool alerts on `current / previous`, which
+    a change (zero or negative) or a zero level (swap without pressure) makes meaningless or a division by zero.
+    """
     entries = []
     for m in record.measurements:
         extra = m.label + (f" (median of {m.repeat} runs)" if m.repeat > 1 else "")
-        for metric in GATED_METRICS:
+        for metric in BENCHMARK_METRICS:
             value = m.metrics.get(metric)
-            if value is not None:
+            if value is not None and value > 0:
                 entries.append({"name": f"{m.key} {metric}", "unit": "bytes", "value": value, "extra": extra})
     return entries
 

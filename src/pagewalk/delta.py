@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import bits
-from .errors import PagewalkError
+from .errors import PagewalkError, ProcessGone
 from .reader import PageRuns, intersect_ranges
 from .snapshot import Region, Snapshot, Totals, count_flags
 
@@ -96,6 +96,22 @@ class Delta:
         return tuple(r for r in self.regions if r.status == "shrunk")
 
     @property
+    def program_changed(self) -> bool:
+        """The process called exec between the snapshots: the delta compares two programs, and limits fail."""
+        return None not in (self.before.exe, self.after.exe) and self.before.exe != self.after.exe
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What makes this delta less than a plain comparison (an exec between the snapshots, a partial freeze)."""
+        notes = []
+        if self.program_changed:
+            notes.append(
+                f"process {self.after.pid} called exec between the snapshots ({self.before.exe} -> "
+                f"{self.after.exe}): the delta compares two programs, so every limit checked on it fails"
+            )
+        return (*notes, *self.after.notes)
+
+    @property
     def seconds(self) -> float:
         return self.after.taken_at - self.before.taken_at
 
@@ -120,6 +136,7 @@ class Delta:
             "flags_lost": None if self.flags_lost is None else _nonzero(self.flags_lost),
             "before": self.before.to_dict(regions=False),
             "after": self.after.to_dict(regions=False),
+            "notes": list(self.notes),
         }
         if regions:
             data["regions"] = [r.to_dict() for r in self.regions if r.status != "kept" or _changed(r)]
@@ -147,6 +164,12 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
         raise PagewalkError(f"cannot diff snapshots of different processes ({before.pid} and {after.pid})")
     if after.taken_at < before.taken_at:
         raise PagewalkError("the 'after' snapshot is older than the 'before' one: call diff(before, after)")
+    if None not in (before.start_time, after.start_time) and before.start_time != after.start_time:
+        raise ProcessGone(
+            f"process {before.pid} ({before.command}) exited between the snapshots and its pid was reused by "
+            f"another process ({after.command}): there is no delta between two different processes",
+            before.pid,
+        )
     common_before, common_after, common = _match_pages(before.vpn_runs, after.vpn_runs)
     appeared = len(after.vpn_runs) - common
     disappeared = len(before.vpn_runs) - common

@@ -17,14 +17,16 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .bits import FLAG_BITS
 from .capabilities import capabilities
-from .delta import Delta, RegionDelta, diff
 from .errors import PagewalkError, Unsupported
-from .snapshot import Region, Snapshot, snapshot
 from .units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from .delta import Delta, RegionDelta
+    from .snapshot import Region, Snapshot
 
 __all__ = [
     "FLAG_NAMES",
@@ -128,6 +130,7 @@ class MemoryLimitExceeded(AssertionError):
         pid: int,
         details: str = "",
         unit: Unit = "bytes",
+        reason: str = "",
     ) -> None:
         self.metric = metric
         self.limit = limit
@@ -135,7 +138,8 @@ class MemoryLimitExceeded(AssertionError):
         self.label = label
         self.pid = pid
         self.unit: Unit = unit
-        self.message = limit_message(metric, limit, measured, label, pid, unit)
+        self.reason = reason  # why it failed when the value is within the limit (an exec between the snapshots)
+        self.message = reason or limit_message(metric, limit, measured, label, pid, unit)
         self._details = details
         super().__init__(self.message)
 
@@ -150,7 +154,7 @@ class MemoryLimitExceeded(AssertionError):
         # Keep the failure intact across process boundaries (xdist workers, `pagemap.run` children).
         return (
             type(self),
-            (self.metric, self.limit, self.measured, self.label, self.pid, self._details, self.unit),
+            (self.metric, self.limit, self.measured, self.label, self.pid, self._details, self.unit, self.reason),
         )
 
 
@@ -341,6 +345,8 @@ class Measurement:
 
     def start(self, *, freeze: bool = True) -> None:
         """Take the `before` snapshot and start the tracking the options ask for."""
+        from .snapshot import snapshot  # loads numpy: on first use, not when limits are merely parsed
+
         track = [name for name, wanted in (("writes", self.writes), ("accessed", self.accessed)) if wanted]
         self.before = snapshot(self.pid, flags=self.flags, counts=self.counts, freeze=freeze, track=track)
         if self.label is None:
@@ -350,6 +356,8 @@ class Measurement:
         """Take the `after` snapshot (with what was tracked since `start`) and compute the delta."""
         if self.before is None:
             raise PagewalkError("stop() before start(): the measurement has no 'before' snapshot", self.pid)
+        from .snapshot import snapshot
+
         after = snapshot(
             self.pid,
             flags=self.flags,
@@ -361,6 +369,8 @@ class Measurement:
         self._finish(after)
 
     def _finish(self, after: Snapshot) -> None:
+        from .delta import diff
+
         assert self.before is not None
         self._after = after
         self._delta = diff(self.before, after)
@@ -429,7 +439,8 @@ class Measurement:
             raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
         limit_bytes = _parse_limit(key, limit)
         measured = self.value(metric)
-        verdict = Verdict(metric, limit_bytes, measured, measured <= limit_bytes, "bytes", source)
+        passed = measured <= limit_bytes and not self.delta.program_changed  # across an exec nothing compares
+        verdict = Verdict(metric, limit_bytes, measured, passed, "bytes", source)
         self.verdicts.append(verdict)
         return verdict
 
@@ -437,7 +448,8 @@ class Measurement:
         """Check that no page gained `flag`; record the verdict and return it (without raising)."""
         (name,) = _parse_flag_names(flag)
         gained = self.flags_gained(name)
-        verdict = Verdict(f"{_FLAG_PREFIX}{name}", 0, gained, gained == 0, "pages", source)
+        passed = gained == 0 and not self.delta.program_changed
+        verdict = Verdict(f"{_FLAG_PREFIX}{name}", 0, gained, passed, "pages", source)
         self.verdicts.append(verdict)
         return verdict
 
@@ -470,6 +482,7 @@ class Measurement:
             self.pid,
             self.details(verdict),
             verdict.unit,
+            self.delta.notes[0] if self.delta.program_changed else "",
         )
 
     def _assert(self, metric: str, limit: int | str) -> Verdict:
@@ -563,6 +576,7 @@ class Measurement:
         if delta.accessed is not None:
             totals.append(f"accessed {format_size(delta.accessed)}")
         lines.append("; ".join(totals))
+        lines.extend(f"note: {note}" for note in delta.notes)
         metric = verdict.metric if verdict is not None else "uss_growth"
         spec = METRICS.get(metric)
         if spec is not None and not spec.growth and spec.needs is None:

@@ -11,10 +11,8 @@ import errno
 import functools
 import os
 import re
-import signal
 import sys
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,7 +21,6 @@ from .errors import AccessDenied, InvalidPid, NoAddressSpace, PagewalkError, Pro
 __all__ = [
     "MapsEntry",
     "check_pid",
-    "frozen",
     "open_proc",
     "parse_maps",
     "read_maps",
@@ -58,10 +55,27 @@ def _describe_missing(pid: int) -> PagewalkError:
     return ProcessGone(f"process {pid} does not exist (or exited while being read)", pid)
 
 
+_PF_EXITING = 0x00000004  # task flag of a task that is exiting (include/linux/sched.h)
+
+
+def _is_leaving(pid: int) -> bool:
+    """Whether `pid` is gone, a zombie, or exiting: what an EINVAL from its /proc files means then."""
+    try:
+        with open(f"{PROC}/{pid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
+            fields = _stat_fields(stat.read())
+    except OSError:
+        return True
+    return fields[0] in ("Z", "X") or bool(int(fields[6]) & _PF_EXITING)
+
+
 def translate_os_error(exc: OSError, pid: int, what: str) -> PagewalkError:
     """Map an OS error met while reading `what` of process `pid` to the library's error."""
     if exc.errno in (errno.ENOENT, errno.ESRCH):
         return _describe_missing(pid)
+    # EINVAL: a file whose task (or namespace) went mid-read. EACCES: /proc of a process that has dropped its
+    # memory belongs to root, so an exiting process denies what it allowed a moment before.
+    if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM) and _is_leaving(pid):
+        return ProcessGone(f"process {pid} exited while {what} was being read", pid)
     if exc.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(
             f"not allowed to read {what} of process {pid}: run as the process's owner with ptrace access "
@@ -121,90 +135,82 @@ def check_address_space(pid: int) -> None:
     state, task_flags = process_state(pid)
     if task_flags & _PF_KTHREAD:
         raise NoAddressSpace(f"process {pid} is a kernel thread: it has no user memory to snapshot", pid)
-    if state in ("Z", "X"):
+    if state not in ("Z", "X"):
+        return
+    if any(state not in ("Z", "X") for state in thread_states(pid)):
         raise NoAddressSpace(
-            f"process {pid} is a zombie: it has exited and freed its memory; its parent has not reaped it yet",
+            f"the main thread of process {pid} has exited while its other threads run on: /proc/{pid} no longer "
+            "shows the process's memory, so it cannot be snapshot; keep the main thread alive (join the others)",
             pid,
         )
+    raise NoAddressSpace(
+        f"process {pid} has exited and freed its memory (a zombie): its parent has not collected its exit status yet",
+        pid,
+    )
+
+
+def start_time(pid: int) -> int:
+    """When `pid` started, in clock ticks after boot: with the pid, it names one process for good."""
+    return int(_stat_fields(read_proc_text(pid, "stat"))[19])
+
+
+def executable(pid: int) -> str | None:
+    """The path of the program `pid` runs, or None when it cannot be read (no access, or exiting)."""
+    try:
+        return os.readlink(f"{PROC}/{pid}/exe")
+    except OSError:
+        return None
+
+
+def thread_ids(pid: int) -> list[int]:
+    """The ids of the threads of `pid` (empty when it is gone)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"{PROC}/{pid}/task")]
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+    except OSError as exc:
+        raise translate_os_error(exc, pid, f"{PROC}/{pid}/task") from exc
+
+
+def thread_state(pid: int, tid: int) -> str | None:
+    """The state letter of one thread of `pid`, or None when it is gone."""
+    try:
+        with open(f"{PROC}/{pid}/task/{tid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
+            return _stat_fields(stat.read())[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # the thread went while being read
+            return None
+        raise translate_os_error(exc, pid, f"{PROC}/{pid}/task/{tid}/stat") from exc
 
 
 def thread_states(pid: int) -> list[str]:
     """The state letters of every thread of `pid` (threads that vanish while listed are skipped)."""
-    states = []
-    task_dir = f"{PROC}/{pid}/task"
-    for tid in call(pid, task_dir, lambda: os.listdir(task_dir)):
-        try:
-            with open(f"{task_dir}/{tid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
-                states.append(_stat_fields(stat.read())[0])
-        except FileNotFoundError:
-            continue
-        except ProcessLookupError:
-            continue
-    return states
+    states = (thread_state(pid, tid) for tid in thread_ids(pid))
+    return [state for state in states if state is not None]
 
 
-_STOPPED_STATES = frozenset("TtZX")
-_SPIN_SECONDS = 0.0002  # a stop usually lands within this: yield the CPU meanwhile rather than sleep
+def parent_pid(pid: int) -> int:
+    """The pid of the (real, not tracing) parent of `pid`."""
+    return int(_stat_fields(read_proc_text(pid, "stat"))[1])
 
 
-def _wait_stopped(pid: int, timeout: float) -> bool:
-    """Poll until every thread of `pid` shows stopped (True) or `timeout` seconds pass (False).
-
-    The first polls only yield the CPU, which lets a target sharing it take the signal at once; a sleep
-    costs 60 microseconds or more before the next look.
-    """
-    now = time.monotonic()
-    deadline, spin_until = now + timeout, now + _SPIN_SECONDS
-    while True:
-        states = thread_states(pid)
-        if not states:
-            raise _describe_missing(pid)
-        if all(state in _STOPPED_STATES for state in states):
-            return True
-        now = time.monotonic()
-        if now > deadline:
-            return False
-        if now < spin_until:
-            os.sched_yield()
-        else:
-            time.sleep(0.0002)
+def tracer_pid(pid: int, tid: int) -> int | None:
+    """The process tracing thread `tid` of `pid` (0 for none), or None when the thread is gone."""
+    with contextlib.suppress(PagewalkError):
+        value = status_field(f"{pid}/task/{tid}", "TracerPid")
+        return None if value is None else int(value)
+    return None
 
 
-@contextlib.contextmanager
-def frozen(pid: int, *, timeout: float = 2.0) -> Iterator[bool]:
-    """Stop `pid` with SIGSTOP for the duration of the block and always resume it.
-
-    Yields True once every thread shows stopped; False when `timeout` passed first (a thread stuck in an
-    uninterruptible sleep), in which case the block still runs. A process that was already stopped stays
-    stopped. Freezing the calling process itself is impossible and is skipped (yields False).
-    """
-    if pid == os.getpid():
-        yield False
-        return
-    already_stopped = all(state in _STOPPED_STATES for state in thread_states(pid))
-    if already_stopped:
-        yield True
-        return
-    try:
-        os.kill(pid, signal.SIGSTOP)
-    except ProcessLookupError:
-        raise _describe_missing(pid) from None
-    except PermissionError:
-        raise AccessDenied(
-            f"not allowed to stop process {pid} for a consistent snapshot: run as its owner or root, "
-            "or pass freeze=False",
-            pid,
-        ) from None
-    try:
-        yield _wait_stopped(pid, timeout)
-    finally:
-        # Block SIGINT while resuming so a Ctrl-C cannot leave the process stopped.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+def check_thread_group_leader(pid: int) -> None:
+    """Raise `InvalidPid` when `pid` is the id of a thread rather than of a process."""
+    tgid = status_field(pid, "Tgid")
+    if tgid is not None and int(tgid) != pid:
+        raise InvalidPid(
+            f"{pid} is the id of a thread of process {tgid}, not of a process: pass the process id {tgid}", pid
+        )
 
 
 # --- /proc/PID/maps -----------------------------------------------------------------------------------

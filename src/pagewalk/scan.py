@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
+import struct
 
 import numpy as np
 import numpy.typing as npt
@@ -15,31 +14,24 @@ __all__ = ["PAGEMAP_SCAN", "ScanUnsupported", "pagemap_scan"]
 PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg)
 _VEC_SLOTS = 4096  # the kernel fills at most 512 regions per lock cycle; 4096 keeps ioctl calls few
 
-
-class _PmScanArg(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_uint64)
-        for name in (
-            "size",
-            "flags",
-            "start",
-            "end",
-            "walk_end",
-            "vec",
-            "vec_len",
-            "max_pages",
-            "category_inverted",
-            "category_mask",
-            "category_anyof_mask",
-            "return_mask",
-        )
-    ]
-
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_ioctl = _libc.ioctl
-_ioctl.restype = ctypes.c_int  # glibc returns int: c_long would turn -1 into 4294967295
-_ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+# struct pm_scan_arg: twelve u64 fields, in this order.
+_FIELDS = (
+    "size",
+    "flags",
+    "start",
+    "end",
+    "walk_end",
+    "vec",
+    "vec_len",
+    "max_pages",
+    "category_inverted",
+    "category_mask",
+    "category_anyof_mask",
+    "return_mask",
+)
+_ARG = struct.Struct(f"={len(_FIELDS)}Q")
+_START = _FIELDS.index("start")
+_WALK_END = _FIELDS.index("walk_end")
 
 
 class ScanUnsupported(OSError):
@@ -62,36 +54,42 @@ def pagemap_scan(
     `categories` masked by `return_mask`. Raises `ScanUnsupported` on kernels without the ioctl or the
     categories, and `OSError` for anything else (ESRCH when the process is gone).
     """
+    import fcntl  # here, not at import: the module must import on platforms without fcntl
+
     vec = np.empty((_VEC_SLOTS, 3), dtype=np.uint64)
-    arg = _PmScanArg(
-        size=ctypes.sizeof(_PmScanArg),
-        start=start,
-        end=end,
-        vec=vec.ctypes.data,
-        vec_len=_VEC_SLOTS,
-        category_inverted=category_inverted,
-        category_mask=category_mask,
-        category_anyof_mask=category_anyof_mask,
-        return_mask=return_mask,
-    )
+    fields = dict.fromkeys(_FIELDS, 0) | {
+        "size": _ARG.size,
+        "start": start,
+        "end": end,
+        "vec": vec.ctypes.data,
+        "vec_len": _VEC_SLOTS,
+        "category_inverted": category_inverted,
+        "category_mask": category_mask,
+        "category_anyof_mask": category_anyof_mask,
+        "return_mask": return_mask,
+    }
+    # A mutable buffer: the kernel writes walk_end back into it, and fcntl.ioctl returns the ioctl's result.
+    arg = bytearray(_ARG.pack(*fields.values()))
     batches: list[npt.NDArray[np.uint64]] = []
     while True:
-        count = _ioctl(fd, PAGEMAP_SCAN, ctypes.byref(arg))
-        if count < 0:
-            err = ctypes.get_errno()
-            if err == errno.EINTR:
-                continue
-            if err in (errno.ENOTTY, errno.EINVAL):
-                raise ScanUnsupported(err, os.strerror(err))
-            raise OSError(err, os.strerror(err))
+        try:
+            count = fcntl.ioctl(fd, PAGEMAP_SCAN, arg, True)
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.ENOTTY, errno.EINVAL):
+                raise ScanUnsupported(exc.errno, os.strerror(exc.errno)) from None
+            raise
         if count:
             batches.append(vec[:count].copy())
         # The walk is over unless the vector filled up. Linux (seen on 6.18) leaves walk_end where an internal
         # 512-range batch stopped once more than 512 ranges are found, though the walk went on to the end:
         # resuming there would return those ranges twice.
-        if count < _VEC_SLOTS or arg.walk_end >= arg.end or arg.walk_end == 0:
+        walk_end = _ARG.unpack(arg)[_WALK_END]
+        if count < _VEC_SLOTS or walk_end >= end or walk_end == 0:
             break
-        arg.start = max(arg.walk_end, int(vec[count - 1, 1]))
+        resume = max(walk_end, int(vec[count - 1, 1]))
+        struct.pack_into("=Q", arg, _START * 8, resume)
     if not batches:
         return np.empty((0, 3), dtype=np.uint64)
     rows = batches[0] if len(batches) == 1 else np.concatenate(batches)

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from . import bits, procfs, reader, tracking
 from .capabilities import Capabilities, capabilities
 from .errors import AccessDenied, PagewalkError, ProcessGone, Unsupported
+from .freeze import frozen
 from .regions import classify, display_name
 from .scan import pagemap_scan
 
@@ -146,6 +147,8 @@ class Snapshot(Totals):
     accessed: int | None = None  # bytes accessed since tracking started, with accessed=True
     cgroup_pages: Mapping[int, int] | None = None  # memory cgroup inode -> present pages, with cgroups=True
     notes: tuple[str, ...] = ()
+    start_time: int | None = None  # clock ticks after boot: with `pid`, names the process for good
+    exe: str | None = None  # the program it ran (None when unreadable): changes when the process calls exec
 
     def __sub__(self, before: Snapshot) -> Delta:
         from .delta import diff
@@ -183,6 +186,8 @@ class Snapshot(Totals):
             "command": self.command,
             "taken_at": self.taken_at,
             "frozen": self.frozen,
+            "start_time": self.start_time,
+            "exe": self.exe,
             "method": self.method,
             "page_size": self.page_size,
             "pfn_visible": self.pfn_visible,
@@ -295,12 +300,29 @@ def snapshot(
     tracking.check_tracking(track, pid)
     if writes:
         tracking.require_soft_dirty(pid, caps)
+    procfs.check_thread_group_leader(pid)
     procfs.check_address_space(pid)
     command = _command(pid)
+    started, exe = procfs.start_time(pid), procfs.executable(pid)
+    notes = []
+    if freeze and _walks_too_much(pid, caps, method):
+        limit = f"{_FREEZE_WALK_LIMIT >> 40} TiB"
+        if caps.pagemap_scan:
+            method = "scan"
+            notes.append(
+                f"method='read' would walk over {limit} of address space page by page while the process is "
+                "stopped: it was scanned (PAGEMAP_SCAN) instead"
+            )
+        else:
+            freeze = False
+            notes.append(
+                f"the address space is over {limit} and this kernel lacks PAGEMAP_SCAN: walking it page by page "
+                "would keep the process stopped for long, so it was read while running"
+            )
     fd = procfs.open_proc(pid, "pagemap")
     try:
-        freezer = procfs.frozen(pid) if freeze else contextlib.nullcontext(False)
-        with freezer as was_frozen:
+        freezer = frozen([pid]) if freeze else contextlib.nullcontext(None)
+        with freezer as freeze_result:
             taken_at = time.time()
             maps = procfs.read_maps(pid)
             kinds = _classify(pid, maps, caps)
@@ -320,9 +342,37 @@ def snapshot(
         raise procfs.translate_os_error(exc, pid, "the page tables") from exc
     finally:
         os.close(fd)
-    if freeze and not was_frozen and pid != os.getpid():
-        data.notes.append("not every thread stopped within the timeout: the snapshot may not be atomic")
-    return _build(pid, command, taken_at, bool(was_frozen), maps, kinds, data, caps)
+    _check_same_process(pid, started, maps)
+    data.notes[:0] = notes
+    if freeze_result is not None:
+        data.notes.extend(note for note in freeze_result.notes if pid != os.getpid())
+    was_frozen = freeze_result is not None and freeze_result.methods.get(pid) != "self" and freeze_result.complete
+    return _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe))
+
+
+# Walking pagemap costs about a second per TiB of address space: above this, never while the process is stopped.
+_FREEZE_WALK_LIMIT = 1 << 40
+
+
+def _walks_too_much(pid: int, caps: Capabilities, method: Method) -> bool:
+    """Whether the read front end would walk more than `_FREEZE_WALK_LIMIT` of address space."""
+    if method == "scan" or (method == "auto" and caps.pagemap_scan):
+        return False  # "auto" scans sparse address spaces, and only they are this big
+    size_pages, _ = procfs.read_statm(pid)
+    return size_pages * caps.page_size > _FREEZE_WALK_LIMIT
+
+
+def _check_same_process(pid: int, started: int, maps: list[procfs.MapsEntry]) -> None:
+    """After reading: raise unless the pid still names the process it named before (and it had memory)."""
+    try:
+        now = procfs.start_time(pid)
+    except ProcessGone:
+        raise ProcessGone(f"process {pid} exited while its page tables were being read", pid) from None
+    if now != started:
+        raise ProcessGone(f"process {pid} exited while being read, and its pid now names another process", pid)
+    if not maps:  # only a process that is leaving has no mappings at all
+        procfs.check_address_space(pid)
+        raise ProcessGone(f"process {pid} exited while its page tables were being read", pid)
 
 
 def _command(pid: int) -> str:
@@ -762,6 +812,8 @@ def _build(
     kinds: list[str],
     data: _PageData,
     caps: Capabilities,
+    *,
+    identity: tuple[int | None, str | None],
 ) -> Snapshot:
     arrays = data.arrays
     page = caps.page_size
@@ -796,4 +848,6 @@ def _build(
         accessed=None if data.referenced is None else sum(r.accessed or 0 for r in regions),
         cgroup_pages=None if data.cgroup_pages is None else MappingProxyType(data.cgroup_pages),
         notes=tuple(data.notes),
+        start_time=identity[0],
+        exe=identity[1],
     )

@@ -133,7 +133,7 @@ def test_unmarked(pagemap):
     pagemap.run(grow, 4 << 20)
 """,
     )
-    result = pytester.runpytest("--pagemap", "--pagemap-uss-growth-below=1 MiB", "-rf")
+    result = pytester.runpytest("--pagemap", "--pagemap-limit=uss_growth:1MiB", "-rf")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["MEMORY *::test_unmarked - *"])
 
@@ -155,7 +155,7 @@ def test_grow(pagemap):
 
 
 def test_session_defaults_apply_only_to_what_was_measured(pytester):
-    pytester.makeini("[pytest]\npagemap_written_below = 1 MiB\npagemap_pss_below = 1 KiB\n")
+    pytester.makeini("[pytest]\npagemap_limits =\n    written:1MiB\n    pss:1KiB\n")
     inner(
         pytester,
         """

@@ -28,14 +28,16 @@ def test_grow(pagemap):
 def test_help_lists_every_option_and_ini_key(pytester):
     result = pytester.runpytest("--help")
     result.stdout.fnmatch_lines(["pytest-pagemap: memory assertions from Linux page tables:"])
-    for name in ["--pagemap ", "--pagemap-strict", "--pagemap-grace=SECONDS", "--pagemap-uss-below=SIZE",
-                 "--pagemap-uss-growth-below=SIZE", "--pagemap-rss-below=SIZE", "--pagemap-rss-growth-below=SIZE",
-                 "--pagemap-pss-below=SIZE", "--pagemap-swap-below=SIZE", "--pagemap-written-below=SIZE",
-                 "--pagemap-accessed-below=SIZE", "--pagemap-no-flag-gain=FLAGS"]:  # fmt: skip
+    for name in ["--pagemap ", "--pagemap-strict", "--pagemap-grace=SECONDS", "--pagemap-limit=METRIC:SIZE",
+                 "--pagemap-no-flag-gain=FLAGS"]:  # fmt: skip
         result.stdout.fnmatch_lines([f"*{name}*"])
-    for key in ["pagemap (bool)", "pagemap_strict (bool)", "pagemap_grace", "pagemap_uss_growth_below",
-                "pagemap_written_below", "pagemap_no_flag_gain"]:  # fmt: skip
+    for key in ["pagemap (bool)", "pagemap_strict (bool)", "pagemap_grace", "pagemap_limits (linelist)",
+                "pagemap_no_flag_gain"]:  # fmt: skip
         result.stdout.fnmatch_lines([f"  {key}*"])
+    # One option for every metric, not one per metric; the help names every metric the limits know.
+    assert "-below" not in result.stdout.str()
+    help_text = " ".join(result.stdout.str().split())
+    assert all(metric in help_text for metric in LIMIT_KEYS.values())
 
 
 def test_marker_is_registered(pytester):
@@ -76,13 +78,13 @@ def test_ini_turns_reporting_on(grows_8_mib):
 
 
 def test_command_line_default_limit(grows_8_mib):
-    result = grows_8_mib.runpytest("--pagemap", "--pagemap-uss-growth-below=1 MiB", "--pagemap-summary=full")
+    result = grows_8_mib.runpytest("--pagemap", "--pagemap-limit=uss_growth:1 MiB", "--pagemap-summary=full")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["    FAIL  uss_growth 8.0 MiB > 1.0 MiB (default)"])
 
 
 def test_ini_default_limit(grows_8_mib):
-    grows_8_mib.makeini("[pytest]\npagemap_uss_growth_below = 64 MiB\npagemap_rss_growth_below = 1 MiB\n")
+    grows_8_mib.makeini("[pytest]\npagemap_limits =\n    uss_growth:64 MiB\n    rss_growth: 1MiB\n")
     result = grows_8_mib.runpytest("--pagemap", "--pagemap-summary=full")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
@@ -94,14 +96,51 @@ def test_ini_default_limit(grows_8_mib):
 
 
 def test_command_line_overrides_ini(grows_8_mib):
-    grows_8_mib.makeini("[pytest]\npagemap_uss_growth_below = 1 MiB\n")
-    result = grows_8_mib.runpytest("--pagemap", "--pagemap-uss-growth-below", "9 MiB")
+    grows_8_mib.makeini("[pytest]\npagemap_limits = uss_growth:1MiB\n")
+    result = grows_8_mib.runpytest("--pagemap", "--pagemap-limit", "uss_growth:9MiB")
     result.assert_outcomes(passed=1)
 
 
 def test_defaults_are_not_enforced_without_pagemap(grows_8_mib):
-    grows_8_mib.makeini("[pytest]\npagemap_uss_growth_below = 1 MiB\n")
-    grows_8_mib.runpytest().assert_outcomes(passed=1)
+    grows_8_mib.makeini("[pytest]\npagemap_limits = uss_growth:1MiB\n")
+    result = grows_8_mib.runpytest()
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        ["pagemap: memory limits set by defaults were not checked: run with --pagemap (or ini: pagemap = true)*"]
+    )
+
+
+def test_marker_limits_without_pagemap_are_reported_once_under_xdist(pytester):
+    pytester.makepyfile(
+        GROW
+        + """
+import pytest
+
+@pytest.mark.pagemap(uss_growth_below="1 MiB")
+def test_one(pagemap):
+    pagemap.run(grow, 2 << 20)
+
+@pytest.mark.pagemap(uss_growth_below="1 MiB")
+def test_two():
+    pass
+
+def test_unlimited():
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess("-p", "xdist", "-n", "2")
+    result.assert_outcomes(passed=3)
+    assert result.stdout.str().count("were not checked") == 1
+    result.stdout.fnmatch_lines(["pagemap: memory limits set by markers were not checked: *"])
+    # With --pagemap they are checked, and nothing is said about them.
+    checked = pytester.runpytest("--pagemap")
+    checked.assert_outcomes(passed=2, failed=1)
+    assert "were not checked" not in checked.stdout.str()
+
+
+def test_no_note_without_limits(grows_8_mib):
+    result = grows_8_mib.runpytest()
+    assert "were not checked" not in result.stdout.str()
 
 
 @privileged
@@ -150,7 +189,7 @@ EXPECTED_VERDICTS = [
 @privileged
 def test_every_limit_option_is_wired(pytester):
     pytester.makepyfile(ALL_LIMITS)
-    args = [f"--pagemap-{key.replace('_', '-')}=1 GiB" for key in LIMIT_KEYS] + ["--pagemap-no-flag-gain=KSM"]
+    args = [f"--pagemap-limit={metric}:1 GiB" for metric in LIMIT_KEYS.values()] + ["--pagemap-no-flag-gain=KSM"]
     result = pytester.runpytest("--pagemap", "-s", *args)
     result.assert_outcomes(passed=1)
     assert f"VERDICTS {EXPECTED_VERDICTS}" in result.stdout.str()
@@ -159,7 +198,8 @@ def test_every_limit_option_is_wired(pytester):
 @privileged
 def test_every_limit_ini_key_is_wired(pytester):
     pytester.makepyfile(ALL_LIMITS)
-    lines = [f"pagemap_{key} = 1 GiB" for key in LIMIT_KEYS] + ["pagemap_no_flag_gain = KSM"]
+    lines = ["pagemap_limits =", *(f"    {metric}:1 GiB" for metric in LIMIT_KEYS.values())]
+    lines.append("pagemap_no_flag_gain = KSM")
     pytester.makeini("[pytest]\n" + "\n".join(lines) + "\n")
     result = pytester.runpytest("--pagemap", "-s")
     result.assert_outcomes(passed=1)
@@ -169,9 +209,11 @@ def test_every_limit_ini_key_is_wired(pytester):
 @pytest.mark.parametrize(
     ("ini", "message"),
     [
-        ("pagemap_uss_growth_below = 8 MeB", "invalid pytest-pagemap ini value: pagemap_uss_growth_below='8 MeB': "
-         "cannot read '8 MeB' as a size; expected an int of bytes, or a string such as*"),
-        ("pagemap_rss_below = -1", "*pagemap_rss_below='-1': size '-1' is negative*"),
+        ("pagemap_limits = uss_growth:8 MeB", "invalid pytest-pagemap ini value: pagemap_limits: cannot read the "
+         "size in 'uss_growth:8 MeB': cannot read '8 MeB' as a size; expected an int of bytes, or a string such as*"),
+        ("pagemap_limits = rss:-1", "*pagemap_limits: cannot read the size in 'rss:-1': size '-1' is negative*"),
+        ("pagemap_limits = uss_below:1MiB", "*pagemap_limits: cannot read 'uss_below:1MiB' as a limit; expected "
+         "METRIC:SIZE, e.g. uss:64MiB or uss_growth:8MiB*; metrics: uss, rss, *"),
         ("pagemap_no_flag_gain = THP SHINY", "*pagemap_no_flag_gain: unknown page flag 'SHINY'; known flags: *"),
         ("pagemap_grace = soon", "invalid pytest-pagemap ini value: pagemap_grace: 'soon' is not a number of seconds"),
     ],
@@ -187,7 +229,12 @@ def test_bad_ini_values_are_usage_errors(pytester, ini, message):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--pagemap-uss-below=lots"], "*--pagemap-uss-below: uss_below='lots': cannot read 'lots' as a size*"),
+        (["--pagemap-limit=uss:lots"], "*--pagemap-limit: cannot read the size in 'uss:lots': cannot read 'lots' "
+         "as a size*"),
+        (["--pagemap-limit=64MiB"], "*--pagemap-limit: cannot read '64MiB' as a limit; expected METRIC:SIZE, e.g. "
+         "uss:64MiB or uss_growth:8MiB*"),
+        (["--pagemap-limit=uss"], "*--pagemap-limit: cannot read 'uss' as a limit; expected METRIC:SIZE*"),
+        (["--pagemap-uss-below=1MiB"], "*unrecognized arguments: --pagemap-uss-below=1MiB*"),
         (["--pagemap-no-flag-gain=SHINY"], "*--pagemap-no-flag-gain: no_flag_gain: unknown page flag 'SHINY'*"),
         (["--pagemap-grace=-1"], "*argument --pagemap-grace: '-1': a grace period must be zero or more seconds*"),
     ],
