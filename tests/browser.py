@@ -16,7 +16,9 @@ import base64
 import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -55,6 +57,21 @@ def chromium_path() -> str | None:
         if found:
             return found
     return None
+
+
+def _end_group(process: subprocess.Popen[bytes]) -> None:
+    """Kill Chromium and every process it started (its own session), and wait until none is left: a helper
+    still running would write into the profile after it is removed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
 
 
 class Page:
@@ -156,8 +173,7 @@ class Browser:
         finally:
             for page in browser.pages if browser is not None else []:
                 page.close()
-            process.kill()
-            process.wait()
+            _end_group(process)
             shutil.rmtree(profile, ignore_errors=True)
 
     def _targets(self) -> list[dict[str, Any]]:
