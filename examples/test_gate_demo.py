@@ -1,10 +1,11 @@
 """A regression gate: save a baseline, change the code, compare. Page counts are exact, so a tight threshold holds.
 
     pytest --pagemap-save=base examples/test_gate_demo.py
-    PAGEMAP_DEMO_ROWS=150000 pytest --pagemap-compare=base --pagemap-fail=uss:5% examples/test_gate_demo.py
+    PAGEMAP_DEMO_ROWS=150000 pytest --pagemap-compare=base --pagemap-fail=anon:5% examples/test_gate_demo.py
 
 The second run builds a bigger report (standing in for a change that makes the code hungrier): the gate lists
-the regression (test, metric, baseline, current, change, threshold) and the session fails with exit code 1.
+the regression (status, measurement, metric, baseline, current, change, threshold) and the session fails
+with exit code 1.
 `PAGEMAP_DEMO_ROWS` stands for the code change; nothing else differs between the runs.
 """
 

@@ -11,7 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, Verdict
+    from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, SharingBelow, Verdict
 
     from .fixtures import Pagemap, Runner
     from .processes import AttachedProcess, ProcessEnded, ProcessNotReady, SpawnedProcess, SpawnFailed
@@ -31,6 +31,7 @@ _SOURCES = {
     "RemoteError": ".runner",
     "RemoteTraceback": ".runner",
     "RunResult": ".runner",
+    "SharingBelow": "pagewalk.measure",
     "Runner": ".fixtures",
     "SpawnFailed": ".processes",
     "SpawnedProcess": ".processes",
@@ -51,6 +52,7 @@ __all__ = [
     "RemoteTraceback",
     "RunResult",
     "Runner",
+    "SharingBelow",
     "SpawnFailed",
     "SpawnedProcess",
     "Verdict",

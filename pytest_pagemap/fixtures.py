@@ -15,7 +15,7 @@ import pytest
 from pagewalk.errors import NoAddressSpace, ProcessGone
 from pagewalk.measure import METRICS, Limits, Measurement, Option, missing_requirements
 
-from .markers import marker_limits
+from .markers import marker_limits, marker_tolerance
 
 if TYPE_CHECKING:
     # Loaded on first use (psutil, pickle): loading the plugin must stay cheap for runs that never measure.
@@ -51,6 +51,8 @@ class Settings:
 DEFAULT_GRACE_SECONDS = 5.0
 SETTINGS_KEY = pytest.StashKey[Settings]()
 MEASUREMENTS_KEY = pytest.StashKey[list[Measurement]]()
+# The measure() options the session's gate thresholds need, so every measurement records the metrics gated.
+GATE_NEEDS_KEY = pytest.StashKey[frozenset[Option]]()
 
 # For a fixture used while the plugin's configure hook has not run (the plugin registered late).
 _INACTIVE = Settings(active=False, strict=False, grace=DEFAULT_GRACE_SECONDS, defaults=Limits())
@@ -139,6 +141,7 @@ class Pagemap:
         flags: bool = False,
         counts: bool = False,
         freeze: bool = True,
+        tree: bool = False,
     ) -> MeasureContext:
         """Measure `process` (a spawned or attached process, or a pid) around the `with` block.
 
@@ -146,12 +149,16 @@ class Pagemap:
         `counts` computes PSS. A limit of the test's marker turns on the option it needs. When this kernel or
         user cannot give an option the test is skipped (failed with `--pagemap-strict`). When the block ends
         the limits in force are checked and a `MemoryLimitExceeded` raised for the first one exceeded.
+        `tree=True` measures the process and all its descendants, stopped together (`m.after.processes`).
         """
         pid = process if isinstance(process, int) else process.pid
+        named = label is not None  # a label the test chose keys the measurement in baselines; a command line never
         label = label or getattr(process, "label", None)
         options = {"writes": writes, "accessed": accessed, "flags": flags, "counts": counts}
         spawned = next((known for known in self._processes if known.pid == pid), None)
-        return MeasureContext(self, pid, label=label, options=options, freeze=freeze, spawned=spawned)
+        return MeasureContext(
+            self, pid, label=label, named=named, tree=tree, options=options, freeze=freeze, spawned=spawned
+        )
 
     def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> RunResult[T]:
         """Call `func(*args, **kwargs)` in a fresh Python interpreter and measure the child around the call.
@@ -197,6 +204,14 @@ class Pagemap:
             for need in marker_limits(self._item).needs():
                 options[need] = True
             flag_names = self.limits.no_flag_gain
+        if GATE_NEEDS_KEY in self._item.config.stash:
+            try:
+                tolerance = marker_tolerance(self._item)
+            except ValueError:
+                tolerance = ()  # reported as a marker problem at collection
+            gated = {need_of for threshold in tolerance if (need_of := METRICS[threshold.metric].needs)}
+            for gated_option in self._item.config.stash[GATE_NEEDS_KEY] | gated:
+                options[gated_option] = True
         missing = missing_requirements(**options, flag_names=flag_names)
         if missing:
             self.unavailable(self._settings, missing)
@@ -255,7 +270,9 @@ class Pagemap:
         )
         self._calls.append(call)
         call.wait_ready()
-        measurement = Measurement(call.pid, label=label or f"{describe_callable(func)}()", **checked)
+        measurement = Measurement(
+            call.pid, label=label or f"{describe_callable(func)}()", named=label is not None, **checked
+        )
         self.measurements.append(measurement)
         measurement.start()
         call.start_call()
@@ -290,22 +307,26 @@ class MeasureContext:
         pid: int,
         *,
         label: str | None,
+        named: bool,
         options: dict[str, bool],
         freeze: bool,
+        tree: bool = False,
         spawned: SpawnedProcess | None = None,
     ) -> None:
         self._spawned = spawned
         self._pagemap = pagemap
         self._pid = pid
         self._label = label
+        self._named = named
         self._options = options
         self._freeze = freeze
+        self._tree = tree
         self._measurement: Measurement | None = None
 
     def __enter__(self) -> Measurement:
         __tracebackhide__ = True  # a skip or failure points at the test's `with` line, not here
         options = self._pagemap._options(**self._options)
-        measurement = Measurement(self._pid, label=self._label, **options)
+        measurement = Measurement(self._pid, label=self._label, named=self._named, tree=self._tree, **options)
         self._pagemap.measurements.append(measurement)
         with self._explain_exit("before the measurement"):
             measurement.start(freeze=self._freeze)

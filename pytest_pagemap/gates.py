@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from _pytest.runner import runtestprotocol
 
 from pagewalk.baseline import (
     DEFAULT_STORAGE,
+    KEY_SEPARATOR,
     BaselineError,
     MeasurementRecord,
     SessionRecord,
@@ -35,17 +36,17 @@ from pagewalk.baseline import (
     write_text_atomic,
 )
 from pagewalk.ci_reports import (
-    JUNIT_PREFIX,
     Tone,
     benchmark_action_entries,
     comparison_lines,
     json_report,
-    junit_properties,
     markdown_summary,
 )
-from pagewalk.gate import FORMS, ComparisonResult, Threshold, compare, parse_threshold
+from pagewalk.gate import DEFAULT_NOISE, FORMS, ComparisonResult, Threshold, compare, parse_threshold
+from pagewalk.measure import METRICS, Option, missing_requirements
+from pagewalk.units import format_size, parse_size
 
-from .fixtures import MEASUREMENTS_KEY
+from .fixtures import GATE_NEEDS_KEY, MEASUREMENTS_KEY
 from .markers import marker_tolerance
 
 __all__ = ["GateSettings", "PagemapGates", "add_gate_options", "read_gate_settings"]
@@ -54,6 +55,13 @@ RECORDS_ATTRIBUTE = "pagemap_records"  # on teardown reports: the test's records
 TOLERANCE_ATTRIBUTE = "pagemap_tolerance"  # on teardown reports: the marker's tolerance, as expressions
 STEP_SUMMARY_VARIABLE = "GITHUB_STEP_SUMMARY"
 REGRESSED_STAT = "memory regressed"  # the key in the terminal's final line: "1 passed, 2 memory regressed"
+UNMATCHED_STAT = "memory unmatched"  # baseline measurements of a test measured now, without a counterpart
+UNMEASURED_HELP = (
+    "a threshold names a metric a measurement did not record: pytest-pagemap measures what --pagemap-fail and "
+    "pagemap_fail name wherever this user can (pss needs root, written a kernel with soft-dirty); a baseline "
+    "saved without it must be saved again with the thresholds given (--pagemap-save --pagemap-fail=EXPR, or "
+    "pagemap_fail in the ini file)"
+)  # the key in the terminal's final line: "1 passed, 2 memory regressed"
 _EARLIER_RUNS_KEY = pytest.StashKey[list[list[MeasurementRecord]]]()
 _LAST_RUN_KEY = pytest.StashKey[list[MeasurementRecord]]()
 _TONES: dict[Tone, dict[str, bool]] = {
@@ -62,6 +70,29 @@ _TONES: dict[Tone, dict[str, bool]] = {
     "good": {"green": True},
     "warning": {"yellow": True},
 }
+
+
+# --- JUnit XML -------------------------------------------------------------------------------------------
+
+# The metrics written as JUnit XML properties: the levels and changes people chart, when measured.
+JUNIT_METRICS = ("uss", "rss", "pss", "uss_growth", "anon_growth", "written")
+JUNIT_PREFIX = "pagemap."
+
+
+def junit_properties(measurements: Iterable[MeasurementRecord], *, per_test: bool) -> list[tuple[str, object]]:
+    """`(name, bytes)` JUnit properties of the measured `JUNIT_METRICS`.
+
+    `per_test`: for one test's `<testcase>`, named `pagemap.METRIC` (`pagemap.METRIC[LABEL]` when the test
+    measured several times); otherwise for the `<testsuite>`, named `pagemap.METRIC[KEY]`.
+    """
+    properties: list[tuple[str, object]] = []
+    for m in measurements:
+        suffix = m.key[len(m.test) :].removeprefix(KEY_SEPARATOR) if per_test else m.key
+        for metric in JUNIT_METRICS:
+            value = m.metrics.get(metric)
+            if value is not None:
+                properties.append((f"{JUNIT_PREFIX}{metric}" + (f"[{suffix}]" if suffix else ""), value))
+    return properties
 
 
 # --- options --------------------------------------------------------------------------------------------
@@ -74,10 +105,12 @@ def _save_name_type(text: str) -> str:
         name = check_name(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{exc}; write --pagemap-save=NAME (with '=')") from None
-    if os.path.isdir(name):
-        # `--pagemap-save tests` takes the test directory as the name: refuse rather than run the wrong tests.
+    if os.path.exists(name) or name.endswith(".py"):
+        # `--pagemap-save tests` or `--pagemap-save test_x.py` takes a test path as the name: refuse rather than
+        # run the wrong tests.
+        what = "a directory here" if os.path.isdir(name) else "a file here" if os.path.exists(name) else "a file name"
         raise argparse.ArgumentTypeError(
-            f"{name!r} is a directory here, so probably a test path: write --pagemap-save=NAME (with '='), "
+            f"{name!r} is {what}, so probably a test path: write --pagemap-save=NAME (with '='), "
             "or put --pagemap-save after the test paths"
         )
     return name
@@ -94,6 +127,16 @@ def _threshold_type(text: str) -> Threshold:
 
 
 _threshold_type.__name__ = "threshold"
+
+
+def _noise_type(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+_noise_type.__name__ = "size"
 
 
 def _repeat_type(text: str) -> int:
@@ -159,6 +202,16 @@ def add_gate_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
     )
     parser.addini("pagemap_fail", "thresholds as --pagemap-fail, one per line", type="linelist", default=[])
     group.addoption(
+        "--pagemap-noise",
+        type=_noise_type,
+        default=None,
+        metavar="SIZE",
+        help=f"the noise floor: a change of at most SIZE is unchanged and fails no relative threshold "
+        f"(default {format_size(DEFAULT_NOISE).replace(' ', '')}; ini: pagemap_noise; per threshold: "
+        "anon:5%%,noise=256KiB)",
+    )
+    parser.addini("pagemap_noise", "as --pagemap-noise", default="")
+    group.addoption(
         "--pagemap-repeat",
         type=_repeat_type,
         default=None,
@@ -200,6 +253,7 @@ class GateSettings:
     compare: str | None  # None: do not compare; "": with the latest baseline; else a name or a path
     overwrite: bool
     thresholds: tuple[Threshold, ...]
+    noise: int
     repeat: int
     json_path: Path | None
     benchmark_json_path: Path | None
@@ -227,8 +281,11 @@ def read_gate_settings(config: pytest.Config, *, active: bool) -> GateSettings:
     """The gate settings from options and ini keys; a bad value or combination raises `pytest.UsageError`."""
     save, compare_with = config.getoption("pagemap_save"), config.getoption("pagemap_compare")
     thresholds: tuple[Threshold, ...] = tuple(config.getoption("pagemap_fail") or ())
-    if thresholds and compare_with is None:
-        raise pytest.UsageError("--pagemap-fail needs --pagemap-compare: thresholds are checked against a baseline")
+    if thresholds and compare_with is None and save is None:
+        raise pytest.UsageError(
+            "--pagemap-fail needs --pagemap-compare (thresholds are checked against a baseline) or "
+            "--pagemap-save (which then records what the thresholds need)"
+        )
     if config.getoption("pagemap_overwrite") and save is None:
         raise pytest.UsageError("--pagemap-overwrite needs --pagemap-save=NAME")
     if not thresholds:
@@ -236,6 +293,13 @@ def read_gate_settings(config: pytest.Config, *, active: bool) -> GateSettings:
             thresholds = tuple(parse_threshold(text) for text in config.getini("pagemap_fail"))
         except ValueError as exc:
             raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_fail: {exc}") from None
+    noise = config.getoption("pagemap_noise")
+    if noise is None:
+        text = str(config.getini("pagemap_noise")).strip()
+        try:
+            noise = _noise_type(text) if text else DEFAULT_NOISE
+        except argparse.ArgumentTypeError as exc:
+            raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_noise: {exc}") from None
     repeat = config.getoption("pagemap_repeat")
     if repeat is None:
         try:
@@ -252,6 +316,7 @@ def read_gate_settings(config: pytest.Config, *, active: bool) -> GateSettings:
         compare=compare_with,
         overwrite=bool(config.getoption("pagemap_overwrite")),
         thresholds=thresholds,
+        noise=noise,
         repeat=repeat,
         json_path=json_path,
         benchmark_json_path=benchmark_json_path,
@@ -296,8 +361,29 @@ class PagemapGates:
         # `record_property`-style per-test properties break the xunit2 schema: there, suite-level ones.
         self.junit_per_test = xml_wanted and family in ("xunit1", "legacy")
         self.junit_per_suite = xml_wanted and not self.junit_per_test
+        if settings.record and (settings.compare is not None or settings.save is not None):
+            config.stash[GATE_NEEDS_KEY] = self._gate_needs()
         if self.is_controller and settings.record:
             self._prepare()
+
+    def _gate_needs(self) -> frozenset[Option]:
+        """The measure() options the thresholds' metrics need, which every measurement then takes; a metric
+        this kernel or user cannot measure is a usage error now, not a gate of nothing at the end."""
+        needs: set[Option] = set()
+        for threshold in self.settings.thresholds:
+            need = METRICS[threshold.metric].needs
+            if need is None:
+                continue
+            missing = missing_requirements(
+                writes=need == "writes", accessed=need == "accessed", flags=need == "flags", counts=need == "counts"
+            )
+            if missing:
+                raise pytest.UsageError(
+                    f"cannot gate {threshold.text}: {threshold.metric} cannot be measured here ({'; '.join(missing)}); "
+                    "gate a metric every run records, such as anon or uss"
+                )
+            needs.add(need)
+        return frozenset(needs)
 
     def _prepare(self) -> None:
         """Fail at start-up, not after the run: load the baseline, check the name to save is free."""
@@ -376,7 +462,9 @@ class PagemapGates:
             return (yield)
         # The fixtures have been torn down: every measurement of this run is finished or abandoned.
         finished = [m for m in item.stash.get(MEASUREMENTS_KEY, []) if m.finished]
-        this_run = records_of_test(item.nodeid, [(m.label, measurement_metrics(m)) for m in finished])
+        this_run = records_of_test(
+            item.nodeid, [(m.label if m.named else None, m.label or "", measurement_metrics(m)) for m in finished]
+        )
         item.stash[_LAST_RUN_KEY] = this_run
         earlier_runs = item.stash.get(_EARLIER_RUNS_KEY, [])
         records = merge_repeats([*earlier_runs, this_run]) if earlier_runs else this_run
@@ -429,10 +517,17 @@ class PagemapGates:
             return
         record = self.session_record()
         if self.baseline is not None:
-            self.comparison = compare(self.baseline, record, self.settings.thresholds, self.tolerances)
+            self.comparison = compare(
+                self.baseline, record, self.settings.thresholds, self.tolerances, noise=self.settings.noise
+            )
+            if self.comparison.unmeasured:
+                self.outcome.append((UNMEASURED_HELP, "bad"))
         saved = self._write_outputs(record)
         self._write_junit_suite_properties(record)
         self._write_step_summary(record, saved)
+        if self.comparison is not None and self.comparison.problems:
+            session.exitstatus = pytest.ExitCode.USAGE_ERROR  # a gate that checked nothing must not look green
+            return
         failed = self.comparison is not None and not self.comparison.passed
         if (failed or any(tone == "bad" for _, tone in self.outcome)) and session.exitstatus == pytest.ExitCode.OK:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -487,7 +582,7 @@ class PagemapGates:
             return
         try:
             with open(summary_path, "a", encoding="utf-8") as summary:  # appended: other steps write there too
-                summary.write(markdown_summary(record, self.comparison, saved=saved) + "\n")
+                summary.write(markdown_summary(record, self.comparison, saved=saved, title="pytest-pagemap") + "\n")
         except OSError as exc:
             self.outcome.append((f"WARNING: the step summary was not written to {summary_path}: {exc}", "warning"))
 
@@ -502,6 +597,11 @@ class PagemapGates:
             lines.insert(0, (f"each metric is the median of up to {self.settings.repeat} runs", "plain"))
         for text, tone in [*lines, *self.outcome]:
             terminalreporter.write_line(text, **_TONES[tone])
-        if self.comparison is not None and self.comparison.regressions:
+        if self.comparison is not None:
             # Shown in the final line ("1 passed, 1 memory regressed"), so a green-looking run is not misread.
-            terminalreporter.stats.setdefault(REGRESSED_STAT, []).extend(self.comparison.regressions)
+            for stat, entries in (
+                (REGRESSED_STAT, self.comparison.regressions),
+                (UNMATCHED_STAT, self.comparison.unmatched),
+            ):
+                if entries:
+                    terminalreporter.stats.setdefault(stat, []).extend(entries)

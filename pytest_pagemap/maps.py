@@ -57,7 +57,9 @@ class PagemapMaps:
         if finished:
             from pagewalk.memory_map import measurement_map  # numpy loads on first use, not with the plugin
 
-            records = records_of_test(item.nodeid, [(m.label, measurement_metrics(m)) for m in finished])
+            records = records_of_test(
+                item.nodeid, [(m.label if m.named else None, m.label or "", measurement_metrics(m)) for m in finished]
+            )  # keyed as the gate keys them
             carried = [
                 {"record": record.to_dict(), "map": measurement_map(measurement)}
                 for record, measurement in zip(records, finished, strict=True)

@@ -325,9 +325,7 @@ class PagemapManager:
         if call.when == "teardown":
             measurements: list[Measurement] = item.stash.get(MEASUREMENTS_KEY, [])
             finished = [
-                {"test": item.nodeid, "peak_rss": getattr(measurement, "peak_rss", None), **measurement.to_dict()}
-                for measurement in measurements
-                if measurement.finished
+                {"test": item.nodeid, **measurement.to_dict()} for measurement in measurements if measurement.finished
             ]
             if finished:
                 setattr(report, _REPORT_ATTRIBUTE, finished)

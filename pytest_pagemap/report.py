@@ -45,7 +45,7 @@ def _failures_first(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _peak(result: dict[str, Any]) -> int | None:
-    peak = result.get("peak_rss")
+    peak = result["delta"].get("peak_rss", result.get("peak_rss"))
     return peak if isinstance(peak, int) else None
 
 
@@ -66,7 +66,10 @@ def _totals_text(result: dict[str, Any]) -> str:
 
 
 def _measurement_lines(result: dict[str, Any]) -> list[str]:
-    lines = [f"{result['test']}", f"  {result['label']!r} (pid {result['pid']}): {_totals_text(result)}"]
+    processes = result.get("processes", 1)
+    who = f"pid {result['pid']}" if processes == 1 else f"pid {result['pid']} and {processes - 1} descendants"
+    lines = [f"{result['test']}", f"  {result['label']!r} ({who}): {_totals_text(result)}"]
+    lines.extend(f"    note: {note}" for note in result.get("notes", ()))
     verdicts = sorted(result["verdicts"], key=lambda verdict: verdict["passed"])
     lines.extend(f"    {verdict_text(verdict)}" for verdict in verdicts)
     if not verdicts:

@@ -34,6 +34,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(TESTS.parent / "src"))
 
+from family import Family  # noqa: E402
 from puppet import Puppet, PuppetError  # noqa: E402
 
 ROOT = os.geteuid() == 0
@@ -84,6 +85,16 @@ def make_puppet() -> Iterator[Callable[..., Puppet]]:
 def puppet(make_puppet: Callable[..., Puppet]) -> Puppet:
     """A live puppet process (see tests/puppet.py): `puppet.map(...)`, `puppet.write(...)`, `puppet.pid`."""
     return make_puppet()
+
+
+@pytest.fixture
+def family() -> Iterator[Family]:
+    """A process family on command (see tests/family.py): `family.do("map 64")`, `family.fork()`."""
+    started = Family()
+    try:
+        yield started
+    finally:
+        started.close()
 
 
 # --- system-wide state, one test at a time ------------------------------------------------------------------

@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import pagewalk
+from pagewalk.baseline import MeasurementRecord, SessionRecord, save_record
+from pagewalk.ci_reports import json_report
 
 TARGET = (
     "import ctypes, mmap, sys\n"
@@ -180,3 +183,46 @@ def test_delta_of_a_process_that_exits_during_the_wait() -> None:
         short.wait()
     assert result.returncode == 1
     assert f"process {short.pid} exited during the measurement" in result.stderr
+
+
+# --- compare ------------------------------------------------------------------------------------------------
+
+
+def _record(uss: int, anon: int) -> SessionRecord:
+    context = {"kernel": "6.18.0", "machine": "x86_64", "page_size": 4096}
+    metrics: dict[str, int | None] = {"uss": uss, "uss_file": 0, "anon": anon, "pss": None}
+    return SessionRecord(context=context, measurements=(MeasurementRecord("t::a", "t::a", "app", metrics),))
+
+
+def test_compare_two_files_as_the_gate_does(tmp_path: Path) -> None:
+    MiB = 1 << 20
+    baseline = save_record(_record(20 * MiB, 10 * MiB), tmp_path, "base")  # a saved baseline...
+    report = tmp_path / "report.json"  # ...against a JSON report from another job
+    report.write_text(json.dumps(json_report(_record(30 * MiB, 20 * MiB), None)))
+
+    failed = pagewalk_cli("compare", str(baseline), str(report), "--fail", "anon:5%")
+    assert failed.returncode == 1, failed.stderr
+    assert "  REGRESSED  t::a         anon    10.0 MiB  20.0 MiB  +10.0 MiB (+100.0%)  anon:5%" in failed.stdout
+    assert failed.stdout.rstrip().endswith("gate: FAILED, 1 regression, exit code 1")
+
+    listed = pagewalk_cli("compare", str(baseline), str(report))  # no threshold: every change, exit 0
+    assert listed.returncode == 0 and "2 changes beyond the noise floor, no threshold set:" in listed.stdout
+
+    markdown = pagewalk_cli("compare", str(baseline), str(report), "--fail", "anon:5%", "--markdown")
+    assert markdown.returncode == 1 and markdown.stdout.startswith("## pagewalk compare\n")
+    assert "| ❌ REGRESSED | `t::a` | anon | 10.0 MiB | 20.0 MiB |" in markdown.stdout
+
+    as_json = pagewalk_cli("compare", str(baseline), str(report), "--fail", "anon:500%", "--json")
+    comparison = json.loads(as_json.stdout)["comparison"]
+    assert as_json.returncode == 0 and comparison["passed"] and comparison["exit_code"] == 0
+
+
+def test_compare_that_cannot_gate_exits_4(tmp_path: Path) -> None:
+    baseline = save_record(_record(1, 1), tmp_path, "base")
+    unmeasured = pagewalk_cli("compare", str(baseline), str(baseline), "--fail", "pss:5%")
+    assert unmeasured.returncode == 4
+    assert "CANNOT GATE: pss is not recorded in either record for 1 measurement: t::a" in unmeasured.stdout
+    missing = pagewalk_cli("compare", str(baseline), str(tmp_path / "nope.json"))
+    assert missing.returncode == 4 and "nope.json: no such file" in missing.stderr
+    bad = pagewalk_cli("compare", str(baseline), str(baseline), "--fail", "uss:5")
+    assert bad.returncode == 2 and "has no unit" in bad.stderr

@@ -11,6 +11,7 @@ import pytest
 from pagewalk import baseline, ci_reports, gate
 from pagewalk.baseline import BaselineError, MeasurementRecord, SessionRecord
 from pagewalk.measure import METRICS
+from pytest_pagemap.gates import junit_properties
 
 MiB = 1 << 20
 CONTEXT = {"kernel": "6.18.0", "machine": "x86_64", "page_size": 4096, "git": {"commit": "abc123def4567890"}}
@@ -69,7 +70,7 @@ def test_threshold_allowance() -> None:
 def test_parse_thresholds_takes_one_or_a_list() -> None:
     assert gate.parse_thresholds("uss:10%") == (gate.parse_threshold("uss:10%"),)
     assert [t.text for t in gate.parse_thresholds(["uss:10%", "rss:+2MiB"])] == ["uss:10%", "rss:+2.0 MiB"]
-    with pytest.raises(ValueError, match="expected a threshold such as 'uss:10%' or a list of them, not 5"):
+    with pytest.raises(ValueError, match="expected a threshold such as 'anon:10%' or a list of them, not 5"):
         gate.parse_thresholds(5)
     with pytest.raises(ValueError, match="unknown metric 'heap'"):
         gate.parse_thresholds(["uss:1%", "heap:1%"])
@@ -226,23 +227,27 @@ def test_a_test_path_is_not_a_baseline(tmp_path: Path) -> None:
 
 
 def test_records_of_a_test_have_unique_stable_keys() -> None:
-    (only,) = baseline.records_of_test("t.py::test_a", [("app", {"uss": 1})])
-    assert (only.key, only.label) == ("t.py::test_a", "app")  # a lone measurement: the test id
+    (only,) = baseline.records_of_test("t.py::test_a", [(None, "app --port 4242", {"uss": 1})])
+    assert (only.key, only.label) == ("t.py::test_a", "app --port 4242")  # a lone measurement: the test id
     several = baseline.records_of_test(
-        "t.py::test_a", [("warm", {"uss": 1}), ("hot", {"uss": 2}), ("hot", {"uss": 3}), (None, {"uss": 4})]
+        "t.py::test_a",
+        [("warm", "warm", {"uss": 1}), ("hot", "hot", {"uss": 2}), ("hot", "hot", {"uss": 3}), (None, "x 1", {})],
     )
     assert [r.key for r in several] == [
         "t.py::test_a > warm",
         "t.py::test_a > hot",
         "t.py::test_a > hot #2",
-        "t.py::test_a > measurement",
+        "t.py::test_a > #4",  # unnamed: its position, never its command line
     ]
+    assert several[3].label == "x 1"  # the command line stays as display text
     assert baseline.records_of_test("t.py::test_a", []) == []
 
 
 def test_merge_repeats_takes_the_median_per_key() -> None:
     def run(uss_a: int, uss_b: int | None) -> list[MeasurementRecord]:
-        return baseline.records_of_test("t", [("a", {"uss": uss_a, "pss": None}), ("b", {"uss": uss_b, "pss": None})])
+        return baseline.records_of_test(
+            "t", [("a", "a", {"uss": uss_a, "pss": None}), ("b", "b", {"uss": uss_b, "pss": None})]
+        )
 
     merged = baseline.merge_repeats([run(5, 1), run(1, 2), run(3, None)])
     assert [(r.key, dict(r.metrics), r.repeat) for r in merged] == [
@@ -272,16 +277,21 @@ def test_median_of_repeats() -> None:
 
 
 def test_reports() -> None:
-    old = record({"t::a": {"uss": 100 * MiB, "rss": 100 * MiB}})
-    new = record({"t::a": {"uss": 120 * MiB, "rss": 100 * MiB}, "t::b": {"uss": MiB}})
+    old = record({"t::a": {"uss": 100 * MiB, "rss": 100 * MiB, "uss_file": MiB}})
+    new = record({"t::a": {"uss": 120 * MiB, "rss": 100 * MiB, "uss_file": 2 * MiB}, "t::b": {"uss": MiB}})
     result = gate.compare(old, new, [gate.parse_threshold("uss:5%")])
-    markdown = ci_reports.markdown_summary(new, result)
-    assert "**1 regression**" in markdown
-    assert "| ❌ | `t::a` | uss | 100.0 MiB | 120.0 MiB | +20.0 MiB (+20.0%) | uss:5% |" in markdown
+    markdown = ci_reports.markdown_summary(new, result, title="pytest-pagemap")
+    assert markdown.startswith("## pytest-pagemap\n")
+    assert "**gate: FAILED, 1 regression, exit code 1.**" in markdown
+    assert (
+        "| ❌ REGRESSED | `t::a` | uss | 100.0 MiB | 120.0 MiB | +20.0 MiB (+20.0%) | anon +19.0 MiB, file +1.0 MiB "
+        "| uss:5% |" in markdown
+    )
     assert "New (no baseline): `t::b`" in markdown
     report = ci_reports.json_report(new, result)
     json.dumps(report)  # serialisable
-    assert report["comparison"]["regressions"] == 1
+    assert report["comparison"]["regressions"] == 1 and report["comparison"]["exit_code"] == 1
+    assert report["comparison"]["rows"][0]["file_change"] == MiB
     entries = ci_reports.benchmark_action_entries(new)
     assert {"name": "t::a uss", "unit": "bytes", "value": 120 * MiB, "extra": "app"} in entries
 
@@ -302,8 +312,8 @@ def test_markdown_counts_unchanged_metrics_and_names_the_saved_file() -> None:
     same = record({"t::a": {"uss": MiB, "rss": MiB}})
     markdown = ci_reports.markdown_summary(same, gate.compare(same, same), saved=".pagemap/0002_x.json")
     assert "Saved 1 measurement as baseline `.pagemap/0002_x.json`." in markdown
-    assert "2 metrics unchanged." in markdown and "| measurement | metric |" not in markdown
-    assert "Thresholds: none, so nothing can fail." in markdown
+    assert "2 metrics of 1 measurement compared: 2 unchanged" in markdown and "| measurement | metric |" not in markdown
+    assert "Thresholds: none, so nothing can fail; noise floor 64.0 KiB." in markdown
 
 
 def test_json_report_of_a_session_without_comparison() -> None:
@@ -314,15 +324,17 @@ def test_json_report_of_a_session_without_comparison() -> None:
 
 def test_junit_properties() -> None:
     test = "t.py::test_a"
-    several = baseline.records_of_test(test, [("warm", {"uss": 1, "pss": None}), ("hot", {"uss": 2, "rss": 3})])
-    assert ci_reports.junit_properties(several, per_test=True) == [
+    several = baseline.records_of_test(
+        test, [("warm", "warm", {"uss": 1, "pss": None}), ("hot", "hot", {"uss": 2, "rss": 3})]
+    )
+    assert junit_properties(several, per_test=True) == [
         ("pagemap.uss[warm]", 1),
         ("pagemap.uss[hot]", 2),
         ("pagemap.rss[hot]", 3),
     ]
-    (only,) = baseline.records_of_test(test, [("app", {"uss": 1, "swap": 0})])
-    assert ci_reports.junit_properties([only], per_test=True) == [("pagemap.uss", 1)]  # swap is not a main metric
-    assert ci_reports.junit_properties([only], per_test=False) == [(f"pagemap.uss[{test}]", 1)]
+    (only,) = baseline.records_of_test(test, [("app", "app", {"uss": 1, "swap": 0})])
+    assert junit_properties([only], per_test=True) == [("pagemap.uss", 1)]  # swap is not a main metric
+    assert junit_properties([only], per_test=False) == [(f"pagemap.uss[{test}]", 1)]
 
 
 def test_terminal_lines_list_regressions_as_a_table() -> None:
@@ -332,16 +344,113 @@ def test_terminal_lines_list_regressions_as_a_table() -> None:
     lines = ci_reports.comparison_lines(result)
     texts = [text for text, _ in lines]
     assert texts[1:] == [
-        "thresholds: uss:5%",
+        "thresholds: uss:5%; noise floor 64.0 KiB",
         "WARNING: the baseline was measured on another machine, so may not compare: machine: x86_64 (baseline) vs "
         "arm (now)",
         "1 regression beyond its threshold:",
-        "  test  metric   baseline    current              change  threshold",
-        "  t::a  uss     100.0 MiB  120.0 MiB  +20.0 MiB (+20.0%)  uss:5%",
+        "             measurement  metric   baseline    current              change  threshold",
+        "  REGRESSED  t::a         uss     100.0 MiB  120.0 MiB  +20.0 MiB (+20.0%)  uss:5%",
+        "worse, within the thresholds (1 metric):",
+        "  t::a: rss +1.0 MiB (+1.0%)",
         "new, not in the baseline (not gated): t::b",
         "removed, in the baseline but not measured now: t::gone",
-        "2 metrics of 1 measurement compared: 1 regressed, 0 improved, 1 unchanged or within threshold",
+        "2 metrics of 1 measurement compared: 1 regressed, 1 worse (unchanged: within 64.0 KiB)",
+        "gate: FAILED, 1 regression, exit code 1",
     ]
     assert [tone for _, tone in lines][2:4] == ["warning", "bad"] and lines[-1][1] == "bad"
     verbose = [text for text, _ in ci_reports.comparison_lines(result, verbose=True)]
-    assert "1 other change, within the thresholds or without one:" in verbose
+    assert "1 change beyond the noise floor:" in verbose
+
+
+def test_without_thresholds_every_change_beyond_the_noise_floor_is_listed() -> None:
+    old = record({"t::a": {"uss": 100 * MiB, "rss": 100 * MiB, "anon": 50 * MiB, "swap": 0}})
+    new = record({"t::a": {"uss": 124 * MiB, "rss": 100 * MiB + 4096, "anon": 40 * MiB, "swap": 0}})
+    result = gate.compare(old, new)
+    assert {row.metric: row.status for row in result.rows} == {
+        "uss": "worse",
+        "rss": "unchanged",  # one page: within the noise floor
+        "anon": "better",
+        "swap": "unchanged",
+    }
+    texts = [text for text, _ in ci_reports.comparison_lines(result)]
+    assert "2 changes beyond the noise floor, no threshold set:" in texts
+    assert any(line.startswith("  worse   t::a") and "+24.0 MiB (+24.0%)" in line for line in texts)
+    assert texts[-1] == "gate: nothing to fail without thresholds, exit code 0" and result.exit_code == 0
+
+
+def test_the_noise_floor_stops_relative_thresholds_failing_on_a_few_pages() -> None:
+    old, new = record({"t": {"uss_growth": 60 * 1024}}), record({"t": {"uss_growth": 80 * 1024}})  # +33%
+    assert gate.compare(old, new, [gate.parse_threshold("uss_growth:5%")]).passed
+    assert not gate.compare(old, new, [gate.parse_threshold("uss_growth:5%")], noise=16 * 1024).passed
+    own = gate.parse_threshold("uss_growth:5%,noise=8KiB")  # a threshold's own floor wins
+    assert (own.percent, own.noise, own.text) == (5.0, 8192, "uss_growth:5%,noise=8.0 KiB")
+    assert not gate.compare(old, new, [own]).passed
+    big = record({"t": {"uss_growth": 60 * 1024 + MiB}})
+    assert not gate.compare(old, big, [gate.parse_threshold("uss_growth:5%")]).passed
+    absolute = gate.compare(old, new, [gate.parse_threshold("uss_growth:+4KiB")])  # absolute: exact
+    assert [row.status for row in absolute.rows] == ["regression"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("uss:+1MiB,noise=4KiB", "noise= applies to relative thresholds"),
+        ("uss:5%,noise=lots", "cannot read the noise floor"),
+    ],
+)
+def test_bad_noise_floors_say_why(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        gate.parse_threshold(text)
+
+
+def test_a_uss_regression_of_file_backed_pages_only_does_not_fail() -> None:
+    old = record({"t": {"uss": 20 * MiB, "uss_file": 2 * MiB, "anon": 18 * MiB}})
+    neighbour_gone = record({"t": {"uss": 23 * MiB, "uss_file": 5 * MiB, "anon": 18 * MiB}})
+    result = gate.compare(old, neighbour_gone, [gate.parse_threshold("uss:5%")])
+    (row,) = [row for row in result.rows if row.metric == "uss"]
+    assert row.status == "file-only" and row.describe_split() == "anon +0 B, file +3.0 MiB" and result.passed
+    explicit = gate.compare(old, neighbour_gone, [gate.parse_threshold("uss:5%"), gate.parse_threshold("uss_file:5%")])
+    assert [row.metric for row in explicit.regressions] == ["uss_file"]
+    allocated = record({"t": {"uss": 23 * MiB, "uss_file": 2 * MiB, "anon": 21 * MiB}})
+    assert [row.metric for row in gate.compare(old, allocated, [gate.parse_threshold("uss:5%")]).regressions] == ["uss"]
+
+
+def keyed(test: str, keys_and_uss: list[tuple[str, int]]) -> SessionRecord:
+    return SessionRecord(
+        context=CONTEXT,
+        measurements=tuple(
+            MeasurementRecord(key=key, test=test, label="cmd", metrics={"uss": uss}) for key, uss in keys_and_uss
+        ),
+    )
+
+
+def test_a_baseline_keyed_by_command_lines_is_matched_by_position() -> None:
+    old = keyed("t", [("t > server --port 41234", 10 * MiB), ("t > server --port 41235", 10 * MiB)])
+    new = keyed("t", [("t > #1", 10 * MiB), ("t > #2", 20 * MiB)])
+    result = gate.compare(old, new, [gate.parse_threshold("uss:5%")])
+    assert [row.key for row in result.regressions] == ["t > #2"]
+    assert result.matched_by_position == ("t > #1", "t > #2") and result.new == result.removed == ()
+    texts = [text for text, _ in ci_reports.comparison_lines(result)]
+    assert any(text.startswith("matched by position") for text in texts)
+
+
+def test_a_baseline_measurement_without_counterpart_fails_the_gate() -> None:
+    old = keyed("t", [("t > warm", MiB), ("t > hot", MiB)])
+    new = keyed("t", [("t > warm", MiB), ("t > cold", MiB)])  # a label renamed: no match by position
+    result = gate.compare(old, new, [gate.parse_threshold("uss:5%")])
+    (reason,) = result.unmatched
+    assert reason.startswith("'t > hot' of the baseline matches no measurement of t now")
+    assert not result.passed and result.exit_code == gate.EXIT_REGRESSED and result.new == ("t > cold",)
+    fewer = gate.compare(keyed("t", [("t > #1", MiB), ("t > #2", MiB)]), keyed("t", [("t", MiB)]))
+    assert len(fewer.unmatched) == 1 and not fewer.passed
+
+
+def test_a_threshold_on_a_metric_not_recorded_cannot_gate() -> None:
+    old, new = record({"t": {"uss": MiB, "pss": None}}), record({"t": {"uss": 3 * MiB, "pss": None}})
+    result = gate.compare(old, new, [gate.parse_threshold("pss:5%")])
+    assert result.unmeasured == ("pss is not recorded in either record for 1 measurement: t",)
+    assert result.exit_code == gate.EXIT_CANNOT_GATE and not result.passed
+    texts = [text for text, _ in ci_reports.comparison_lines(result)]
+    assert "CANNOT GATE: pss is not recorded in either record for 1 measurement: t" in texts
+    nothing = gate.compare(record({"t": {"uss": MiB}}), record({"u": {"uss": MiB}}), [gate.parse_threshold("uss:5%")])
+    assert nothing.exit_code == gate.EXIT_CANNOT_GATE and "no metric was compared" in nothing.problems[0]

@@ -482,24 +482,28 @@ def measurement_metrics(measurement: Measurement) -> dict[str, int | None]:
 
 
 def records_of_test(
-    test: str, measured: Sequence[tuple[str | None, Mapping[str, int | None]]]
+    test: str, measured: Sequence[tuple[str | None, str, Mapping[str, int | None]]]
 ) -> list[MeasurementRecord]:
-    """The records of one test's measurements, given as `(label, metrics)` in the order they were made.
+    """The records of one test's measurements, given as `(name, display label, metrics)` in the order they
+    were made; `name` is the label the test gave, or None.
 
-    A test's only measurement is keyed by the test id; several are keyed `TEST > LABEL`, and a label used
-    again gets `#2`, `#3`... in order, so keys are unique and stable while the test measures the same way.
+    A test's only measurement is keyed by the test id. Of several, a named one is keyed `TEST > NAME` (a name
+    used again gets ` #2`, ` #3`...), an unnamed one `TEST > #N` by its position in the test: never by its
+    command line, which holds ports, temporary paths and process titles that change from run to run.
     """
     if len(measured) == 1:
-        label, metrics = measured[0]
-        return [MeasurementRecord(key=test, test=test, label=label or "", metrics=dict(metrics))]
+        _, display, metrics = measured[0]
+        return [MeasurementRecord(key=test, test=test, label=display, metrics=dict(metrics))]
     records = []
     seen: dict[str, int] = {}
-    for label, metrics in measured:
-        name = label or "measurement"
-        seen[name] = seen.get(name, 0) + 1
-        suffix = f" #{seen[name]}" if seen[name] > 1 else ""
-        key = f"{test}{KEY_SEPARATOR}{name}{suffix}"
-        records.append(MeasurementRecord(key=key, test=test, label=label or "", metrics=dict(metrics)))
+    for position, (name, display, metrics) in enumerate(measured, start=1):
+        if name:
+            seen[name] = seen.get(name, 0) + 1
+            suffix = name + (f" #{seen[name]}" if seen[name] > 1 else "")
+        else:
+            suffix = f"#{position}"
+        key = f"{test}{KEY_SEPARATOR}{suffix}"
+        records.append(MeasurementRecord(key=key, test=test, label=display, metrics=dict(metrics)))
     return records
 
 

@@ -1,13 +1,13 @@
-"""Reports of a session record and its comparison with a baseline: the JSON report, a Markdown section for
-GitHub's step summary, the `customSmallerIsBetter` JSON that github-action-benchmark reads, and the lines of
-the terminal's gate section."""
+"""Reports of a session record and its comparison with a baseline: the JSON report, a Markdown section (for
+a CI step summary or a pull-request comment), the `customSmallerIsBetter` JSON that github-action-benchmark
+reads, and the lines of a terminal's gate section. They speak of records, measurements and metrics only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from .baseline import KEY_SEPARATOR, MeasurementRecord, SessionRecord
+from .baseline import SessionRecord
 from .gate import GATED_METRICS, Comparison, ComparisonResult
 from .measure import METRICS
 from .record_format import REPORT_SCHEMA, REPORT_VERSION
@@ -15,24 +15,26 @@ from .units import format_size
 
 __all__ = [
     "BENCHMARK_METRICS",
-    "JUNIT_METRICS",
-    "JUNIT_PREFIX",
     "REPORT_SCHEMA",
     "REPORT_VERSION",
     "Tone",
     "benchmark_action_entries",
     "comparison_lines",
     "json_report",
-    "junit_properties",
     "markdown_summary",
+    "verdict_line",
 ]
 
-# The metrics written as JUnit XML properties: the levels and changes people chart, when measured.
-JUNIT_METRICS = ("uss", "rss", "pss", "uss_growth", "anon_growth", "written")
 # The metrics exported to github-action-benchmark: the levels, never a change.
 BENCHMARK_METRICS = tuple(metric for metric in GATED_METRICS if not METRICS[metric].growth)
-JUNIT_PREFIX = "pagemap."
-_MARK = {"regression": "❌", "improvement": "✅", "better": "✅", "unchanged": "✅", "worse": "✅"}
+_MARK = {
+    "regression": "❌",
+    "file-only": "⚠️",
+    "improvement": "✅",
+    "better": "✅",
+    "unchanged": "✅",
+    "worse": "🔺",
+}
 _ORDER = {metric: index for index, metric in enumerate(GATED_METRICS)}
 
 Tone = Literal["plain", "bad", "good", "warning"]
@@ -52,7 +54,7 @@ def json_report(
     saved: str | None = None,
     maps: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The `--pagemap-json` document (its keys are documented in the README); `maps` (by measurement key, see
+    """The JSON report (its keys are documented in the README); `maps` (by measurement key, see
     `memory_map`) adds each measurement's `map`."""
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
@@ -71,11 +73,17 @@ def json_report(
             "baseline_created": comparison.baseline_created,
             "baseline_context": dict(comparison.baseline_context),
             **_threshold_texts(comparison),
+            "noise": comparison.noise,
             "passed": comparison.passed,
+            "exit_code": comparison.exit_code,
             "regressions": len(comparison.regressions),
             "improvements": len(comparison.improvements),
             "new": list(comparison.new),
             "removed": list(comparison.removed),
+            "unmatched": list(comparison.unmatched),
+            "unmeasured": list(comparison.unmeasured),
+            "problems": list(comparison.problems),
+            "matched_by_position": list(comparison.matched_by_position),
             "warnings": list(comparison.warnings),
             "rows": [
                 {
@@ -87,6 +95,7 @@ def json_report(
                     "current": row.current,
                     "change": row.change,
                     "change_percent": row.change_percent,
+                    "file_change": row.file_change,
                     "threshold": row.threshold.text if row.threshold else None,
                     "status": row.status,
                 }
@@ -113,56 +122,125 @@ def _describe_baseline(comparison: ComparisonResult) -> str:
 
 
 def _describe_thresholds(comparison: ComparisonResult) -> str:
-    """`uss:5% (tests' own: t.py::test_a: uss:10%)`, or what it means that there is none."""
+    """`anon:5% (per test: t.py::test_a: anon:10%); noise floor 64.0 KiB`, or what it means that there is none."""
     session = ", ".join(t.text for t in comparison.thresholds)
     overrides = "; ".join(
         f"{test}: {', '.join(t.text for t in values)}" for test, values in sorted(comparison.overrides.items())
     )
+    noise = f"noise floor {format_size(comparison.noise)}"
     if not overrides:
-        return session or "none, so nothing can fail"
-    return f"{session or 'none for the session'} (tests' own: {overrides})"
+        return f"{session or 'none, so nothing can fail'}; {noise}"
+    return f"{session or 'none for every test'} (per test: {overrides}); {noise}"
 
 
-def markdown_summary(record: SessionRecord, comparison: ComparisonResult | None, *, saved: str | None = None) -> str:
-    """A Markdown section for `$GITHUB_STEP_SUMMARY`: the measurements, or every metric that changed against
-    the baseline with a pass/fail mark (unchanged ones are counted, not listed, to keep the summary short)."""
-    lines = ["## pytest-pagemap", ""]
+_STATUS_WORD = {
+    "regression": "REGRESSED",
+    "file-only": "file only",
+    "improvement": "improved",
+    "worse": "worse",
+    "better": "better",
+    "unchanged": "unchanged",
+}
+
+
+def verdict_line(comparison: ComparisonResult) -> tuple[str, Tone]:
+    """One line with the gate's verdict and exit code: passed (0), failed (1) or cannot gate (4)."""
+    code = comparison.exit_code
+    if comparison.problems:
+        return f"gate: cannot gate ({_plural(len(comparison.problems), 'problem')} above), exit code {code}", "bad"
+    if not comparison.passed:
+        causes = []
+        if comparison.regressions:
+            causes.append(_plural(len(comparison.regressions), "regression"))
+        if comparison.unmatched:
+            causes.append(_plural(len(comparison.unmatched), "unmatched baseline measurement"))
+        return f"gate: FAILED, {' and '.join(causes)}, exit code {code}", "bad"
+    gated = len(comparison.gated)
+    if not (comparison.thresholds or comparison.overrides):
+        return f"gate: nothing to fail without thresholds, exit code {code}", "plain"
+    return f"gate: passed, {_plural(gated, 'metric')} within {'its' if gated == 1 else 'their'} threshold", "good"
+
+
+def _tally(comparison: ComparisonResult) -> str:
+    counts: dict[str, int] = {}
+    for row in comparison.rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    measured = len({row.key for row in comparison.rows})
+    order = ("regression", "file-only", "improvement", "worse", "better", "unchanged")
+    parts = [f"{counts[status]} {_STATUS_WORD[status].lower()}" for status in order if counts.get(status)]
+    return (
+        f"{_plural(len(comparison.rows), 'metric')} of {_plural(measured, 'measurement')} compared: "
+        + (", ".join(parts) or "none")
+        + f" (unchanged: within {format_size(comparison.noise)})"
+    )
+
+
+def _sorted(rows: Sequence[Comparison]) -> list[Comparison]:
+    return sorted(rows, key=lambda r: (r.key, _ORDER[r.metric]))
+
+
+def _row_cells(row: Comparison) -> tuple[str, ...]:
+    return (
+        _STATUS_WORD[row.status],
+        row.key,
+        row.metric,
+        format_size(row.baseline),
+        format_size(row.current),
+        row.describe_change(),
+        row.describe_split() or "-",
+        row.threshold.text if row.threshold else "-",
+    )
+
+
+_HEADER = ("", "measurement", "metric", "baseline", "current", "change", "anon / file part", "threshold")
+
+
+def markdown_summary(
+    record: SessionRecord, comparison: ComparisonResult | None, *, saved: str | None = None, title: str = "pagewalk"
+) -> str:
+    """A Markdown section: the measurements, or the verdict and every metric that changed beyond the noise
+    floor with its mark (unchanged ones are counted, not listed, to keep it short)."""
+    lines = [f"## {title}", ""]
     if saved:
         lines += [f"Saved {_plural(len(record.measurements), 'measurement')} as baseline `{_cell(saved)}`.", ""]
     if comparison is None:
-        lines += ["| measurement | USS | RSS | written |", "|---|---:|---:|---:|"]
+        lines += ["| measurement | USS | anon | RSS | written |", "|---|---:|---:|---:|---:|"]
         for m in record.measurements:
-            cells = [
-                format_size(v) if v is not None else "–" for v in (m.metrics.get(k) for k in ("uss", "rss", "written"))
-            ]
+            values = (m.metrics.get(k) for k in ("uss", "anon", "rss", "written"))
+            cells = [format_size(v) if v is not None else "–" for v in values]
             lines.append(f"| `{_cell(m.key)}` | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
-    regressions = len(comparison.regressions)
-    verdict = f"**{_plural(regressions, 'regression')}**" if regressions else "no regression"
-    thresholds = _cell(_describe_thresholds(comparison))
-    lines.append(
-        f"Compared with `{_cell(_describe_baseline(comparison))}`: {verdict}, "
-        f"{len(comparison.improvements)} improved. Thresholds: {thresholds}."
-    )
+    verdict, _ = verdict_line(comparison)
+    lines.append(f"**{_cell(verdict)}.** Compared with `{_cell(_describe_baseline(comparison))}`.")
+    lines += ["", f"Thresholds: {_cell(_describe_thresholds(comparison))}."]
+    for title_text, texts in (
+        ("Cannot gate", comparison.problems),
+        ("Unmatched", comparison.unmatched),
+    ):
+        lines += ["", *(f"- ❌ {title_text}: {_cell(text)}" for text in texts)] if texts else []
     changed = [row for row in comparison.rows if row.status != "unchanged"]
     if changed:
         lines += [
             "",
-            "| | measurement | metric | baseline | current | change | threshold |",
-            "|---|---|---|---:|---:|---:|---|",
+            "| | measurement | metric | baseline | current | change | anon / file part | threshold |",
+            "|---|---|---|---:|---:|---:|---|---|",
         ]
-        for row in sorted(changed, key=lambda r: (r.status != "regression", r.key, _ORDER[r.metric])):
+        for row in sorted(
+            changed, key=lambda r: (r.status not in ("regression", "file-only"), r.key, _ORDER[r.metric])
+        ):
+            word, key, metric, baseline, current, change, split, threshold = _row_cells(row)
             lines.append(
-                f"| {_MARK[row.status]} | `{_cell(row.key)}` | {row.metric} | {format_size(row.baseline)} | "
-                f"{format_size(row.current)} | {row.describe_change()} | "
-                f"{row.threshold.text if row.threshold else '–'} |"
+                f"| {_MARK[row.status]} {word} | `{_cell(key)}` | {metric} | {baseline} | {current} | {change} | "
+                f"{split} | {_cell(threshold)} |"
             )
-    unchanged = len(comparison.rows) - len(changed)
-    if unchanged:
-        lines += ["", f"{_plural(unchanged, 'metric')} unchanged."]
-    for title, keys in (("New (no baseline)", comparison.new), ("Removed (not measured now)", comparison.removed)):
+    lines += ["", _tally(comparison) + "."]
+    for title_text, keys in (
+        ("New (no baseline)", comparison.new),
+        ("Removed (not measured now)", comparison.removed),
+        ("Matched by position (save the baseline again to key them by label or `#N`)", comparison.matched_by_position),
+    ):
         if keys:
-            lines += ["", f"{title}: " + ", ".join(f"`{_cell(key)}`" for key in keys)]
+            lines += ["", f"{title_text}: " + ", ".join(f"`{_cell(key)}`" for key in keys)]
     for warning in comparison.warnings:
         lines += ["", f"> ⚠️ Different machine than the baseline's: {_cell(warning)}"]
     return "\n".join(lines) + "\n"
@@ -184,81 +262,97 @@ def benchmark_action_entries(record: SessionRecord) -> list[dict[str, Any]]:
     return entries
 
 
-def junit_properties(measurements: Iterable[MeasurementRecord], *, per_test: bool) -> list[tuple[str, object]]:
-    """`(name, bytes)` JUnit properties of the measured `JUNIT_METRICS`.
-
-    `per_test`: for one test's `<testcase>`, named `pagemap.METRIC` (`pagemap.METRIC[LABEL]` when the test
-    measured several times); otherwise for the `<testsuite>`, named `pagemap.METRIC[KEY]`.
-    """
-    properties: list[tuple[str, object]] = []
-    for m in measurements:
-        suffix = m.key[len(m.test) :].removeprefix(KEY_SEPARATOR) if per_test else m.key
-        for metric in JUNIT_METRICS:
-            value = m.metrics.get(metric)
-            if value is not None:
-                properties.append((f"{JUNIT_PREFIX}{metric}" + (f"[{suffix}]" if suffix else ""), value))
-    return properties
-
-
 # --- the terminal -------------------------------------------------------------------------------------------
 
 
 def _table(rows: Sequence[Comparison]) -> list[str]:
-    header = ("test", "metric", "baseline", "current", "change", "threshold")
-    cells = [
-        (
-            row.key,
-            row.metric,
-            format_size(row.baseline),
-            format_size(row.current),
-            row.describe_change(),
-            row.threshold.text if row.threshold else "-",
-        )
-        for row in sorted(rows, key=lambda r: (r.key, _ORDER[r.metric]))
-    ]
-    widths = [max(len(line[column]) for line in [header, *cells]) for column in range(len(header))]
-    right = {2, 3, 4}  # sizes and changes line up on their last digit
+    cells = [_row_cells(row) for row in _sorted(rows)]
+    split = any(row.file_change is not None for row in rows)
+    columns = [index for index in range(len(_HEADER)) if split or _HEADER[index] != "anon / file part"]
+    table = [tuple(line[index] for index in columns) for line in [_HEADER, *cells]]
+    widths = [max(len(line[column]) for line in table) for column in range(len(columns))]
+    right = {columns.index(index) for index in (3, 4, 5)}  # sizes and changes line up on their last digit
     return [
         "  "
         + "  ".join(
             text.rjust(widths[column]) if column in right else text.ljust(widths[column])
             for column, text in enumerate(line)
         ).rstrip()
-        for line in [header, *cells]
+        for line in table
+    ]
+
+
+def _compact(rows: Sequence[Comparison]) -> list[str]:
+    """One line per measurement: `  t.py::test_a: uss +80.0 KiB (+1.2%), rss +96.0 KiB (+1.1%)`."""
+    by_key: dict[str, list[Comparison]] = {}
+    for row in _sorted(rows):
+        by_key.setdefault(row.key, []).append(row)
+    return [
+        f"  {key}: " + ", ".join(f"{row.metric} {row.describe_change()}" for row in changes)
+        for key, changes in by_key.items()
     ]
 
 
 def comparison_lines(comparison: ComparisonResult, *, verbose: bool = False) -> list[tuple[str, Tone]]:
-    """The terminal's gate section: what was compared, the regressions and improvements as tables (test,
-    metric, baseline, current, change, threshold) and, when `verbose`, every other metric that changed; new
-    and removed measurements, machine warnings, and a tally. Each line comes with its tone."""
+    """A terminal's gate section, each line with its tone: what was compared, why it cannot gate, the
+    regressions, file-only USS changes and improvements as tables (status, measurement, metric, baseline,
+    current, change, its anonymous and file-backed parts, threshold); the changes within the thresholds in
+    one line per measurement (as a table, with the improvements too, when `verbose`), or, with no threshold,
+    every change beyond the noise floor; unmatched, new and removed measurements, warnings, a tally and the
+    verdict."""
     lines: list[tuple[str, Tone]] = [(f"compared with {_describe_baseline(comparison)}", "plain")]
     lines.append((f"thresholds: {_describe_thresholds(comparison)}", "plain"))
     for warning in comparison.warnings:
         lines.append(
             (f"WARNING: the baseline was measured on another machine, so may not compare: {warning}", "warning")
         )
+    for problem in comparison.problems:
+        lines.append((f"CANNOT GATE: {problem}", "bad"))
+    for reason in comparison.unmatched:
+        lines.append((f"UNMATCHED: {reason}", "bad"))
+    if comparison.matched_by_position:
+        lines.append(
+            (
+                "matched by position, as the baseline keys them by command line (save it again to key them by "
+                "label or #N): " + ", ".join(comparison.matched_by_position),
+                "warning",
+            )
+        )
     regressions, improvements = comparison.regressions, comparison.improvements
+    file_only = [row for row in comparison.rows if row.status == "file-only"]
     if regressions:
         whose = "its" if len(regressions) == 1 else "their"
         lines.append((f"{_plural(len(regressions), 'regression')} beyond {whose} threshold:", "bad"))
         lines += [(line, "bad") for line in _table(regressions)]
-    if improvements:
-        lines.append((f"{_plural(len(improvements), 'improvement')}:", "good"))
-        lines += [(line, "good") for line in _table(improvements)]
-    within = [row for row in comparison.rows if row.status in ("worse", "better")]
-    if verbose and within:
-        lines.append((f"{_plural(len(within), 'other change')}, within the thresholds or without one:", "plain"))
-        lines += [(line, "plain") for line in _table(within)]
+    if file_only:
+        lines.append(
+            (
+                f"{_plural(len(file_only), 'USS change')} beyond the threshold made of file-backed pages only, which "
+                "other processes move by mapping the same files (not failing; gate uss_file to fail on them):",
+                "warning",
+            )
+        )
+        lines += [(line, "warning") for line in _table(file_only)]
+    gated = bool(comparison.thresholds or comparison.overrides)
+    worse = [row for row in comparison.rows if row.status == "worse"]
+    better = [row for row in comparison.rows if row.status == "better"]
+    if not gated or verbose:
+        changes = [*improvements, *worse, *better]
+        if changes:
+            unset = "" if gated else ", no threshold set"
+            lines.append((f"{_plural(len(changes), 'change')} beyond the noise floor{unset}:", "plain"))
+            lines += [(line, "plain") for line in _table(changes)]
+    else:
+        if improvements:
+            lines.append((f"{_plural(len(improvements), 'improvement')}:", "good"))
+            lines += [(line, "good") for line in _table(improvements)]
+        if worse:
+            lines.append((f"worse, within the thresholds ({_plural(len(worse), 'metric')}):", "plain"))
+            lines += [(line, "plain") for line in _compact(worse)]
     if comparison.new:
         lines.append(("new, not in the baseline (not gated): " + ", ".join(comparison.new), "plain"))
     if comparison.removed:
         lines.append(("removed, in the baseline but not measured now: " + ", ".join(comparison.removed), "plain"))
-    others = len(comparison.rows) - len(regressions) - len(improvements)
-    measured = len({row.key for row in comparison.rows})
-    tally = (
-        f"{_plural(len(comparison.rows), 'metric')} of {_plural(measured, 'measurement')} compared: "
-        f"{len(regressions)} regressed, {len(improvements)} improved, {others} unchanged or within threshold"
-    )
-    lines.append((tally, "bad" if regressions else "good"))
+    lines.append((_tally(comparison), "plain"))
+    lines.append(verdict_line(comparison))
     return lines

@@ -1,4 +1,4 @@
-"""The command line: `python -m pagewalk snapshot PID`, `... capabilities`."""
+"""The command line: `python -m pagewalk snapshot PID`, `... delta`, `... compare`, `... capabilities`."""
 
 from __future__ import annotations
 
@@ -9,16 +9,30 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .baseline import BaselineError, load_record
 from .capabilities import capabilities
+from .ci_reports import comparison_lines, json_report, markdown_summary
 from .delta import Delta
 from .errors import PagewalkError
+from .gate import (
+    DEFAULT_NOISE,
+    EXIT_CANNOT_GATE,
+    EXIT_PASSED,
+    EXIT_REGRESSED,
+    FORMS,
+    Threshold,
+    compare,
+    parse_threshold,
+)
 from .snapshot import Region, Snapshot, snapshot
-from .units import format_size
+from .tree import TreeSnapshot
+from .units import format_size, parse_size
 from .waiting import sleep_watching
 
 __all__ = ["main"]
 
-# Exit codes: 0 success, 1 a pagewalk error (process gone, access denied, unsupported), 2 usage error.
+# Exit codes: 0 success, 1 a pagewalk error (process gone, access denied, unsupported), 2 usage error;
+# `compare` exits as a gate does (gate.EXIT_*).
 EXIT_ERROR = 1
 
 _METRICS = ("rss", "uss", "pss", "swap", "anon", "file", "shmem", "thp", "zero", "hugetlb")
@@ -41,6 +55,22 @@ def _region_table(regions: Sequence[Region], limit: int) -> list[str]:
     return lines
 
 
+def _process_table(tree: TreeSnapshot) -> list[str]:
+    shared_known = tree.shared_with_parent is not None
+    lines = [
+        f"{tree.uss_note()}",
+        f"{'pid':>8} {'ppid':>8} {'rss':>10} {'uss':>10} {'peak rss':>10} {'shared w/ parent':>16}  command",
+    ]
+    for pid, snap in tree.processes.items():
+        shared = tree.shared_with_parent.get(pid) if tree.shared_with_parent is not None else None
+        shared_text = "-" if shared is None else format_size(shared)
+        lines.append(
+            f"{pid:>8} {tree.parents.get(pid, 0):>8} {_size_cell(snap.rss):>10} {_size_cell(snap.uss):>10} "
+            f"{_size_cell(snap.peak_rss):>10} {shared_text if shared_known else 'unknown':>16}  {snap.command[:60]}"
+        )
+    return lines
+
+
 def render_snapshot(snap: Snapshot, *, top: int = 15) -> str:
     """A readable table of a snapshot: totals, then the regions holding the most memory."""
     lines = [f"pid {snap.pid}: {snap.command}"]
@@ -48,6 +78,9 @@ def render_snapshot(snap: Snapshot, *, top: int = 15) -> str:
     if snap.flag_counts is not None:
         set_flags = {name: pages for name, pages in snap.flag_counts.items() if pages}
         lines.append("flags (pages): " + ", ".join(f"{name}={pages}" for name, pages in set_flags.items()))
+    if isinstance(snap, TreeSnapshot):
+        lines.append("")
+        lines.extend(_process_table(snap))
     lines.append("")
     lines.extend(_region_table(snap.regions, top))
     lines.extend(f"note: {note}" for note in snap.notes)
@@ -73,6 +106,13 @@ def render_delta(delta: Delta, *, top: int = 15) -> str:
         )
     if delta.accessed is not None:
         lines.append(f"  accessed {format_size(delta.accessed)}")
+    if delta.peak_rss is not None and delta.peak_rss_growth is not None:
+        growth = format_size(delta.peak_rss_growth, signed=True)
+        lines.append(f"  peak rss {format_size(delta.peak_rss)} ({growth} over the start)")
+    else:
+        lines.extend(f"  {note}" for note in delta.before.notes if "peak" in note)
+    for title, processes in (("started", delta.processes_started), ("exited", delta.processes_exited)):
+        lines.extend(f"  process {pid} {title}: {command}" for pid, command in processes.items())
     lines.append(
         f"  pages appeared {delta.pages_appeared}, disappeared {delta.pages_disappeared}, frames changed "
         f"{'unknown (PFNs hidden)' if delta.frames_changed is None else delta.frames_changed}"
@@ -81,6 +121,9 @@ def render_delta(delta: Delta, *, top: int = 15) -> str:
         if counts is not None:
             changed = ", ".join(f"{flag}={pages}" for flag, pages in counts.items() if pages) or "none"
             lines.append(f"  {title} (pages): {changed}")
+    if isinstance(after, TreeSnapshot):
+        lines.append("")
+        lines.extend(_process_table(after))
     changed_regions = [r for r in delta.regions if r.status != "kept" or r.uss_growth or r.written or r.swap_growth]
     if changed_regions:
         lines.append("")
@@ -136,14 +179,16 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     if counts is None:  # PSS when it can be had, without failing when it cannot
         caps = capabilities()
         counts = caps.missing_for_pss() is None
-    snap = snapshot(args.pid, flags=args.flags, counts=counts, freeze=not args.no_freeze, method=args.method)
+    snap = snapshot(
+        args.pid, flags=args.flags, counts=counts, freeze=not args.no_freeze, method=args.method, tree=args.tree
+    )
     return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top), lambda: _map(snap))
 
 
 def _cmd_delta(args: argparse.Namespace) -> int:
     track = tuple(name for name, wanted in (("writes", args.writes), ("accessed", args.accessed)) if wanted)
-    options = {"flags": args.flags, "freeze": not args.no_freeze, "method": args.method}
-    before = snapshot(args.pid, track=track, **options)
+    options = {"flags": args.flags, "freeze": not args.no_freeze, "method": args.method, "tree": args.tree}
+    before = snapshot(args.pid, track=(*track, "peak"), **options)
     sleep_watching(args.pid, args.seconds)
     after = snapshot(args.pid, writes=args.writes, accessed=args.accessed, **options)
     delta = after - before
@@ -163,6 +208,38 @@ def _cmd_capabilities(args: argparse.Namespace) -> int:
         for key, value in caps.items():
             print(f"{key:<20} {value}")
     return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Compare two saved records or JSON reports: the verdict, table and exit codes of the pytest gate."""
+    try:
+        baseline, current = load_record(args.baseline), load_record(args.current)
+    except BaselineError as exc:
+        print(f"pagewalk compare: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_GATE
+    comparison = compare(baseline, current, args.fail or (), noise=args.noise)
+    if args.json:
+        _print_json(json_report(current, comparison))
+    elif args.markdown:
+        sys.stdout.write(markdown_summary(current, comparison, title="pagewalk compare"))
+    else:
+        for line, _ in comparison_lines(comparison, verbose=args.verbose):
+            print(line)
+    return comparison.exit_code
+
+
+def _threshold(text: str) -> Threshold:
+    try:
+        return parse_threshold(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _seconds(text: str) -> float:
@@ -189,6 +266,9 @@ def _add_output_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
     command.add_argument("--top", type=int, default=15, help="regions to list in the table (default 15)")
     command.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page with the memory map")
+    command.add_argument(
+        "--tree", action="store_true", help="the process and all its descendants, stopped together (JSON: processes)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +295,31 @@ def build_parser() -> argparse.ArgumentParser:
     delta.add_argument("--flags", action="store_true", help="page flags gained and lost (needs root)")
     _add_output_options(delta)
     delta.set_defaults(handler=_cmd_delta)
+
+    comparing = commands.add_parser(
+        "compare",
+        help="compare two saved records or JSON reports, as the pytest gate does",
+        description="Compare CURRENT with BASELINE (each a saved baseline or a JSON report) metric by metric. "
+        f"Exit codes: {EXIT_PASSED} passed, {EXIT_REGRESSED} a regression or an unmatched measurement, "
+        f"{EXIT_CANNOT_GATE} cannot gate (an unreadable file, or a threshold's metric not recorded), 2 bad arguments.",
+    )
+    comparing.add_argument("baseline", metavar="BASELINE.json")
+    comparing.add_argument("current", metavar="CURRENT.json")
+    comparing.add_argument(
+        "--fail", action="append", type=_threshold, metavar="EXPR", help=f"a threshold, repeatable: {FORMS}"
+    )
+    comparing.add_argument(
+        "--noise",
+        type=_size,
+        default=DEFAULT_NOISE,
+        metavar="SIZE",
+        help=f"changes of at most SIZE are unchanged (default {format_size(DEFAULT_NOISE)})",
+    )
+    output = comparing.add_mutually_exclusive_group()
+    output.add_argument("--markdown", action="store_true", help="print Markdown (a step summary or PR comment)")
+    output.add_argument("--json", action="store_true", help="print the JSON report")
+    comparing.add_argument("-v", "--verbose", action="store_true", help="list every change, not only regressions")
+    comparing.set_defaults(handler=_cmd_compare)
 
     caps = commands.add_parser("capabilities", help="what this kernel and user allow")
     caps.add_argument("--json", action="store_true", help="print JSON")

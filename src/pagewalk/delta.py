@@ -13,6 +13,7 @@ from . import bits
 from .errors import PagewalkError, ProcessGone
 from .reader import PageRuns, intersect_ranges
 from .snapshot import Region, Snapshot, Totals, count_flags
+from .tree import TreeSnapshot
 
 __all__ = ["Delta", "RegionDelta", "diff"]
 
@@ -60,6 +61,7 @@ class Delta:
     before: Snapshot
     after: Snapshot
     uss_growth: int
+    uss_file_growth: int  # the part of the USS change in page cache and shared memory
     rss_growth: int
     pss_growth: int | None
     swap_growth: int
@@ -77,7 +79,20 @@ class Delta:
     written: int | None
     written_new_regions: int | None
     accessed: int | None
+    accessed_anon: int | None  # accessed in anonymous regions: pages no other process can mark
     regions: tuple[RegionDelta, ...]
+    peak_rss: int | None = None  # the highest RSS between the snapshots; None when the peak could not be reset
+    peak_rss_growth: int | None = None  # peak_rss minus RSS at `before`
+
+    @property
+    def processes_started(self) -> dict[int, str]:
+        """Processes of a tree that are in `after` but were not in `before`: pid -> command."""
+        return _new_processes(self.before, self.after)
+
+    @property
+    def processes_exited(self) -> dict[int, str]:
+        """Processes of a tree that were in `before` and are gone from `after`: pid -> command."""
+        return _new_processes(self.after, self.before)
 
     @property
     def regions_added(self) -> tuple[RegionDelta, ...]:
@@ -132,15 +147,38 @@ class Delta:
             "written": self.written,
             "written_new_regions": self.written_new_regions,
             "accessed": self.accessed,
+            "accessed_anon": self.accessed_anon,
+            "peak_rss": self.peak_rss,
+            "peak_rss_growth": self.peak_rss_growth,
             "flags_gained": None if self.flags_gained is None else _nonzero(self.flags_gained),
             "flags_lost": None if self.flags_lost is None else _nonzero(self.flags_lost),
             "before": self.before.to_dict(regions=False),
             "after": self.after.to_dict(regions=False),
             "notes": list(self.notes),
         }
+        if isinstance(self.after, TreeSnapshot):
+            data["processes_started"] = {str(pid): command for pid, command in self.processes_started.items()}
+            data["processes_exited"] = {str(pid): command for pid, command in self.processes_exited.items()}
         if regions:
             data["regions"] = [r.to_dict() for r in self.regions if r.status != "kept" or _changed(r)]
         return data
+
+
+def _new_processes(old: Snapshot, new: Snapshot) -> dict[int, str]:
+    """The processes of tree snapshot `new` that `old` did not have (a reused pid is a new process)."""
+    if not isinstance(new, TreeSnapshot):
+        return {}
+    known = old.identities if isinstance(old, TreeSnapshot) else {}
+    return {pid: new.processes[pid].command for pid, started in new.identities.items() if known.get(pid) != started}
+
+
+def _peak(before: Snapshot, after: Snapshot) -> tuple[int | None, int | None]:
+    """The peak RSS between two snapshots and its growth over `before`'s RSS. The high-water mark is read from
+    the kernel's batched counters, so it is never taken below the RSS either snapshot walked."""
+    if not before.peak_reset or after.peak_rss is None:
+        return None, None
+    peak = max(after.peak_rss, before.rss, after.rss)
+    return peak, peak - before.rss
 
 
 def _nonzero(counts: Mapping[str, int]) -> dict[str, int]:
@@ -180,6 +218,7 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
     if after.written is not None:
         written = after.written - (written_new or 0)
     values = {f"{name}_growth": _growth(getattr(before, name), getattr(after, name)) for name in _GROWTH_METRICS}
+    peak_rss, peak_rss_growth = _peak(before, after)
     return Delta(
         before=before,
         after=after,
@@ -192,7 +231,10 @@ def diff(before: Snapshot, after: Snapshot) -> Delta:
         written=written,
         written_new_regions=written_new if after.written is not None else None,
         accessed=after.accessed,
+        accessed_anon=after.accessed_anon,
         regions=tuple(region_deltas),
+        peak_rss=peak_rss,
+        peak_rss_growth=peak_rss_growth,
     )
 
 

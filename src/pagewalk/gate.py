@@ -1,4 +1,10 @@
-"""Regression gates: threshold expressions such as `uss:5%` or `rss:+2MiB`, and baseline comparisons."""
+"""Regression gates: threshold expressions such as `anon:5%` or `rss:+2MiB`, and comparisons of two session
+records, measurement by measurement and metric by metric.
+
+The verdict of a comparison is one of three: it passed, it failed (a metric grew beyond its threshold, or a
+measurement of the baseline has no counterpart in a test measured in both), or it could not gate (a threshold
+names a metric one of the records did not record, or nothing at all was compared).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,16 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal
 
-from .baseline import RECORDED_METRICS, SessionRecord
+from .baseline import KEY_SEPARATOR, RECORDED_METRICS, MeasurementRecord, SessionRecord
 from .units import format_size, parse_decimal, parse_size
 
 __all__ = [
+    "DEFAULT_NOISE",
+    "EXIT_CANNOT_GATE",
+    "EXIT_PASSED",
+    "EXIT_REGRESSED",
     "FORMS",
     "GATED_METRICS",
     "Comparison",
@@ -25,28 +35,56 @@ __all__ = [
 
 # Metrics a session record keeps and a gate can compare; smaller is better for every one of them.
 GATED_METRICS = RECORDED_METRICS
-_EXPRESSION = re.compile(r"^[ \t]*(?P<metric>[a-z_]+)[ \t]*:[ \t]*(?P<amount>.+?)[ \t]*$", re.ASCII)
+# A change this small never fails a relative threshold nor is listed as a change: 16 pages of 4 KiB, the
+# size of a few allocator arenas' bookkeeping, which moves between identical runs.
+DEFAULT_NOISE = 64 * 1024
+# Exit codes of a gate: passed, regressed, could not gate (the numbers a test runner uses for passed, tests
+# failed and usage error).
+EXIT_PASSED, EXIT_REGRESSED, EXIT_CANNOT_GATE = 0, 1, 4
+_EXPRESSION = re.compile(
+    r"^[ \t]*(?P<metric>[a-z_]+)[ \t]*:[ \t]*(?P<amount>[^,]+?)[ \t]*"
+    r"(?:,[ \t]*noise[ \t]*=[ \t]*(?P<noise>.+?))?[ \t]*$",
+    re.ASCII,
+)
 _PERCENT = re.compile(r"^\+?(?P<number>[0-9.]+)[ \t]*%$", re.ASCII)
 _BARE_NUMBER = re.compile(r"^\+?[0-9.]+$", re.ASCII)
+_ORDINAL = re.compile(r"#[0-9]+", re.ASCII)
 MAX_PERCENT = 10_000  # a threshold beyond 100 times the baseline is no threshold: refuse it as a typo
 FORMS = (
     f"METRIC:N% (relative to the baseline; N in ASCII digits, at most {MAX_PERCENT:,}) "
-    "or METRIC:+SIZE (absolute, e.g. rss:+2MiB)"
+    "or METRIC:+SIZE (absolute, e.g. rss:+2MiB); a relative one may add ,noise=SIZE (e.g. anon:5%,noise=256KiB)"
 )
+# The file-backed part of USS: what other processes move by mapping or unmapping the same files.
+USS_FILE = "uss_file"
+
+Status = Literal["regression", "file-only", "worse", "unchanged", "better", "improvement"]
+
+
+def _percentage(number: str, text: str) -> float:
+    """The percentage of a threshold: a plain decimal, at most MAX_PERCENT."""
+    value = parse_decimal(number)
+    if value is None:
+        raise ValueError(f"cannot read the percentage in {text!r}; expected {FORMS}")
+    if value > MAX_PERCENT:
+        raise ValueError(f"the percentage in {text!r} is more than {MAX_PERCENT:,}%; expected {FORMS}")
+    return float(value)
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """How much a metric may grow over its baseline before it counts as a regression."""
+    """How much a metric may grow over its baseline before it counts as a regression. `noise` replaces the
+    session's noise floor for a relative threshold: a change no larger never fails it."""
 
     metric: str
     percent: float | None = None
     absolute: int | None = None
+    noise: int | None = None
 
     @property
     def text(self) -> str:
         if self.percent is not None:
-            return f"{self.metric}:{self.percent:g}%"
+            noise = "" if self.noise is None else f",noise={format_size(self.noise)}"
+            return f"{self.metric}:{self.percent:g}%{noise}"
         return f"{self.metric}:+{format_size(self.absolute or 0)}"
 
     def allowed(self, baseline: int) -> int:
@@ -55,18 +93,32 @@ class Threshold:
             return baseline + math.floor(abs(baseline) * self.percent / 100)
         return baseline + (self.absolute or 0)
 
+    def exceeded(self, baseline: int, current: int, noise: int) -> bool:
+        """`current` is over the allowance; for a relative threshold, by a change larger than the noise floor."""
+        if current <= self.allowed(baseline):
+            return False
+        return self.percent is None or current - baseline > (noise if self.noise is None else self.noise)
+
 
 def parse_threshold(text: str) -> Threshold:
-    """Parse `uss:5%`, `written:10%` or `rss:+2MiB`; a bad expression raises `ValueError` saying why."""
+    """Parse `anon:5%`, `uss:5%,noise=256KiB` or `rss:+2MiB`; a bad expression raises `ValueError` saying why."""
     match = _EXPRESSION.match(text)
     if not match:
         raise ValueError(f"cannot read {text!r} as a threshold; expected {FORMS}")
-    metric, amount = match.group("metric"), match.group("amount")
+    metric, amount, noise_text = match.group("metric"), match.group("amount"), match.group("noise")
     if metric not in GATED_METRICS:
         raise ValueError(f"unknown metric {metric!r} in {text!r}; choose from {', '.join(GATED_METRICS)}")
+    noise = None
+    if noise_text is not None:
+        try:
+            noise = parse_size(noise_text)
+        except ValueError as exc:
+            raise ValueError(f"cannot read the noise floor in {text!r}: {exc}") from None
     percent = _PERCENT.match(amount)
     if percent:
-        return Threshold(metric, percent=_percentage(percent.group("number"), text))
+        return Threshold(metric, percent=_percentage(percent.group("number"), text), noise=noise)
+    if noise is not None:
+        raise ValueError(f"{text!r}: noise= applies to relative thresholds (N%); an absolute one is exact")
     if amount.startswith("-") or amount.startswith("+-"):
         raise ValueError(f"threshold {text!r} is negative; a threshold is how much growth is allowed")
     if _BARE_NUMBER.match(amount):
@@ -82,29 +134,22 @@ def parse_threshold(text: str) -> Threshold:
         raise ValueError(f"cannot read the amount in {text!r}: {exc}; expected {FORMS}") from None
 
 
-def _percentage(number: str, text: str) -> float:
-    """The percentage of a threshold: a plain decimal, at most MAX_PERCENT."""
-    value = parse_decimal(number)
-    if value is None:
-        raise ValueError(f"cannot read the percentage in {text!r}; expected {FORMS}")
-    if value > MAX_PERCENT:
-        raise ValueError(f"the percentage in {text!r} is more than {MAX_PERCENT:,}%; expected {FORMS}")
-    return float(value)
-
-
 def parse_thresholds(value: object) -> tuple[Threshold, ...]:
-    """A threshold expression or a sequence of them (a marker's `tolerance=`); `ValueError` saying why not."""
+    """A threshold expression or a sequence of them (a per-test override); `ValueError` saying why not."""
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, (list, tuple)) or not all(isinstance(text, str) for text in texts):
-        raise ValueError(f"expected a threshold such as 'uss:10%' or a list of them, not {value!r}")
+        raise ValueError(f"expected a threshold such as 'anon:10%' or a list of them, not {value!r}")
     return tuple(parse_threshold(text) for text in texts)
 
 
 @dataclass(frozen=True)
 class Comparison:
     """One metric of one measurement against its baseline. `status`: regression (grew beyond a threshold),
-    worse (grew, within the thresholds or with none set), unchanged, better (shrank, within the thresholds'
-    allowance, or with none set) or improvement (shrank by more than a threshold's allowance)."""
+    file-only (a USS regression made of file-backed pages alone, which neighbours mapping the same files
+    move: reported, never failing), worse (grew by more than the noise floor, within the thresholds or with
+    none set), unchanged (moved no more than the noise floor), better (shrank by more than the noise floor,
+    within the thresholds' allowance) or improvement (shrank by more than a threshold's allowance).
+    `file_change` is the file-backed part of a USS change, when both records hold it."""
 
     key: str
     test: str
@@ -113,7 +158,9 @@ class Comparison:
     baseline: int
     current: int
     threshold: Threshold | None
-    status: str
+    status: Status
+    file_change: int | None = None
+    matched_by: Literal["key", "position"] = "key"
 
     @property
     def change(self) -> int:
@@ -128,6 +175,13 @@ class Comparison:
         relative = "" if percent is None else f" ({percent:+.1f}%)"
         return f"{format_size(self.change, signed=True)}{relative}"
 
+    def describe_split(self) -> str:
+        """`anon +4.0 KiB, file +1.2 MiB` for a USS row whose records hold the split; else ''."""
+        if self.file_change is None:
+            return ""
+        anon = self.change - self.file_change
+        return f"anon {format_size(anon, signed=True)}, file {format_size(self.file_change, signed=True)}"
+
 
 @dataclass(frozen=True)
 class ComparisonResult:
@@ -135,18 +189,17 @@ class ComparisonResult:
 
     rows: tuple[Comparison, ...]
     new: tuple[str, ...]  # measurement keys with no baseline
-    removed: tuple[str, ...]  # baseline keys not measured now
+    removed: tuple[str, ...]  # baseline keys of tests not measured now
     warnings: tuple[str, ...]  # machine differences that make the comparison unfair
     baseline_path: str | None = None
     baseline_created: str | None = None
     baseline_context: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    thresholds: tuple[Threshold, ...] = ()  # the session's, from --pagemap-fail
+    thresholds: tuple[Threshold, ...] = ()  # for every measurement
     overrides: Mapping[str, tuple[Threshold, ...]] = field(default_factory=lambda: MappingProxyType({}))
-
-    @property
-    def passed(self) -> bool:
-        """No metric grew beyond its threshold (new and removed measurements never fail a gate)."""
-        return not self.regressions
+    noise: int = DEFAULT_NOISE
+    unmatched: tuple[str, ...] = ()  # why a baseline measurement of a test measured now has no counterpart
+    unmeasured: tuple[str, ...] = ()  # a threshold's metric one of the records lacks: which, where, on which side
+    matched_by_position: tuple[str, ...] = ()  # current keys paired with the baseline by their position
 
     @property
     def regressions(self) -> tuple[Comparison, ...]:
@@ -156,28 +209,124 @@ class ComparisonResult:
     def improvements(self) -> tuple[Comparison, ...]:
         return tuple(row for row in self.rows if row.status == "improvement")
 
+    @property
+    def gated(self) -> tuple[Comparison, ...]:
+        """The rows a threshold was checked on."""
+        return tuple(row for row in self.rows if row.threshold is not None)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Why this comparison cannot gate anything, though thresholds were given; none when it can."""
+        problems = list(self.unmeasured)
+        if (self.thresholds or self.overrides) and not self.gated and not self.unmeasured:
+            problems.append(
+                f"no metric was compared with a threshold ({len(self.rows)} rows, "
+                f"{len(self.new)} measurements without a baseline): the baseline holds none of these measurements"
+            )
+        return tuple(problems)
+
+    @property
+    def passed(self) -> bool:
+        """No metric grew beyond its threshold, every baseline measurement of a test measured now was matched,
+        and every threshold could be checked."""
+        return not (self.regressions or self.unmatched or self.problems)
+
+    @property
+    def exit_code(self) -> int:
+        if self.problems:
+            return EXIT_CANNOT_GATE
+        return EXIT_PASSED if self.passed else EXIT_REGRESSED
+
+
+def _is_unnamed(record: MeasurementRecord) -> bool:
+    """The key names no label: a test's only measurement, or `TEST > #N`."""
+    suffix = record.key[len(record.test) :]
+    return not suffix or bool(_ORDINAL.fullmatch(suffix.removeprefix(KEY_SEPARATOR)))
+
+
+def _by_test(measurements: Iterable[MeasurementRecord]) -> dict[str, list[MeasurementRecord]]:
+    grouped: dict[str, list[MeasurementRecord]] = {}
+    for measurement in measurements:
+        grouped.setdefault(measurement.test, []).append(measurement)
+    return grouped
+
+
+def _match(
+    baseline: SessionRecord, current: SessionRecord
+) -> tuple[list[tuple[MeasurementRecord, MeasurementRecord, bool]], list[str], list[str], list[str]]:
+    """Pair each current measurement with its baseline: by key, else (an unnamed measurement, or a baseline
+    keyed by command lines) by its position in the test. Returns the pairs (with whether by position), the
+    new keys, the removed keys (of tests not measured now) and why baseline measurements of tests measured
+    now have no counterpart."""
+    old_tests, new_tests = _by_test(baseline.measurements), _by_test(current.measurements)
+    pairs, new, removed, unmatched = [], [], [], []
+    for test, old_list in old_tests.items():
+        if test not in new_tests:
+            removed += [m.key for m in old_list]
+    for test, now_list in new_tests.items():
+        old_list = old_tests.get(test, [])
+        old_keys = {m.key: m for m in old_list}
+        used: set[str] = set()
+        paired: dict[int, tuple[MeasurementRecord, bool]] = {}
+        for index, measurement in enumerate(now_list):
+            if measurement.key in old_keys:
+                paired[index] = (old_keys[measurement.key], False)
+                used.add(measurement.key)
+        for index, measurement in enumerate(now_list):
+            if index in paired or index >= len(old_list) or not _is_unnamed(measurement):
+                continue
+            candidate = old_list[index]
+            if candidate.key not in used:
+                paired[index] = (candidate, True)
+                used.add(candidate.key)
+        for index, measurement in enumerate(now_list):
+            if index in paired:
+                old, by_position = paired[index]
+                pairs.append((old, measurement, by_position))
+            else:
+                new.append(measurement.key)
+        lost = [m for m in old_list if m.key not in used]
+        if old_list and lost:
+            measured = ", ".join(repr(m.key) for m in now_list)
+            for m in lost:
+                unmatched.append(
+                    f"{m.key!r} of the baseline matches no measurement of {test} now (measured: {measured}): "
+                    "a label changed or the test measures differently; name each measurement with a label "
+                    "that stays, or save the baseline again"
+                )
+    return pairs, new, removed, unmatched
+
 
 def compare(
     baseline: SessionRecord,
     current: SessionRecord,
     thresholds: Sequence[Threshold] = (),
     overrides: Mapping[str, Sequence[Threshold]] | None = None,
+    *,
+    noise: int = DEFAULT_NOISE,
 ) -> ComparisonResult:
-    """Compare every metric both records hold. `overrides` maps a test id to thresholds that replace the
-    session's for the metrics they name (a marker's `tolerance=`)."""
+    """Compare every metric both records hold. `overrides` maps a test id to thresholds that replace
+    `thresholds` for the metrics they name. A change of at most `noise` bytes is unchanged and fails no
+    relative threshold (a threshold's own `noise` wins)."""
     overrides = overrides or {}
-    old = baseline.by_key()
+    pairs, new, removed, unmatched = _match(baseline, current)
     rows = []
-    for measurement in current.measurements:
-        previous = old.get(measurement.key)
-        if previous is None:
-            continue
+    missing: dict[tuple[str, str], list[str]] = {}  # (metric, which record) -> keys
+    for previous, measurement, by_position in pairs:
         active = _thresholds_for(thresholds, overrides.get(measurement.test, ()))
         for metric in GATED_METRICS:
             before, now = previous.metrics.get(metric), measurement.metrics.get(metric)
             if before is None or now is None:
+                if metric in active:
+                    side = "either record" if before is None and now is None else "the baseline" if now else "this run"
+                    missing.setdefault((metric, side), []).append(measurement.key)
                 continue
-            threshold, status = _judge(before, now, active.get(metric, ()))
+            file_change = None
+            if metric == "uss":
+                old_file, new_file = previous.metrics.get(USS_FILE), measurement.metrics.get(USS_FILE)
+                if old_file is not None and new_file is not None:
+                    file_change = new_file - old_file
+            threshold, status = _judge(before, now, active.get(metric, ()), noise, file_change)
             rows.append(
                 Comparison(
                     key=measurement.key,
@@ -188,19 +337,29 @@ def compare(
                     current=now,
                     threshold=threshold,
                     status=status,
+                    file_change=file_change,
+                    matched_by="position" if by_position else "key",
                 )
             )
-    current_keys = {m.key for m in current.measurements}
+    unmeasured = tuple(
+        f"{metric} is not recorded in {side} for {len(keys)} measurement{'s' if len(keys) != 1 else ''}: "
+        + ", ".join(keys)
+        for (metric, side), keys in missing.items()
+    )
     return ComparisonResult(
         rows=tuple(rows),
-        new=tuple(m.key for m in current.measurements if m.key not in old),
-        removed=tuple(key for key in old if key not in current_keys),
+        new=tuple(new),
+        removed=tuple(removed),
         warnings=tuple(current.context_differences(baseline)),
         baseline_path=str(baseline.path) if baseline.path else None,
         baseline_created=baseline.created or None,
         baseline_context=MappingProxyType(dict(baseline.context)),
         thresholds=tuple(thresholds),
         overrides=MappingProxyType({test: tuple(values) for test, values in overrides.items()}),
+        noise=noise,
+        unmatched=tuple(unmatched),
+        unmeasured=unmeasured,
+        matched_by_position=tuple(dict.fromkeys(m.key for _, m, by_position in pairs if by_position)),
     )
 
 
@@ -216,18 +375,25 @@ def _thresholds_for(session: Iterable[Threshold], override: Iterable[Threshold])
     return active
 
 
-def _judge(baseline: int, current: int, thresholds: Sequence[Threshold]) -> tuple[Threshold | None, str]:
-    """Each threshold is checked on its own: exceeding any one is a regression. Symmetrically, a shrink is an
-    improvement when it is larger than a threshold's allowance, so noise within the thresholds is listed
-    neither way; a metric without a threshold is only ever worse or better."""
-    if current == baseline:
-        return (thresholds[0] if thresholds else None), "unchanged"
-    if current < baseline:
-        for threshold in thresholds:
-            if baseline - current > threshold.allowed(baseline) - baseline:
-                return threshold, "improvement"
-        return (thresholds[0] if thresholds else None), "better"
+def _judge(
+    baseline: int, current: int, thresholds: Sequence[Threshold], noise: int, file_change: int | None
+) -> tuple[Threshold | None, Status]:
+    """Each threshold is checked on its own: exceeding any one is a regression, unless the metric is USS and
+    its anonymous part alone stays within that threshold (file-only). A shrink is an improvement when it is
+    larger than a threshold's allowance; changes within the noise floor are unchanged either way."""
+    first = thresholds[0] if thresholds else None
     for threshold in thresholds:
-        if current > threshold.allowed(baseline):
+        if threshold.exceeded(baseline, current, noise):
+            if file_change is not None and not threshold.exceeded(baseline, current - file_change, noise):
+                return threshold, "file-only"
             return threshold, "regression"
-    return (thresholds[0] if thresholds else None), "worse"
+    change = current - baseline
+    floor = next((t.noise for t in thresholds if t.noise is not None), noise)
+    if abs(change) <= floor:
+        return first, "unchanged"
+    if change > 0:
+        return first, "worse"
+    for threshold in thresholds:
+        if -change > threshold.allowed(baseline) - baseline:
+            return threshold, "improvement"
+    return first, "better"

@@ -37,6 +37,7 @@ __all__ = [
     "MemoryLimitExceeded",
     "Metric",
     "NotMeasured",
+    "SharingBelow",
     "Verdict",
     "default_label",
     "limit_message",
@@ -74,11 +75,22 @@ METRICS: Mapping[str, Metric] = MappingProxyType(
             Metric("pss", "PSS", "of", growth=False, needs="counts", region_column="pss_growth"),
             Metric("swap", "Swap", "of", growth=False, region_column="swap_growth"),
             Metric("anon", "Anonymous memory", "of", growth=False, region_column="anon_growth"),
+            Metric("uss_file", "File-backed USS", "of", growth=False, region_column="uss_growth"),
             Metric("uss_growth", "USS growth", "of", growth=True, region_column="uss_growth"),
             Metric("rss_growth", "RSS growth", "of", growth=True, region_column="rss_growth"),
             Metric("anon_growth", "Anonymous memory growth", "of", growth=True, region_column="anon_growth"),
             Metric("written", "Memory written", "by", growth=False, needs="writes", region_column="written"),
             Metric("accessed", "Memory accessed", "by", growth=False, needs="accessed", region_column="accessed"),
+            Metric(
+                "accessed_anon",
+                "Anonymous memory accessed",
+                "by",
+                growth=False,
+                needs="accessed",
+                region_column="accessed",
+            ),
+            Metric("peak_rss", "Peak RSS", "of", growth=False, region_column="rss_growth"),
+            Metric("peak_rss_growth", "Peak RSS growth", "of", growth=True, region_column="rss_growth"),
         )
     }
 )
@@ -86,10 +98,15 @@ METRICS: Mapping[str, Metric] = MappingProxyType(
 # Keyword names of limits, as markers, ini keys and `Limits.parse` spell them.
 LIMIT_KEYS: Mapping[str, str] = MappingProxyType({f"{name}_below": name for name in METRICS})
 NO_FLAG_GAIN = "no_flag_gain"
+_PEAK_METRICS = ("peak_rss", "peak_rss_growth")  # read from the delta: the high-water mark between the snapshots
 
 
 class NotMeasured(PagewalkError, ValueError):
     """A limit was asked of a quantity this measurement did not record (PSS without counts=True, ...)."""
+
+
+class SharingBelow(AssertionError):
+    """A process of a tree shares less of its memory with its parent than required."""
 
 
 def _who(label: str | None, pid: int) -> str:
@@ -111,10 +128,12 @@ def _subject(metric: str) -> str:
 
 
 def limit_message(metric: str, limit: int, measured: int, label: str | None, pid: int, unit: Unit = "bytes") -> str:
-    """The one-line failure message: `USS of 'app' (pid 42) limited to 64.0 MiB but measured 71.2 MiB (+7.2 MiB)`."""
+    """The one-line failure message: `USS of 'app' (pid 42) limited to 64.0 MiB but measured 71.2 MiB, 7.2 MiB over`.
+
+    "over" rather than a sign: the next lines of a report show signed changes, which mean growth."""
     return (
         f"{_subject(metric)} {_who(label, pid)} limited to {_format(limit, unit)} "
-        f"but measured {_format(measured, unit)} ({_format(measured - limit, unit, signed=True)})"
+        f"but measured {_format(measured, unit)}, {_format(measured - limit, unit)} over"
     )
 
 
@@ -310,28 +329,38 @@ class Measurement:
         accessed: bool = False,
         flags: bool = False,
         counts: bool = False,
+        named: bool | None = None,
+        tree: bool = False,
     ) -> None:
         self.pid = pid
         self.label = label
+        # Whether `label` is a name the caller chose (kept between runs), not one made from the command line.
+        self.named = label is not None if named is None else named
         self.writes = writes
         self.accessed = accessed
         self.flags = flags
         self.counts = counts
+        self.tree = tree  # the process and all its descendants (see `pagewalk.tree`)
         self.before: Snapshot | None = None
         self._after: Snapshot | None = None
         self._delta: Delta | None = None
         self.verdicts: list[Verdict] = []
+        self.notes: list[str] = []  # what a reader of the numbers should know (a wrapper measured alone, ...)
 
     @classmethod
     def from_snapshots(cls, before: Snapshot, after: Snapshot, *, label: str | None = None) -> Measurement:
         """A finished measurement made of two snapshots taken elsewhere (the options are read off them)."""
+        from .tree import TreeSnapshot
+
         measurement = cls(
             after.pid,
             label=label or default_label(before.command),
+            named=label is not None,
             writes=after.written is not None,
             accessed=after.accessed is not None,
             flags=before.flag_counts is not None and after.flag_counts is not None,
             counts=after.pss is not None,
+            tree=isinstance(after, TreeSnapshot),
         )
         measurement.before = before
         measurement._finish(after)
@@ -348,7 +377,9 @@ class Measurement:
         from .snapshot import snapshot  # loads numpy: on first use, not when limits are merely parsed
 
         track = [name for name, wanted in (("writes", self.writes), ("accessed", self.accessed)) if wanted]
-        self.before = snapshot(self.pid, flags=self.flags, counts=self.counts, freeze=freeze, track=track)
+        self.before = snapshot(
+            self.pid, flags=self.flags, counts=self.counts, freeze=freeze, track=[*track, "peak"], tree=self.tree
+        )
         if self.label is None:
             self.label = default_label(self.before.command)
 
@@ -365,8 +396,11 @@ class Measurement:
             freeze=freeze,
             writes=self.writes,
             accessed=self.accessed,
+            tree=self.tree,
         )
         self._finish(after)
+        if not self.tree:
+            self._note_wrapper()
 
     def _finish(self, after: Snapshot) -> None:
         from .delta import diff
@@ -374,6 +408,17 @@ class Measurement:
         assert self.before is not None
         self._after = after
         self._delta = diff(self.before, after)
+
+    def _note_wrapper(self) -> None:
+        """Note when the process measured alone is a wrapper: its descendants hold more memory than it does."""
+        from .tree import descendants_rss
+
+        held, pids = descendants_rss(self.pid)
+        if held > self.after.rss:
+            # "nginx: master process": programs that set their title end the name with a colon
+            name = os.path.basename(self.after.command.split(" ", 1)[0]).rstrip(":") or f"pid {self.pid}"
+            count = f"{len(pids)} descendant" + ("" if len(pids) == 1 else "s")
+            self.notes.append(f"measured `{name}`; its children hold {format_size(held)} ({count}, RSS): use tree=True")
 
     @property
     def finished(self) -> bool:
@@ -404,9 +449,7 @@ class Measurement:
         measured: int | None
         if metric == "written":
             measured = None if delta.written is None else delta.written + (delta.written_new_regions or 0)
-        elif metric == "accessed":
-            measured = delta.accessed
-        elif spec.growth:
+        elif metric in ("accessed", "accessed_anon", *_PEAK_METRICS) or spec.growth:
             measured = getattr(delta, metric)
         else:
             measured = getattr(self.after, metric)
@@ -415,9 +458,25 @@ class Measurement:
         return int(measured)
 
     def _not_measured(self, spec: Metric) -> str:
+        if spec.name in _PEAK_METRICS:
+            why = next(
+                (note for note in self.delta.before.notes if "peak" in note), "its high-water mark was not reset"
+            )
+            return f"{spec.title} of {_who(self.label, self.pid)} is unknown: {why}"
         if spec.needs is not None:
             return f"{spec.title} was not measured: pass {spec.needs}=True when measuring {_who(self.label, self.pid)}"
         return f"{spec.title} of {_who(self.label, self.pid)} is unknown on this kernel"
+
+    @property
+    def peak_rss(self) -> int | None:
+        """The highest RSS during the block (bytes), from the kernel's high-water mark; None when it could not be
+        reset. For a tree, the sum of each process's peak: an upper bound, as they need not peak together."""
+        return self.delta.peak_rss
+
+    @property
+    def peak_rss_growth(self) -> int | None:
+        """`peak_rss` minus the RSS when the block started."""
+        return self.delta.peak_rss_growth
 
     def flags_gained(self, flag: str) -> int:
         """How many pages gained page flag `flag` (a name in `FLAG_NAMES`) during the block."""
@@ -545,6 +604,62 @@ class Measurement:
         __tracebackhide__ = True
         return self._assert("accessed", limit)
 
+    def assert_accessed_anon_below(self, limit: int | str) -> Verdict:
+        """At most `limit` of anonymous memory (heap, stacks, anonymous maps) was accessed during the block;
+        needs accessed=True. Only this process can mark these pages, unlike the page cache `accessed` counts."""
+        __tracebackhide__ = True
+        return self._assert("accessed_anon", limit)
+
+    def assert_uss_file_below(self, limit: int | str) -> Verdict:
+        """The file-backed part of USS (page cache and shared memory only this process maps) is at most `limit`."""
+        __tracebackhide__ = True
+        return self._assert("uss_file", limit)
+
+    def assert_peak_rss_below(self, limit: int | str) -> Verdict:
+        """The highest RSS during the block is at most `limit` (it catches memory freed before the block ended)."""
+        __tracebackhide__ = True
+        return self._assert("peak_rss", limit)
+
+    def assert_peak_rss_growth_below(self, limit: int | str) -> Verdict:
+        """The highest RSS during the block exceeds the RSS at its start by at most `limit`."""
+        __tracebackhide__ = True
+        return self._assert("peak_rss_growth", limit)
+
+    def assert_shared_with_parent_above(self, fraction: float) -> dict[int, float]:
+        """Every process of a tree measurement (but its root) still shares at least `fraction` (0 to 1) of its
+        resident memory with its parent, as the same frames: a pre-fork server's workers keep their parent's
+        pages (gunicorn --preload, gc.freeze()). Needs tree=True and visible PFNs (root). Returns pid -> share."""
+        __tracebackhide__ = True
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be between 0 and 1, not {fraction!r}")
+        from .tree import TreeSnapshot
+
+        after = self.after
+        if not isinstance(after, TreeSnapshot):
+            raise NotMeasured(
+                f"sharing with the parent needs a tree: measure {_who(self.label, self.pid)} with tree=True"
+            )
+        if after.shared_with_parent is None:
+            raise NotMeasured(
+                f"sharing with the parent of {_who(self.label, self.pid)} is unknown: it needs visible PFNs and page "
+                "counts (CAP_SYS_ADMIN)",
+                self.pid,
+            )
+        shares = {
+            pid: shared / after.processes[pid].rss if after.processes[pid].rss else 1.0
+            for pid, shared in after.shared_with_parent.items()
+        }
+        low = {pid: share for pid, share in shares.items() if share < fraction}
+        if low:
+            listed = ", ".join(
+                f"pid {pid} ({after.processes[pid].command[:40]}) {share:.0%}" for pid, share in sorted(low.items())
+            )
+            raise SharingBelow(
+                f"processes of {_who(self.label, self.pid)} share less than {fraction:.0%} of their RSS with "
+                f"their parent: {listed}"
+            )
+        return shares
+
     def assert_no_flag_gain(self, *flags: str) -> list[Verdict]:
         """No page gained any of the page flags `flags` ("THP", "KSM", "SWAPPED", ...); needs flags=True."""
         __tracebackhide__ = True
@@ -574,12 +689,14 @@ class Measurement:
         if delta.written is not None:
             totals.append(f"written {format_size(self.value('written'))}")
         if delta.accessed is not None:
-            totals.append(f"accessed {format_size(delta.accessed)}")
+            totals.append(f"accessed {format_size(delta.accessed)} (anonymous {format_size(delta.accessed_anon or 0)})")
+        if delta.peak_rss is not None:
+            totals.append(f"peak RSS {format_size(delta.peak_rss)}")
         lines.append("; ".join(totals))
-        lines.extend(f"note: {note}" for note in delta.notes)
+        lines.extend(f"note: {note}" for note in (*delta.notes, *self.notes))
         metric = verdict.metric if verdict is not None else "uss_growth"
         spec = METRICS.get(metric)
-        if spec is not None and not spec.growth and spec.needs is None:
+        if spec is not None and not spec.growth and spec.needs is None and metric not in _PEAK_METRICS:
             lines.extend(self._level_table(spec, top))
         else:
             column = spec.region_column if spec is not None else "uss_growth"
@@ -627,11 +744,17 @@ class Measurement:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict: totals before and after, the changes, the options and the verdicts."""
         delta = self.delta
-        levels = ("rss", "uss", "pss", "swap", "anon")
+        levels = ("rss", "uss", "uss_file", "pss", "swap", "anon")
         return {
             "pid": self.pid,
             "label": self.label,
-            "options": {"writes": self.writes, "accessed": self.accessed, "flags": self.flags, "counts": self.counts},
+            "options": {
+                "writes": self.writes,
+                "accessed": self.accessed,
+                "flags": self.flags,
+                "counts": self.counts,
+                "tree": self.tree,
+            },
             "seconds": delta.seconds,
             "before": {name: getattr(delta.before, name) for name in levels},
             "after": {name: getattr(delta.after, name) for name in levels},
@@ -643,11 +766,16 @@ class Measurement:
                 "anon_growth": delta.anon_growth,
                 "written": None if delta.written is None else self.value("written"),
                 "accessed": delta.accessed,
+                "accessed_anon": delta.accessed_anon,
+                "peak_rss": delta.peak_rss,
+                "peak_rss_growth": delta.peak_rss_growth,
                 "flags_gained": None
                 if delta.flags_gained is None
                 else {name: pages for name, pages in delta.flags_gained.items() if pages},
             },
             "verdicts": [verdict.to_dict() for verdict in self.verdicts],
+            "notes": list(self.notes),
+            "processes": len(getattr(self.after, "processes", None) or (self.pid,)),
         }
 
 
@@ -661,6 +789,7 @@ def measure(
     flags: bool = False,
     counts: bool = False,
     freeze: bool = True,
+    tree: bool = False,
 ) -> Iterator[Measurement]:
     """Measure process `pid` around the block: snapshot before (starting tracking), run it, snapshot after.
 
@@ -668,9 +797,10 @@ def measure(
     CONFIG_MEM_SOFT_DIRTY on kernels without it), `accessed=True` the memory accessed, `flags=True` reads
     page flags for `assert_no_flag_gain`, `counts=True` reads page counts for PSS; the last two need
     CAP_SYS_ADMIN. `label` names the process in messages (default: its command line). When the block raises,
-    the exception propagates and no `after` snapshot is taken.
+    the exception propagates and no `after` snapshot is taken. `tree=True` measures `pid` and all its
+    descendants, stopped together. The RSS high-water mark is reset at the start: `m.peak_rss`.
     """
-    measurement = Measurement(pid, label=label, writes=writes, accessed=accessed, flags=flags, counts=counts)
+    measurement = Measurement(pid, label=label, writes=writes, accessed=accessed, flags=flags, counts=counts, tree=tree)
     measurement.start(freeze=freeze)
     yield measurement
     measurement.stop(freeze=freeze)

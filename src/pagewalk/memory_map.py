@@ -202,6 +202,17 @@ def _attached(measurement: Measurement, name: str) -> Any:
         return None
 
 
+def _processes(snap: Snapshot) -> list[dict[str, Any]] | None:
+    """The processes of a tree snapshot (pid, command, RSS, USS each); None for a single process."""
+    processes = getattr(snap, "processes", None)
+    if not isinstance(processes, Mapping) or len(processes) <= 1:
+        return None
+    return [
+        {name: _plain(getattr(member, name, None)) for name in ("command", "rss", "uss")} | {"pid": pid}
+        for pid, member in sorted(processes.items())
+    ]
+
+
 def _header(snap: Snapshot) -> dict[str, Any]:
     return {
         "version": MAP_VERSION,
@@ -267,7 +278,7 @@ def measurement_map(measurement: Measurement, *, label: str | None = None) -> di
             },
             "metrics": measurement_metrics(measurement),
             "peak_rss": _attached(measurement, "peak_rss"),
-            "processes": _attached(measurement, "processes"),
+            "processes": _processes(delta.after),
             "verdicts": [verdict.to_dict() for verdict in measurement.verdicts],
             "flags_gained": None if delta.flags_gained is None else {k: v for k, v in delta.flags_gained.items() if v},
             "notes": sorted({*delta.before.notes, *delta.after.notes}),

@@ -22,6 +22,7 @@ __all__ = [
     "MapsEntry",
     "check_pid",
     "open_proc",
+    "parent_pids",
     "parse_maps",
     "read_maps",
     "read_proc_text",
@@ -128,6 +129,21 @@ def process_state(pid: int) -> tuple[str, int]:
     """The one-letter state and the task flags of a process, from `/proc/PID/stat`."""
     fields = _stat_fields(read_proc_text(pid, "stat"))
     return fields[0], int(fields[6])
+
+
+def parent_pids() -> dict[int, int]:
+    """pid -> parent pid of every process visible in `/proc` (processes that exit meanwhile are skipped)."""
+    parents = {}
+    for name in os.listdir(PROC):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{PROC}/{name}/stat", "rb") as stat:
+                text = stat.read()
+        except OSError:  # gone, or hidden (hidepid)
+            continue
+        parents[int(name)] = int(text[text.rindex(b")") + 2 :].split(None, 2)[1])
+    return parents
 
 
 def check_address_space(pid: int) -> None:

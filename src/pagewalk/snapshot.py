@@ -6,8 +6,8 @@ import contextlib
 import fnmatch
 import os
 import time
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
@@ -44,11 +44,12 @@ _FILE = (_CODE & 0x20) != 0
 _EXCLUSIVE = (_CODE & 0x01) != 0
 _REAL = _PRESENT & ~_ZERO
 # Columns of the per-region page counts, computed by one matrix product over the 256 classes.
-_COLUMNS = ("present", "uss", "anon", "file", "thp", "zero", "swap", "guard")
+_COLUMNS = ("present", "uss", "uss_file", "anon", "file", "thp", "zero", "swap", "guard")
 _CLASS_MATRIX = np.stack(
     [
         _REAL,
         _REAL & _EXCLUSIVE,
+        _REAL & _EXCLUSIVE & _FILE,
         _REAL & ~_FILE,
         _REAL & _FILE,
         _REAL & _PMD,
@@ -70,6 +71,8 @@ class Totals:
 
     rss: int  # resident pages, not counting the zero page or hugetlb (as smaps Rss)
     uss: int  # pages mapped only by this process, hugetlb included (Private_Clean+Private_Dirty+Private_Hugetlb)
+    # The part of USS in page cache and shared memory: other processes move it by mapping the same files.
+    uss_file: int
     pss: int | None  # proportional set size (as smaps Pss): needs kpagecount
     swap: int  # swapped-out pages (guard markers and other non-swap entries excluded where visible)
     anon: int  # resident anonymous pages (as smaps Anonymous)
@@ -97,6 +100,7 @@ class Region(Totals):
     kind: str  # anon, heap, stack, file, shmem, hugetlb or special
     written: int | None = None  # bytes written since tracking started (snapshot(writes=True))
     accessed: int | None = None  # bytes accessed since tracking started (snapshot(accessed=True))
+    accessed_anon: int | None = None  # of which in anonymous regions, which only this process can mark
 
     @property
     def size(self) -> int:
@@ -116,6 +120,7 @@ class Region(Totals):
             **self.metrics(),
             "written": self.written,
             "accessed": self.accessed,
+            "accessed_anon": self.accessed_anon,
         }
 
 
@@ -145,10 +150,13 @@ class Snapshot(Totals):
     mapcounts: npt.NDArray[np.uint32] | None = field(repr=False, compare=False)
     written: int | None = None  # bytes written since tracking started, with writes=True
     accessed: int | None = None  # bytes accessed since tracking started, with accessed=True
+    accessed_anon: int | None = None  # of which in anonymous regions (heap, stacks, anonymous maps)
     cgroup_pages: Mapping[int, int] | None = None  # memory cgroup inode -> present pages, with cgroups=True
     notes: tuple[str, ...] = ()
     start_time: int | None = None  # clock ticks after boot: with `pid`, names the process for good
     exe: str | None = None  # the program it ran (None when unreadable): changes when the process calls exec
+    peak_rss: int | None = None  # VmHWM: the highest RSS since the high-water mark was last reset
+    peak_reset: bool = False  # this snapshot reset the high-water mark (track=("peak",)) after reading it
 
     def __sub__(self, before: Snapshot) -> Delta:
         from .delta import diff
@@ -194,6 +202,8 @@ class Snapshot(Totals):
             **self.metrics(),
             "written": self.written,
             "accessed": self.accessed,
+            "accessed_anon": self.accessed_anon,
+            "peak_rss": self.peak_rss,
         }
         if regions:
             data["regions"] = [region.to_dict() for region in self.regions]
@@ -203,8 +213,8 @@ class Snapshot(Totals):
         return data
 
 
-def sum_totals(items: list[Region] | tuple[Region, ...]) -> Totals:
-    """Add up the totals of several regions; a None in any makes that total None."""
+def sum_totals(items: Sequence[Totals]) -> Totals:
+    """Add up the totals of several regions (or snapshots); a None in any makes that total None."""
     values: dict[str, Any] = {}
     for f in fields(Totals):
         column = [getattr(item, f.name) for item in items]
@@ -264,6 +274,7 @@ def snapshot(
     writes: bool = False,
     accessed: bool = False,
     track: Iterable[str] = (),
+    tree: bool = False,
 ) -> Snapshot:
     """Take a consistent snapshot of the page tables of process `pid`.
 
@@ -278,7 +289,17 @@ def snapshot(
     after this snapshot, while the process is still stopped. A later snapshot with `writes=True` records
     the pages written since (`snap.written`, per region too), and with `accessed=True` the bytes accessed
     since. Write tracking needs a kernel with CONFIG_MEM_SOFT_DIRTY and raises `Unsupported` without it.
+    `track=("peak",)` resets the RSS high-water mark; every snapshot reads it (`snap.peak_rss`).
+
+    `tree=True` snapshots `pid` and all its descendants, stopped together: a `TreeSnapshot` with the
+    summed totals and `.processes` (see `pagewalk.tree`).
     """
+    if tree:
+        from .tree import snapshot_tree
+
+        return snapshot_tree(
+            pid, flags=flags, counts=counts, freeze=freeze, method=method, writes=writes, accessed=accessed, track=track
+        )
     procfs.check_platform()
     pid = procfs.check_pid(pid)
     if method not in ("auto", "read", "scan"):
@@ -302,7 +323,7 @@ def snapshot(
         tracking.require_soft_dirty(pid, caps)
     procfs.check_thread_group_leader(pid)
     procfs.check_address_space(pid)
-    command = _command(pid)
+    command = ""  # read while the process is stopped, after its accessed bits: see below
     started, exe = procfs.start_time(pid), procfs.executable(pid)
     notes = []
     if freeze and _walks_too_much(pid, caps, method):
@@ -335,7 +356,11 @@ def snapshot(
                 data.written = tracking.written_mask(fd, data.arrays, caps, method, span)
             if accessed:
                 data.referenced = tracking.referenced_by_region(pid)
-            tracking.apply_tracking(pid, track)
+            # Reading the command line reads the process's stack: after the accessed bits are read and before
+            # they are cleared, so the measurement never counts a page it touched itself.
+            command = _command(pid)
+            peak_rss = tracking.read_peak(pid)
+            peak_unknown = tracking.apply_tracking(pid, track)
     except reader.ProcessExited:
         raise ProcessGone(f"process {pid} exited while its page tables were being read", pid) from None
     except OSError as exc:
@@ -347,7 +372,10 @@ def snapshot(
     if freeze_result is not None:
         data.notes.extend(note for note in freeze_result.notes if pid != os.getpid())
     was_frozen = freeze_result is not None and freeze_result.methods.get(pid) != "self" and freeze_result.complete
-    return _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe))
+    if peak_unknown:
+        data.notes.append(peak_unknown)
+    snap = _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe))
+    return replace(snap, peak_rss=peak_rss, peak_reset="peak" in track and peak_unknown is None)
 
 
 # Walking pagemap costs about a second per TiB of address space: above this, never while the process is stopped.
@@ -746,6 +774,7 @@ def _region_metrics(
     return {
         "rss": np.where(hugetlb, 0, column["present"]).tolist(),
         "uss": column["uss"].tolist(),
+        "uss_file": column["uss_file"].tolist(),
         "pss": pss,
         "swap": column["swap"].tolist(),
         "anon": np.where(hugetlb, 0, column["anon"]).tolist(),
@@ -787,14 +816,21 @@ def _regions(
     if data.written is not None:
         written = (np.diff(np.searchsorted(np.flatnonzero(data.written), data.bounds)) * page).tolist()
     referenced = data.referenced
-    names = (*metrics, "start", "end", "perms", "offset", "dev", "inode", "name", "kind", "written", "accessed")
+    names = (
+        *metrics,
+        *("start", "end", "perms", "offset", "dev", "inode", "name", "kind", "written", "accessed", "accessed_anon"),
+    )
     regions = []
     for entry, kind, values, written_bytes in zip(
         maps, kinds, zip(*metrics.values(), strict=True), written, strict=True
     ):
         accessed = None if referenced is None else referenced.get(entry.start, 0)
+        # smaps tells Referenced per mapping only: an anonymous mapping's pages are this process's alone, a file
+        # mapping's page cache is marked by any process reading the file.
+        accessed_anon = None if accessed is None else (accessed if kind in _ANON_KINDS else 0)
         static = (entry.start, entry.end, entry.perms, entry.offset, entry.dev, entry.inode, display_name(entry))
-        regions.append(_new_region(zip(names, (*values, *static, kind, written_bytes, accessed), strict=True)))
+        row = (*values, *static, kind, written_bytes, accessed, accessed_anon)
+        regions.append(_new_region(zip(names, row, strict=True)))
     return tuple(regions)
 
 
@@ -846,6 +882,7 @@ def _build(
         mapcounts=data.mapcounts,
         written=written,
         accessed=None if data.referenced is None else sum(r.accessed or 0 for r in regions),
+        accessed_anon=None if data.referenced is None else sum(r.accessed_anon or 0 for r in regions),
         cgroup_pages=None if data.cgroup_pages is None else MappingProxyType(data.cgroup_pages),
         notes=tuple(data.notes),
         start_time=identity[0],

@@ -1,9 +1,10 @@
-"""Tracking what a workload touches: pages written (soft-dirty) and pages accessed (referenced bits).
+"""Tracking what a workload touches: pages written (soft-dirty), pages accessed (referenced bits), peak RSS.
 
 Tracking starts by writing to `/proc/PID/clear_refs`: `4` clears the soft-dirty bits (and write-protects
-the pages, so the next write sets the bit again), `1` clears the accessed bits. Writes are then read from
-pagemap bit 55, or as ranges from PAGEMAP_SCAN with PAGE_IS_SOFT_DIRTY (6.8+); accesses from each
-region's `Referenced` line in `/proc/PID/smaps`.
+the pages, so the next write sets the bit again), `1` clears the accessed bits, `5` resets the RSS
+high-water mark to the current RSS. Writes are then read from pagemap bit 55, or as ranges from
+PAGEMAP_SCAN with PAGE_IS_SOFT_DIRTY (6.8+); accesses from each region's `Referenced` line in
+`/proc/PID/smaps`; the peak from `VmHWM` in `/proc/PID/status`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,23 @@ import numpy.typing as npt
 
 from . import bits, procfs, reader
 from .capabilities import Capabilities, capabilities
-from .errors import Unsupported
+from .errors import AccessDenied, Unsupported
 from .scan import pagemap_scan
 
-__all__ = ["CLEAR_ACCESSED", "CLEAR_SOFT_DIRTY", "TRACKABLE", "clear_refs", "start_tracking"]
+__all__ = [
+    "CLEAR_ACCESSED",
+    "CLEAR_PEAK",
+    "CLEAR_SOFT_DIRTY",
+    "TRACKABLE",
+    "clear_refs",
+    "read_peak",
+    "start_tracking",
+]
 
 CLEAR_ACCESSED = 1  # CLEAR_REFS_ALL: clear the accessed bits of every mapping
 CLEAR_SOFT_DIRTY = 4  # CLEAR_REFS_SOFT_DIRTY
-TRACKABLE = ("writes", "accessed")
+CLEAR_PEAK = 5  # CLEAR_REFS_MM_HIWATER_RSS: the high-water mark becomes the current RSS
+TRACKABLE = ("writes", "accessed", "peak")
 
 
 def require_soft_dirty(pid: int | None, caps: Capabilities | None = None) -> None:
@@ -60,11 +70,32 @@ def start_tracking(pid: int, *, writes: bool = True, accessed: bool = False) -> 
     apply_tracking(pid, tuple(track))
 
 
-def apply_tracking(pid: int, track: tuple[str, ...]) -> None:
+def apply_tracking(pid: int, track: tuple[str, ...]) -> str | None:
+    """Start tracking what `track` names. Peak tracking is best effort: when the high-water mark cannot be
+    reset, the reason is returned (the peak is then unknown, never the process's lifetime peak)."""
     if "writes" in track:
         clear_refs(pid, CLEAR_SOFT_DIRTY)
     if "accessed" in track:
         clear_refs(pid, CLEAR_ACCESSED)
+    if "peak" in track:
+        try:
+            clear_refs(pid, CLEAR_PEAK)
+        except AccessDenied:
+            # clear_refs is writable by the process's owner only (mode 0200): CAP_SYS_PTRACE lets a user read
+            # another user's page tables, but not write this file.
+            return (
+                f"peak RSS is unknown: /proc/{pid}/clear_refs is not writable by this user, so the high-water "
+                "mark cannot be reset (run as the process's owner or as root)"
+            )
+    return None
+
+
+def read_peak(pid: int) -> int | None:
+    """`VmHWM` of `/proc/PID/status` in bytes: the highest RSS since the last reset (or the process start)."""
+    value = procfs.status_field(pid, "VmHWM")
+    if value is None:  # kernel threads, and exited processes whose memory is gone
+        return None
+    return int(value.split()[0]) * 1024
 
 
 def written_mask(

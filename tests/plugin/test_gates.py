@@ -71,7 +71,8 @@ def test_save_then_compare_passes(workload):
         "test_workload.py::test_growing",
     ]
     assert set(data["measurements"][0]["metrics"]) == {
-        "uss", "rss", "pss", "swap", "anon", "uss_growth", "rss_growth", "anon_growth", "written", "accessed"
+        "uss", "uss_file", "rss", "pss", "swap", "anon", "uss_growth", "rss_growth", "anon_growth", "written",
+        "accessed", "accessed_anon", "peak_rss", "peak_rss_growth",
     }  # fmt: skip
     assert data["context"]["page_size"] > 0 and "kernel" in data["context"]
 
@@ -83,8 +84,9 @@ def test_save_then_compare_passes(workload):
             "pagemap baseline: .pagemap/0001_base.json (2 measurements); thresholds: uss:5%, anon_growth:10%",
             "*= pagemap gate =*",
             "compared with .pagemap/0001_base.json (saved *)",
-            "thresholds: uss:5%, anon_growth:10%",
-            "* of 2 measurements compared: 0 regressed, * improved, * unchanged or within threshold",
+            "thresholds: uss:5%, anon_growth:10%; noise floor 64.0 KiB",
+            "* of 2 measurements compared: *",
+            "gate: passed, * metrics within their threshold",
         ]
     )
     assert "memory regressed" not in compared.stdout.str()
@@ -100,10 +102,11 @@ def test_a_regression_fails_the_session_with_a_list(workload, monkeypatch):
         [
             "*= pagemap gate =*",
             "2 regressions beyond their threshold:",
-            "  test * metric * baseline * current * change * threshold",
-            "  test_workload.py::test_growing * uss * MiB * MiB * +* MiB (+*%) * uss:5%",
-            "  *::test_growing * anon_growth * 1.* MiB * 8.* MiB * +*.* MiB (+*%) * anon_growth:+1.0 MiB",
+            "  * measurement * metric * baseline * current * change * anon / file part * threshold",
+            "  REGRESSED  test_workload.py::test_growing * uss * MiB * +* MiB (+*%) * anon +7.* MiB, file * uss:5%",
+            "  REGRESSED  *::test_growing * anon_growth * 1.* MiB * 8.* MiB * +*.* MiB (+*%) * anon_growth:+1.0 MiB",
             "* compared: 2 regressed, *",
+            "gate: FAILED, 2 regressions, exit code 1",
             "*= 3 passed, 2 memory regressed in *",
         ]
     )
@@ -120,21 +123,24 @@ def test_compare_works_with_pagemap_and_keeps_test_failures_first(workload, monk
     result.assert_outcomes(passed=3, failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(["*= pagemap =*", "*= pagemap gate =*", f"compared with .pagemap/{path.name} *"])
-    result.stdout.fnmatch_lines(["  test_workload.py::test_growing * anon_growth * 1.* MiB * 4.* MiB * +*.* MiB*"])
+    result.stdout.fnmatch_lines(["  REGRESSED  test_workload.py::test_growing * anon_growth * 1.* MiB * 4.* MiB * +*"])
 
 
 def test_without_thresholds_growth_is_reported_not_failed(workload, monkeypatch):
     workload.runpytest("--pagemap-save=base")
     monkeypatch.setenv("GROW_BYTES", str(8 * MiB))
-    result = workload.runpytest("--pagemap-compare=base", "-v")
+    result = workload.runpytest("--pagemap-compare=base")  # no -v needed: without thresholds, changes are news
     assert result.ret == pytest.ExitCode.OK
     result.stdout.fnmatch_lines(
         [
-            "thresholds: none, so nothing can fail",
-            "* other changes, within the thresholds or without one:",
-            "  test_workload.py::test_growing * anon_growth * 1.* MiB * 8.* MiB * +*.* MiB (+*%) * -",
+            "thresholds: none, so nothing can fail; noise floor 64.0 KiB",
+            "* changes beyond the noise floor, no threshold set:",
+            "  worse * test_workload.py::test_growing * anon_growth * 1.* MiB * 8.* MiB * +*.* MiB (+*%) * -",
+            "gate: nothing to fail without thresholds, exit code 0",
         ]
     )
+    listed = result.stdout.str().split("no threshold set:")[1]
+    assert not re.search(r"test_steady +anon", listed)  # unchanged beyond the noise floor: not listed
 
 
 def test_new_and_removed_measurements_are_reported_not_failed(workload):
@@ -161,8 +167,8 @@ def test_an_improvement_is_listed(workload, monkeypatch):
     result.stdout.fnmatch_lines(
         [
             "* improvement*:",
-            "  test_workload.py::test_growing * anon_growth * 8.* MiB * 1.* MiB * -*.* MiB (-8*%) * anon_growth:10%",
-            "* compared: 0 regressed, * improved, *",
+            "  improved  test_workload.py::test_growing * anon_growth * 8.* MiB * 1.* MiB * -*.* MiB (-8*%) *",
+            "* compared: * improved, *",
         ]
     )
 
@@ -295,6 +301,13 @@ def test_a_test_directory_is_not_taken_for_a_baseline_name(workload):
     result.stderr.fnmatch_lines(["*'suite' is a directory here, so probably a test path: write --pagemap-save=NAME*"])
 
 
+def test_a_test_file_is_not_taken_for_a_baseline_name(workload):
+    result = workload.runpytest("--pagemap-save", "test_workload.py")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*'test_workload.py' is a file here, so probably a test path*"])
+    assert not (workload.path / ".pagemap").exists()
+
+
 def test_a_bad_ini_threshold_is_a_usage_error(workload):
     workload.makeini("[pytest]\npagemap_fail =\n    uss:5%\n    rss:lots\n")
     result = workload.runpytest()
@@ -308,7 +321,7 @@ def test_ini_thresholds_apply_when_comparing(workload, monkeypatch):
     monkeypatch.setenv("GROW_BYTES", str(4 * MiB))
     result = workload.runpytest("--pagemap-compare=base")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["thresholds: anon_growth:+1.0 MiB", "1 regression beyond its threshold:"])
+    result.stdout.fnmatch_lines(["thresholds: anon_growth:+1.0 MiB; *", "1 regression beyond its threshold:"])
 
 
 # --- per-test tolerance ---------------------------------------------------------------------------------
@@ -339,9 +352,9 @@ def test_marker_tolerance_gates_a_test_on_its_own(pytester, monkeypatch):
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "thresholds: none for the session (tests' own: *::test_growing: anon_growth:+1.0 MiB)",
+            "thresholds: none for every test (per test: *::test_growing: anon_growth:+1.0 MiB); *",
             "1 regression beyond its threshold:",
-            "  *::test_growing * anon_growth * 1.* MiB * 4.* MiB * +*.* MiB (+*%) * anon_growth:+1.0 MiB",
+            "  REGRESSED  *::test_growing * anon_growth * 1.* MiB * 4.* MiB * +*.* MiB (+*%) * anon_growth:+1.0 MiB",
         ]
     )
 
@@ -354,7 +367,7 @@ def test_marker_tolerance_overrides_the_session_threshold(pytester, monkeypatch)
     result = pytester.runpytest("--pagemap-compare=base", "--pagemap-fail=anon_growth:10%")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     output = result.stdout.str()
-    regressions = output[output.index("beyond its threshold") : output.index(" compared: ")]
+    regressions = output[output.index("beyond its threshold") : output.index("worse, within")]
     assert re.search(r"::test_other +anon_growth", regressions)  # the session's 10%
     assert "::test_growing" not in regressions  # its own 500% lets +300% pass
 
@@ -539,8 +552,9 @@ def test_json_report_schema(workload, monkeypatch):
     assert measurement["metrics"]["pss"] is None or isinstance(measurement["metrics"]["pss"], int)
     comparison = report["comparison"]
     assert set(comparison) == {
-        "baseline", "baseline_created", "baseline_context", "thresholds", "overrides", "passed", "regressions",
-        "improvements", "new", "removed", "warnings", "rows",
+        "baseline", "baseline_created", "baseline_context", "thresholds", "overrides", "noise", "passed",
+        "exit_code", "regressions", "improvements", "new", "removed", "unmatched", "unmeasured", "problems",
+        "matched_by_position", "warnings", "rows",
     }  # fmt: skip
     assert comparison["baseline"] == ".pagemap/0001_base.json" and comparison["thresholds"] == ["anon_growth:10%"]
     assert comparison["passed"] is False and comparison["regressions"] == 1
@@ -554,10 +568,12 @@ def test_json_report_schema(workload, monkeypatch):
         "current": row["current"],
         "change": row["current"] - row["baseline"],
         "change_percent": pytest.approx(100 * (row["current"] - row["baseline"]) / row["baseline"]),
+        "file_change": None,
         "threshold": "anon_growth:10%",
         "status": "regression",
     }
-    assert {r["status"] for r in comparison["rows"]} <= {"regression", "worse", "unchanged", "better", "improvement"}
+    statuses = {"regression", "file-only", "worse", "unchanged", "better", "improvement"}
+    assert {r["status"] for r in comparison["rows"]} <= statuses
 
 
 def test_json_report_names_the_saved_baseline(workload):
@@ -577,12 +593,12 @@ def test_step_summary_is_appended(workload, monkeypatch, tmp_path):
     assert text.startswith("# Earlier step\n## pytest-pagemap\n")  # appended, not overwritten
     first, second = text.split("## pytest-pagemap")[1:]
     assert "Saved 2 measurements as baseline `.pagemap/0001_base.json`." in first
-    assert "| measurement | USS | RSS | written |" in first and "| `test_workload.py::test_steady` |" in first
-    assert "Compared with `.pagemap/0001_base.json (saved " in second
-    assert ": **1 regression**, 0 improved. Thresholds: anon_growth:10%." in second
+    assert "| measurement | USS | anon | RSS | written |" in first and "| `test_workload.py::test_steady` |" in first
+    assert "**gate: FAILED, 1 regression, exit code 1.** Compared with `.pagemap/0001_base.json (saved " in second
+    assert "Thresholds: anon_growth:10%; noise floor 64.0 KiB." in second
     row = (
-        r"\| ❌ \| `test_workload.py::test_growing` \| anon_growth \| 1\.\d MiB \| 4\.\d MiB \| "
-        r"\+\d\.\d MiB \(\+[\d.]+%\) \| anon_growth:10% \|"
+        r"\| ❌ REGRESSED \| `test_workload.py::test_growing` \| anon_growth \| 1\.\d MiB \| 4\.\d MiB \| "
+        r"\+\d\.\d MiB \(\+[\d.]+%\) \| - \| anon_growth:10% \|"
     )
     assert re.search(row, second), second
 

@@ -48,8 +48,8 @@ def test_html_and_json_carry_the_same_maps_from_every_worker(pytester: pytest.Py
     assert keys == [  # collection order, whichever worker ran the test
         "test_maps.py::test_small",
         "test_maps.py::test_big",
-        "test_maps.py::test_twice > test_maps.grow()",
-        "test_maps.py::test_twice > test_maps.grow() #2",
+        "test_maps.py::test_twice > #1",
+        "test_maps.py::test_twice > #2",
     ]
     assert [m["key"] for m in page["measurements"]] == keys
     for in_page, in_report in zip(page["measurements"], report["measurements"], strict=True):

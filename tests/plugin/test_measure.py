@@ -29,7 +29,7 @@ PAGE = mmap.PAGESIZE
 
 def test_message_has_the_documented_form():
     error = MemoryLimitExceeded("uss", 64 * MiB, int(71.2 * MiB), "python -m app", 4242)
-    assert str(error) == "USS of 'python -m app' (pid 4242) limited to 64.0 MiB but measured 71.2 MiB (+7.2 MiB)"
+    assert str(error) == "USS of 'python -m app' (pid 4242) limited to 64.0 MiB but measured 71.2 MiB, 7.2 MiB over"
     assert isinstance(error, AssertionError)
 
 
@@ -47,7 +47,7 @@ def test_message_names_the_metric(metric, start):
 
 
 def test_message_without_label_names_the_pid():
-    assert limit_message("swap", 0, 4096, None, 9) == "Swap of pid 9 limited to 0 B but measured 4.0 KiB (+4.0 KiB)"
+    assert limit_message("swap", 0, 4096, None, 9) == "Swap of pid 9 limited to 0 B but measured 4.0 KiB, 4.0 KiB over"
 
 
 def test_failure_pickles_with_its_fields_and_details():

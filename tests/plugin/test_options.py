@@ -173,14 +173,18 @@ def test_everything(pagemap):
 )
 EXPECTED_VERDICTS = [
     ("accessed", 1 << 30, "default"),
+    ("accessed_anon", 1 << 30, "default"),
     ("anon", 1 << 30, "default"),
     ("anon_growth", 1 << 30, "default"),
     ("flags_gained:KSM", 0, "default"),
+    ("peak_rss", 1 << 30, "default"),
+    ("peak_rss_growth", 1 << 30, "default"),
     ("pss", 1 << 30, "default"),
     ("rss", 1 << 30, "default"),
     ("rss_growth", 1 << 30, "default"),
     ("swap", 1 << 30, "default"),
     ("uss", 1 << 30, "default"),
+    ("uss_file", 1 << 30, "default"),
     ("uss_growth", 1 << 30, "default"),
     # written_below too is set, and checked only by measurements that track writes (writes=True)
 ]

@@ -26,9 +26,9 @@ def test_summary_is_one_row_per_measurement_failures_first(pytester):
     result.stdout.fnmatch_lines(
         [
             "*= pagemap =*",
-            "test *label *metric *change  verdict",
-            "*::test_big  * uss * +4.0 MiB  FAIL uss_growth 4.0 MiB > 2.0 MiB (marker)",
-            "*::test_small  * uss * +1.0 MiB  pass (1 limit)",
+            "test *label *metric *change *peak  verdict",
+            "*::test_big  * uss * +4.0 MiB  * FAIL uss_growth 4.0 MiB > 2.0 MiB (marker)",
+            "*::test_small  * uss * +1.0 MiB  * pass (1 limit)",
             "2 measurements in 2 tests, 2 limits checked, 1 exceeded",
             "*= short test summary info =*",
         ]
@@ -44,10 +44,10 @@ def test_full_summary_lists_totals_and_every_verdict(pytester):
         [
             "*= pagemap =*",
             "test_full_summary_lists_totals_and_every_verdict.py::test_big",
-            "  '*.grow()' (pid *): USS * -> * (+4.0 MiB)",
+            "  '*.grow()' (pid *): USS * -> * (+4.0 MiB), peak RSS *",
             "    FAIL  uss_growth 4.0 MiB > 2.0 MiB (marker)",
             "test_full_summary_lists_totals_and_every_verdict.py::test_small",
-            "  '*.grow()' (pid *): USS * -> * (+1.0 MiB)",
+            "  '*.grow()' (pid *): USS * -> * (+1.0 MiB), peak RSS *",
             "    pass  uss_growth 1.0 MiB <= 2.0 MiB (marker)",
             "2 measurements in 2 tests, 2 limits checked, 1 exceeded",
         ]
@@ -105,8 +105,8 @@ def test_failure_has_a_section_with_the_regions(pytester):
         [
             "E   *MemoryLimitExceeded: USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB*",
             "*- pagemap -*",
-            "USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB (+2.0 MiB)",
-            "USS * -> * (+4.0 MiB); RSS * (+4.0 MiB)",
+            "USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB, 2.0 MiB over",
+            "USS * -> * (+4.0 MiB); RSS * (+4.0 MiB); peak RSS *",
             "regions that contributed most to uss growth:",
             "    uss growth  status   kind     address                    name",
             "      +4.0 MiB  *  anon     *-*  ?anon?",  # fnmatch: [...] is a character class
