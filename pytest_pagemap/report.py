@@ -90,9 +90,10 @@ def _metric_cells(result: dict[str, Any], metric: str) -> tuple[str, str]:
     """`uss 13.0 MiB` and its change `+4.0 MiB`, for the level a metric is about."""
     after, delta = result["after"], result["delta"]
     base = metric.removesuffix("_growth")
-    if base in _LEVELS:
+    if base in _LEVELS or isinstance(delta.get(base), int):  # a level before and after, or the peak
+        level = after.get(base) if base in _LEVELS else delta.get(base)
         growth = delta.get(f"{base}_growth")
-        return f"{base} {_size(after.get(base))}", "" if growth is None else format_size(growth, signed=True)
+        return f"{base} {_size(level)}", "" if growth is None else format_size(growth, signed=True)
     if metric in delta and isinstance(delta[metric], int):  # written, accessed: amounts, not levels
         return f"{metric} {format_size(delta[metric])}", ""
     return metric, ""  # a page flag: the verdict says how many pages gained it
@@ -134,7 +135,10 @@ def _short_lines(results: Sequence[dict[str, Any]]) -> list[str]:
         metric, change = _metric_cells(result, _key_metric(result))
         peak = [_size(_peak(result))] if with_peak else []
         rows.append([result["test"], _short_label(str(result["label"])), metric, change, *peak, _verdict_cell(result)])
-    return _table(header, rows, right={3, 4} if with_peak else {3})
+    lines = _table(header, rows, right={3, 4} if with_peak else {3})
+    # Notes change what the numbers mean (a wrapper measured instead of its children): never left out.
+    lines += [f"{result['test']}: note: {note}" for result in results for note in result.get("notes", ())]
+    return lines
 
 
 def summary_lines(results: Sequence[dict[str, Any]], form: str = "short") -> list[str]:
