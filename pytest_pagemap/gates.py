@@ -34,7 +34,7 @@ from pagewalk.baseline import (
     records_of_test,
     resolve_record,
     save_record,
-    write_json_atomic,
+    write_text_atomic,
 )
 from pagewalk.ci_reports import (
     Tone,
@@ -356,6 +356,7 @@ class PagemapGates:
         self.context: dict[str, Any] = {}
         self.comparison: ComparisonResult | None = None
         self.outcome: list[tuple[str, Tone]] = []  # what the terminal section reports besides the comparison
+        self.maps: dict[str, Any] | None = None  # memory maps by key, for the JSON report (see maps.py)
         xml_wanted = bool(getattr(config.option, "xmlpath", None))  # absent under -p no:junitxml
         family = str(config.getini("junit_family")) if xml_wanted else ""
         # `record_property`-style per-test properties break the xunit2 schema: there, suite-level ones.
@@ -534,6 +535,8 @@ class PagemapGates:
 
     def _write_outputs(self, record: SessionRecord) -> str | None:
         """Save the baseline and write the JSON files; a failure is reported and fails the session."""
+        from pagewalk.memory_map import json_text  # numpy and the snapshot machinery load on first use
+
         settings, saved = self.settings, None
         count = plural(len(record.measurements), "measurement")
         if settings.save is not None:
@@ -545,7 +548,11 @@ class PagemapGates:
                 saved = str(saved_path)
                 self.outcome.append((f"saved {count} as baseline {saved}", "plain"))
         files = (
-            (settings.json_path, "JSON report", lambda: json_report(record, self.comparison, saved=saved)),
+            (
+                settings.json_path,
+                "JSON report",
+                lambda: json_report(record, self.comparison, saved=saved, maps=self.maps),
+            ),
             (settings.benchmark_json_path, "github-action-benchmark JSON", lambda: benchmark_action_entries(record)),
         )
         for path, title, build in files:
@@ -553,7 +560,7 @@ class PagemapGates:
                 continue
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(path, build())
+                write_text_atomic(path, json_text(build()))
             except OSError as exc:
                 self.outcome.append((f"ERROR: the {title} was not written to {path}: {exc}", "bad"))
             else:

@@ -23,8 +23,9 @@ from pagewalk.procfs import check_platform
 from . import hookspecs
 from .fixtures import DEFAULT_GRACE_SECONDS, MEASUREMENTS_KEY, SETTINGS_KEY, Settings, pagemap
 from .gates import PagemapGates, add_gate_options, read_gate_settings
+from .maps import PagemapMaps
 from .markers import MARKER_HELP, marker_limits, marker_tolerance
-from .report import SECTION_TITLE, summary_lines
+from .report import SECTION_TITLE, SUMMARY_FORMS, summary_lines
 
 __all__ = [
     "PagemapManager",
@@ -147,6 +148,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"(ini: pagemap_{NO_FLAG_GAIN})",
     )
     parser.addini(f"pagemap_{NO_FLAG_GAIN}", "as --pagemap-no-flag-gain", default="")
+    group.addoption(
+        "--pagemap-summary",
+        choices=SUMMARY_FORMS,
+        default=None,
+        help="the --pagemap summary: 'short', one row per measurement, failures first (default); 'full', every "
+        "measurement's totals and verdicts; 'none' (ini: pagemap_summary)",
+    )
+    parser.addini("pagemap_summary", "as --pagemap-summary", default="short")
+    group.addoption(
+        "--pagemap-html",
+        default=None,
+        metavar="PATH",
+        help="write a self-contained HTML page with a memory map of every measurement, the gate's comparison "
+        "first (ini: pagemap_html, relative to the rootdir)",
+    )
+    parser.addini("pagemap_html", "as --pagemap-html, relative to the rootdir", default="")
     add_gate_options(group, parser)
 
 
@@ -213,6 +230,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[GATES_KEY] = gates
     config.pluginmanager.register(manager, "pagemap-manager")
     config.pluginmanager.register(gates, "pagemap-gates")
+    config.pluginmanager.register(PagemapMaps(config, gates), "pagemap-maps")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -221,6 +239,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.pluginmanager.unregister(manager)
         del config.stash[MANAGER_KEY]
         del config.stash[SETTINGS_KEY]
+    maps = config.pluginmanager.get_plugin("pagemap-maps")
+    if maps is not None:
+        config.pluginmanager.unregister(maps)
     gates = config.stash.get(GATES_KEY, None)
     if gates is not None:
         config.pluginmanager.unregister(gates)
@@ -245,6 +266,12 @@ class PagemapManager:
         self.asked = asked  # --pagemap, or an option that records measurements (save, compare, reports)
         self.results: list[dict[str, Any]] = []
         self.unchecked_limits = False  # some test had marker limits that went unchecked (no --pagemap)
+        self.summary = _choice(config, "pagemap_summary")
+        if self.summary not in SUMMARY_FORMS:
+            raise pytest.UsageError(
+                f"invalid pytest-pagemap ini value: pagemap_summary: {self.summary!r}; choose from "
+                + ", ".join(SUMMARY_FORMS)
+            )
 
     def pytest_report_header(self) -> str | None:
         if self.settings.unsupported:
@@ -332,6 +359,8 @@ class PagemapManager:
                     yellow=True,
                 )
             return
+        if self.summary == "none":
+            return
         terminalreporter.write_sep("=", SECTION_TITLE)
-        for line in summary_lines(self.results):
+        for line in summary_lines(self.results, self.summary):
             terminalreporter.write_line(line)

@@ -57,6 +57,7 @@ __all__ = [
     "resolve_record",
     "save_record",
     "write_json_atomic",
+    "write_text_atomic",
 ]
 
 SCHEMA = SESSION_SCHEMA
@@ -436,7 +437,12 @@ def _create_temporary(target: Path) -> tuple[int, Path]:
 def write_json_atomic(target: Path, data: Any) -> None:
     """Write standard JSON (no NaN or Infinity) to a temporary file beside `target`, flush it to disk, then
     rename it into place. Temporary files that killed writers of `target` left are removed first."""
-    text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    write_text_atomic(target, json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def write_text_atomic(target: Path, text: str) -> None:
+    """Write text to a temporary file beside `target`, flush it to disk, then rename it into place; temporary
+    files that killed writers of `target` left are removed first."""
     _remove_stale_temporaries(target.parent, target.name)
     handle, temporary = _create_temporary(target)
     try:

@@ -4,7 +4,7 @@ reads, and the lines of a terminal's gate section. They speak of records, measur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from ._present import UNKNOWN, plural, size_cell, table
@@ -49,15 +49,22 @@ def _threshold_texts(comparison: ComparisonResult) -> dict[str, Any]:
 
 
 def json_report(
-    record: SessionRecord, comparison: ComparisonResult | None, *, saved: str | None = None
+    record: SessionRecord,
+    comparison: ComparisonResult | None,
+    *,
+    saved: str | None = None,
+    maps: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON report (its keys are documented in the README)."""
+    """The JSON report (its keys are documented in the README); `maps` (by measurement key, see
+    `memory_map`) adds each measurement's `map`."""
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "version": REPORT_VERSION,
         "created": record.created,
         "context": dict(record.context),
-        "measurements": [m.to_dict() for m in record.measurements],
+        "measurements": [
+            m.to_dict() | ({"map": maps.get(m.key)} if maps is not None else {}) for m in record.measurements
+        ],
         "saved": saved,
         "comparison": None,
     }

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ._present import size_cell, table
@@ -132,13 +133,35 @@ def _print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def _emit(args: argparse.Namespace, data: Callable[[], Any], text: Callable[[], str]) -> int:
-    """Print JSON with --json, else the readable text."""
+def _emit(
+    args: argparse.Namespace, data: Callable[[], Any], text: Callable[[], str], memory_map: Callable[[], Any]
+) -> int:
+    """Write the HTML page with --html; print JSON with --json, else the readable text."""
+    if args.html:
+        # Imported here: they cost the command's start-up a quarter of a second, and most runs need none of it.
+        from .baseline import collect_context
+        from .html_report import report_document, write_html
+
+        path = Path(args.html)
+        try:
+            write_html(path, report_document([memory_map()], context=collect_context()))
+        except OSError as exc:
+            print(f"pagewalk: error: cannot write the HTML page to {path}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"wrote the memory map to {path}", file=sys.stderr)
     if args.json:
         _print_json(data())
     else:
         print(text())
     return 0
+
+
+def _map(snap: Snapshot, after: Snapshot | None = None) -> dict[str, Any]:
+    """The memory map of a snapshot, or of the measurement from `snap` to `after`."""
+    from .measure import Measurement
+    from .memory_map import measurement_map, snapshot_map
+
+    return snapshot_map(snap) if after is None else measurement_map(Measurement.from_snapshots(snap, after))
 
 
 def _cmd_snapshot(args: argparse.Namespace) -> int:
@@ -149,7 +172,7 @@ def _cmd_snapshot(args: argparse.Namespace) -> int:
     snap = snapshot(
         args.pid, flags=args.flags, counts=counts, freeze=not args.no_freeze, method=args.method, tree=args.tree
     )
-    return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top))
+    return _emit(args, snap.to_dict, lambda: render_snapshot(snap, top=args.top), lambda: _map(snap))
 
 
 def _cmd_delta(args: argparse.Namespace) -> int:
@@ -159,7 +182,12 @@ def _cmd_delta(args: argparse.Namespace) -> int:
     sleep_watching(args.pid, args.seconds)
     after = snapshot(args.pid, writes=args.writes, accessed=args.accessed, **options)
     delta = after - before
-    return _emit(args, delta.to_dict, lambda: render_delta(delta, top=args.top))
+    return _emit(
+        args,
+        delta.to_dict,
+        lambda: render_delta(delta, top=args.top),
+        lambda: _map(before, after),
+    )
 
 
 def _cmd_capabilities(args: argparse.Namespace) -> int:
@@ -227,6 +255,7 @@ def _add_output_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--no-freeze", action="store_true", help="do not stop the process while reading")
     command.add_argument("--method", choices=("auto", "read", "scan"), default="auto", help="pagemap front end")
     command.add_argument("--top", type=int, default=15, help="regions to list in the table (default 15)")
+    command.add_argument("--html", metavar="PATH", help="also write a self-contained HTML page with the memory map")
     command.add_argument(
         "--tree", action="store_true", help="the process and all its descendants, stopped together (JSON: processes)"
     )

@@ -699,12 +699,18 @@ class Measurement:
         title = column.replace("_", " ")
         signed = column.endswith("_growth")
         rows = [
-            (size_cell(getattr(region, column) or 0, signed=signed), region.status, region.kind, region.name)
+            (
+                size_cell(getattr(region, column) or 0, signed=signed),
+                region.status,
+                region.kind,
+                f"{region.start:012x}-{region.end:012x}",  # tells identical [anon] rows apart
+                region.name,
+            )
             for region in regions
         ]
         return [
             f"regions that contributed most to {title}:",
-            *table((title, "status", "kind", "name"), rows, right={0}, indent="  "),
+            *table((title, "status", "kind", "address", "name"), rows, right={0}, indent="  "),
         ]
 
     def _level_table(self, spec: Metric, top: int) -> list[str]:

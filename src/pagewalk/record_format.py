@@ -325,8 +325,18 @@ def _is_plain_measurement(value: Any) -> bool:
     )
 
 
-def validate_measurement(value: Any, where: str) -> dict[str, Any]:
-    """One entry of `measurements`: key, test, label, metrics (bytes or null per metric) and repeat."""
+def _free_object(value: Any, where: str) -> dict[str, Any]:
+    result: dict[str, Any] = _plain(_mapping(value, where), where)
+    return result
+
+
+def validate_measurement(value: Any, where: str, *, report: bool = False) -> dict[str, Any]:
+    """One entry of `measurements`: key, test, label, metrics (bytes or null per metric) and repeat; in a
+    report also its memory `map` (an object of standard JSON, or null)."""
+    if report and type(value) is dict and "map" in value:
+        entry = validate_measurement({key: item for key, item in value.items() if key != "map"}, where)
+        entry["map"] = _optional(value["map"], _join(where, "map"), _free_object)
+        return entry
     if _is_plain_measurement(value):
         return {"label": "", "repeat": 1, **value, "metrics": dict(value["metrics"])}
     entry = _fields(
@@ -348,8 +358,11 @@ def validate_measurement(value: Any, where: str) -> dict[str, Any]:
     return entry
 
 
-def _measurements(value: Any, where: str) -> list[dict[str, Any]]:
-    entries = [validate_measurement(item, _join(where, index)) for index, item in enumerate(_array(value, where))]
+def _measurements(value: Any, where: str, *, report: bool = False) -> list[dict[str, Any]]:
+    entries = [
+        validate_measurement(item, _join(where, index), report=report)
+        for index, item in enumerate(_array(value, where))
+    ]
     seen: dict[str, int] = {}
     for index, entry in enumerate(entries):
         first = seen.setdefault(entry["key"], index)
@@ -480,7 +493,7 @@ def _document(data: Any, formats: Iterable[str]) -> dict[str, Any]:
             "schema": lambda v, w: v,
             "version": lambda v, w: v,
             "context": _context,
-            "measurements": _measurements,
+            "measurements": lambda v, w: _measurements(v, w, report=schema == REPORT_SCHEMA),
         },
         optional=fields,
         open_ended=False,
@@ -627,6 +640,9 @@ def json_schema(schema: str) -> dict[str, Any]:
     }
     defs: dict[str, Any] = {"context": _context_schema(), "measurement": _measurement_schema(), "plain": _PLAIN}
     if schema == REPORT_SCHEMA:
+        # A report's measurement may carry its memory map (see pagewalk.memory_map): free-form JSON.
+        measurement = defs["measurement"]
+        measurement["properties"]["map"] = _nullable({"type": "object", "additionalProperties": _PLAIN_REF})
         properties["saved"] = _nullable(_TEXT)
         properties["comparison"] = _nullable({"$ref": "#/$defs/comparison"})
         defs["comparison"] = _comparison_schema()

@@ -98,3 +98,19 @@ def test_scan_support_matches_the_kernel() -> None:
         assert not CAPS.pagemap_scan
     elif LEG == "6.12":
         assert CAPS.pagemap_scan and SCAN_WRITES
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_memory_map_shows_which_pages_were_written(puppet: Puppet, method: str) -> None:
+    from pagewalk.memory_map import snapshot_map
+
+    area = puppet.map(64)  # 8 cells of 8 pages
+    puppet.write(area)
+    pagewalk.snapshot(puppet.pid, track=("writes",), method=method)  # type: ignore[arg-type]
+    puppet.write(area, range(16, 24))  # the third cell, all of it
+    puppet.write(area, [40])  # one page of the sixth
+    after = pagewalk.snapshot(puppet.pid, writes=True, method=method)  # type: ignore[arg-type]
+    (row,) = [row for row in snapshot_map(after)["regions"] if int(row[0], 16) == area.address]
+    columns = dict(zip(snapshot_map(after)["columns"], row, strict=True))
+    assert columns["written"] == 9 * pagewalk.units.PAGE_SIZE
+    assert columns["written_cells"] == "00f002" + "00"  # 1 page of 8: 15/8 rounds up to 2

@@ -20,6 +20,20 @@ def grow(nbytes):
     return nbytes
 """
 
+# Two tests with one limit: test_small stays within it, test_big (listed second) exceeds it.
+SMALL_AND_BIG = (
+    GROW
+    + """
+@pytest.mark.pagemap(uss_growth_below="2 MiB")
+def test_small(pagemap):
+    pagemap.run(grow, 1 << 20)
+
+@pytest.mark.pagemap(uss_growth_below="2 MiB")
+def test_big(pagemap):
+    pagemap.run(grow, 4 << 20)
+"""
+)
+
 privileged = pytest.mark.skipif(
     capabilities().missing_for_flags() is not None or capabilities().missing_for_pss() is not None,
     reason="page flags and PSS need CAP_SYS_ADMIN",

@@ -548,7 +548,7 @@ def test_json_report_schema(workload, monkeypatch):
     assert (report["schema"], report["version"], report["saved"]) == (REPORT_SCHEMA, 1, None)
     assert {"kernel", "machine", "page_size", "python", "capabilities", "git"} <= set(report["context"])
     measurement = report["measurements"][1]
-    assert set(measurement) == {"key", "test", "label", "metrics", "repeat"}
+    assert set(measurement) == {"key", "test", "label", "metrics", "repeat", "map"}
     assert measurement["metrics"]["pss"] is None or isinstance(measurement["metrics"]["pss"], int)
     comparison = report["comparison"]
     assert set(comparison) == {

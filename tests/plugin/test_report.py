@@ -6,44 +6,67 @@ import json
 
 import pytest
 
-from .support import GROW
+from .support import GROW, SMALL_AND_BIG
 
 pytest_plugins = ["pytester"]  # here, not in conftest.py: see conftest.py
 
 LIMITED = (
-    GROW
+    SMALL_AND_BIG
     + """
-@pytest.mark.pagemap(uss_growth_below="2 MiB")
-def test_small(pagemap):
-    pagemap.run(grow, 1 << 20)
-
-@pytest.mark.pagemap(uss_growth_below="2 MiB")
-def test_big(pagemap):
-    pagemap.run(grow, 4 << 20)
-
 def test_no_measurement():
     pass
 """
 )
 
 
-def test_summary_lists_every_measurement(pytester):
+def test_summary_is_one_row_per_measurement_failures_first(pytester):
     pytester.makepyfile(LIMITED)
     result = pytester.runpytest("--pagemap")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(
         [
             "*= pagemap =*",
-            "test_summary_lists_every_measurement.py::test_small",
-            "  '*.grow()' (pid *): USS * -> * (+1.0 MiB), written -, peak RSS *",
-            "    pass  uss_growth 1.0 MiB <= 2.0 MiB (marker)",
-            "test_summary_lists_every_measurement.py::test_big",
-            "  '*.grow()' (pid *): USS * -> * (+4.0 MiB), written -, peak RSS *",
-            "    FAIL  uss_growth 4.0 MiB > 2.0 MiB (marker)",
+            "test *label *metric *change *peak  verdict",
+            "*::test_big  * uss * +4.0 MiB  * FAIL uss_growth 4.0 MiB > 2.0 MiB (marker)",
+            "*::test_small  * uss * +1.0 MiB  * pass (1 limit)",
             "2 measurements in 2 tests, 2 limits checked, 1 exceeded",
             "*= short test summary info =*",
         ]
     )
+    # Nothing here measured pages written (no writes=True; no soft-dirty on some kernels): no column says n/a.
+    assert "n/a" not in result.stdout.str()
+
+
+def test_full_summary_lists_totals_and_every_verdict(pytester):
+    pytester.makepyfile(LIMITED)
+    result = pytester.runpytest("--pagemap", "--pagemap-summary=full")
+    result.stdout.fnmatch_lines(
+        [
+            "*= pagemap =*",
+            "test_full_summary_lists_totals_and_every_verdict.py::test_big",
+            "  '*.grow()' (pid *): USS * -> * (+4.0 MiB), peak RSS *",
+            "    FAIL  uss_growth 4.0 MiB > 2.0 MiB (marker)",
+            "test_full_summary_lists_totals_and_every_verdict.py::test_small",
+            "  '*.grow()' (pid *): USS * -> * (+1.0 MiB), peak RSS *",
+            "    pass  uss_growth 1.0 MiB <= 2.0 MiB (marker)",
+            "2 measurements in 2 tests, 2 limits checked, 1 exceeded",
+        ]
+    )
+    assert "written" not in result.stdout.str()
+
+
+def test_summary_can_be_turned_off_and_set_in_the_ini(pytester):
+    pytester.makepyfile(LIMITED)
+    off = pytester.runpytest("--pagemap", "--pagemap-summary=none")
+    off.assert_outcomes(passed=2, failed=1)
+    assert "= pagemap =" not in off.stdout.str()
+    pytester.makeini("[pytest]\npagemap_summary = full\n")
+    full = pytester.runpytest("--pagemap")
+    full.stdout.fnmatch_lines(["    pass  uss_growth 1.0 MiB <= 2.0 MiB (marker)"])
+    pytester.makeini("[pytest]\npagemap_summary = long\n")
+    bad = pytester.runpytest("--pagemap")
+    assert bad.ret == pytest.ExitCode.USAGE_ERROR
+    bad.stderr.fnmatch_lines(["*pagemap_summary: 'long'; choose from short, full, none*"])
 
 
 def test_summary_says_when_there_was_nothing_to_measure(pytester):
@@ -85,8 +108,8 @@ def test_failure_has_a_section_with_the_regions(pytester):
             "USS growth of '*grow()' (pid *) limited to 2.0 MiB but measured 4.0 MiB, 2.0 MiB over",
             "USS * -> * (+4.0 MiB); RSS * (+4.0 MiB); peak RSS *",
             "regions that contributed most to uss growth:",
-            "  uss growth  status  kind  name",
-            "    +4.0 MiB  grown   anon  ?anon?",  # fnmatch: [...] is a character class
+            "  uss growth  status  kind  address                    name",
+            "    +4.0 MiB  grown   anon  *-*  ?anon?",  # fnmatch: [...] is a character class
         ]
     )
 
@@ -101,7 +124,7 @@ def test_explicit(pagemap):
     )
     result = pytester.runpytest("--pagemap", "-rf")
     result.stdout.fnmatch_lines(["*.py M *", "*- pagemap -*", "regions that contributed most to rss growth:"])
-    result.stdout.fnmatch_lines(["    FAIL  rss_growth 4.0 MiB > 1.0 MiB (assert)"])
+    result.stdout.fnmatch_lines(["*::test_explicit *FAIL rss_growth 4.0 MiB > 1.0 MiB (assert)"])
     plain = pytester.runpytest("-rf")  # without --pagemap the assertion still fails, reported as usual
     plain.assert_outcomes(failed=1)
     plain.stdout.fnmatch_lines(["*.py F *", "FAILED *::test_explicit - *"])
@@ -123,7 +146,7 @@ def test_leak(pagemap):
     result = pytester.runpytest("--pagemap", "-rx")
     result.assert_outcomes(xfailed=1)
     result.stdout.fnmatch_lines(
-        ["*.py x *", "    FAIL  uss_growth 4.0 MiB > 1.0 MiB (assert)", "XFAIL *::test_leak - leaks"]
+        ["*.py x *", "*::test_leak *FAIL uss_growth 4.0 MiB > 1.0 MiB (assert)", "XFAIL *::test_leak - leaks"]
     )
     assert result.ret == pytest.ExitCode.OK
 
@@ -167,7 +190,7 @@ def test_limits_hook_can_change_the_limits(pytester):
     result = pytester.runpytest("--pagemap")
     result.assert_outcomes(passed=3)
     # About 4 MiB: shared-library pages flip between shared and private as other processes come and go.
-    result.stdout.fnmatch_lines(["    pass  uss_growth *iB <= 8.0 MiB (marker)"])
+    result.stdout.fnmatch_lines(["*::test_big *pass (1 limit)"])
 
 
 def test_hooks_are_declared_with_documentation(pytester):
@@ -191,8 +214,9 @@ def test_xdist_workers_report_to_the_controller(pytester):
     result.stdout.fnmatch_lines(["MEMORY test_one.py::test_big - *"])
     output = result.stdout.str()
     summary = output[output.index("= pagemap =") :]
-    for test in ("test_one.py::test_small", "test_one.py::test_big", "test_two.py::test_other"):
-        assert f"\n{test}\n" in summary
+    rows = [line.split()[0] for line in summary.splitlines()[2:5]]
+    assert rows[0] == "test_one.py::test_big"  # the failure first, then the others in the order they finished
+    assert sorted(rows[1:]) == ["test_one.py::test_small", "test_two.py::test_other"]
     assert "3 measurements in 3 tests, 2 limits checked, 1 exceeded" in summary
     assert "[gw0]" in output or "2 workers" in output
 
@@ -219,9 +243,39 @@ def test_summary_shows_pages_written_when_tracked():
             }
         ],
     }
-    assert summary_lines([result]) == [
+    assert summary_lines([result], "full") == [
         "t.py::test_w",
         f"  'app' (pid 42): USS 1.0 MiB -> 3.0 MiB (+2.0 MiB), written {format_size(10 * PAGE_SIZE)} (10 pages)",
         f"    FAIL  written {format_size(10 * PAGE_SIZE)} > 0 B (marker)",
         "1 measurement in 1 test, 1 limit checked, 1 exceeded",
     ]
+    written = format_size(10 * PAGE_SIZE)
+    assert summary_lines([result]) == [
+        "test          label  metric            change  verdict",
+        f"t.py::test_w  app    written {written}          FAIL written {written} > 0 B (marker)",
+        "1 measurement in 1 test, 1 limit checked, 1 exceeded",
+    ]
+
+
+def test_short_summary_shows_the_peak_only_when_measured():
+    from pytest_pagemap.report import summary_lines
+
+    def result(test: str, peak: int | None) -> dict[str, object]:
+        return {
+            "test": test,
+            "label": "a label much longer than the column allows, so it is cut",
+            "pid": 1,
+            "peak_rss": peak,
+            "before": {"uss": 1 << 20},
+            "after": {"uss": 2 << 20},
+            "delta": {"uss_growth": 1 << 20, "written": None},
+            "verdicts": [],
+        }
+
+    without = summary_lines([result("t.py::a", None)])
+    assert without[0].split() == ["test", "label", "metric", "change", "verdict"]
+    assert "a label much longer than the column a..." in without[1]
+    with_peak = summary_lines([result("t.py::a", None), result("t.py::b", 5 << 20)])
+    assert with_peak[0].split() == ["test", "label", "metric", "change", "peak", "verdict"]
+    assert with_peak[1].endswith("+1.0 MiB        -  no limits")  # unknown for this one, measured for the other
+    assert "5.0 MiB  no limits" in with_peak[2]
