@@ -52,22 +52,30 @@ def test_tree_totals_are_the_sums_of_each_process_smaps_rollup(family: Family) -
     family.do("child 0 write 4")
     pids = [family.pid, *descendants(family.pid)]
     assert len(pids) == 3
-    stop_all(pids)  # the whole tree stays stopped while both sides read it
-    try:
-        tree = pagewalk.snapshot(family.pid, tree=True, counts=ROOT)
-        rollups = [rollup(pid) for pid in pids]
-    finally:
-        resume_all(pids)
-    assert isinstance(tree, TreeSnapshot)
-    assert sorted(tree.processes) == sorted(pids)
-    assert tree.rss == sum(r["Rss"] for r in rollups)
-    assert tree.anon == sum(r["Anonymous"] for r in rollups)
-    assert tree.swap == sum(r["Swap"] for r in rollups)
-    if ROOT:
+    # Shared library pages are mapped by every Python on the machine: their map counts, and so PSS, move as
+    # other processes start and exit between the two reads, even with this tree stopped (by 3% under -n 2).
+    # PSS is compared again on a fresh pair of reads until one pair saw the same map counts.
+    for _attempt in range(5):
+        stop_all(pids)  # the whole tree stays stopped while both sides read it
+        try:
+            tree = pagewalk.snapshot(family.pid, tree=True, counts=ROOT)
+            rollups = [rollup(pid) for pid in pids]
+        finally:
+            resume_all(pids)
+        assert isinstance(tree, TreeSnapshot)
+        assert sorted(tree.processes) == sorted(pids)
+        assert tree.rss == sum(r["Rss"] for r in rollups)
+        assert tree.anon == sum(r["Anonymous"] for r in rollups)
+        assert tree.swap == sum(r["Swap"] for r in rollups)
+        if not ROOT:
+            break
+        assert tree.pss is not None
         assert tree.pss == sum(snap.pss or 0 for snap in tree.processes.values())
-        # Shared library pages are mapped by every Python on the machine: their map counts, and so PSS, move
-        # as other processes start and exit between the two reads, even with this tree stopped.
-        assert abs(tree.pss - sum(r["Pss"] for r in rollups)) < sum(r["Pss"] for r in rollups) // 100
+        pss_apart = abs(tree.pss - sum(r["Pss"] for r in rollups))
+        if pss_apart < sum(r["Pss"] for r in rollups) // 100:
+            break
+    else:
+        pytest.fail(f"tree PSS and the smaps_rollup sums stayed {pss_apart} bytes apart in 5 tries")
     for pid, snap in tree.processes.items():
         assert snap.rss == rollup_rss(rollups, pids, pid)
 
