@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import subprocess
 import types
@@ -12,13 +13,15 @@ from typing import TYPE_CHECKING, NoReturn, ParamSpec, Protocol, TypeVar
 
 import pytest
 
-from pagewalk.errors import NoAddressSpace, ProcessGone
-from pagewalk.measure import METRICS, Limits, Measurement, Option, missing_requirements
+from pagewalk.metrics import METRICS, Option
 
 from .markers import marker_limits, marker_tolerance
 
 if TYPE_CHECKING:
-    # Loaded on first use (psutil, pickle): loading the plugin must stay cheap for runs that never measure.
+    # Loaded on first use (numpy, psutil, pickle, /proc): loading the plugin must stay cheap for runs that
+    # never measure.
+    from pagewalk.measure import Limits, Measurement
+
     from .processes import AttachedProcess, Ready, SpawnedProcess
     from .runner import ChildCall, RunResult
 
@@ -31,6 +34,7 @@ __all__ = [
     "Runner",
     "Settings",
     "pagemap",
+    "platform_problem",
 ]
 
 P = ParamSpec("P")
@@ -44,18 +48,35 @@ class Settings:
     active: bool  # --pagemap: limits from markers and defaults, MEMORY status, summary
     strict: bool  # --pagemap-strict: fail instead of skip when the kernel or user cannot measure
     grace: float  # seconds between SIGTERM and SIGKILL when ending processes
-    defaults: Limits  # session-wide limits from --pagemap-limit options and pagemap_limits ini lines
-    unsupported: str | None = None  # why this platform cannot be measured; the plugin is then inactive
+    defaults: Limits | None = None  # session-wide limits from --pagemap-limit options and pagemap_limits ini lines
+
+    @functools.cached_property
+    def unsupported(self) -> str | None:
+        """Why this platform cannot be measured, or None; the plugin is then inactive. Found out when first
+        asked, so that a session that never measures does not load the core's /proc layer."""
+        return platform_problem()
+
+
+def platform_problem() -> str | None:
+    """Why this platform cannot be measured (not Linux, no /proc/PID/pagemap), or None when it can."""
+    from pagewalk.errors import Unsupported
+    from pagewalk.procfs import check_platform
+
+    try:
+        check_platform()
+    except Unsupported as exc:
+        return str(exc)
+    return None
 
 
 DEFAULT_GRACE_SECONDS = 5.0
 SETTINGS_KEY = pytest.StashKey[Settings]()
-MEASUREMENTS_KEY = pytest.StashKey[list[Measurement]]()
+MEASUREMENTS_KEY: pytest.StashKey[list[Measurement]] = pytest.StashKey()
 # The measure() options the session's gate thresholds need, so every measurement records the metrics gated.
 GATE_NEEDS_KEY = pytest.StashKey[frozenset[Option]]()
 
 # For a fixture used while the plugin's configure hook has not run (the plugin registered late).
-_INACTIVE = Settings(active=False, strict=False, grace=DEFAULT_GRACE_SECONDS, defaults=Limits())
+_INACTIVE = Settings(active=False, strict=False, grace=DEFAULT_GRACE_SECONDS)
 
 
 class HasPid(Protocol):
@@ -85,10 +106,12 @@ class Pagemap:
     def limits(self) -> Limits:
         """The limits checked against each measurement of this test: none unless `--pagemap` is active."""
         if self._limits is None:
+            from pagewalk.measure import Limits
+
             if not self._settings.active:
                 self._limits = Limits()
             else:
-                merged = marker_limits(self._item).over(self._settings.defaults)
+                merged = marker_limits(self._item).over(self._settings.defaults or Limits())
                 chosen = self._item.config.hook.pytest_pagemap_limits(item=self._item, limits=merged)
                 self._limits = merged if chosen is None else chosen
         return self._limits
@@ -193,6 +216,8 @@ class Pagemap:
     def _options(self, **wanted: bool) -> dict[Option, bool]:
         """The measurement options after the marker's needs, skipping the test when they cannot be met."""
         __tracebackhide__ = True
+        from pagewalk.measure import missing_requirements
+
         options: dict[Option, bool] = {
             "writes": wanted["writes"],
             "accessed": wanted["accessed"],
@@ -229,6 +254,8 @@ class Pagemap:
     def _finish(self, measurement: Measurement, *, enforce: bool) -> None:
         """Check the limits in force, announce the measurement, then raise for the first limit exceeded."""
         __tracebackhide__ = True
+        from pagewalk.measure import Limits
+
         limits = self.limits
         marker = marker_limits(self._item) if self._settings.active else Limits()
         verdicts = []
@@ -258,6 +285,8 @@ class Pagemap:
     ) -> RunResult[T]:
         __tracebackhide__ = True
         checked = self._options(**options)
+        from pagewalk.measure import Measurement
+
         from .runner import ChildCall, RunResult, describe_callable
 
         call = ChildCall(
@@ -326,6 +355,8 @@ class MeasureContext:
     def __enter__(self) -> Measurement:
         __tracebackhide__ = True  # a skip or failure points at the test's `with` line, not here
         options = self._pagemap._options(**self._options)
+        from pagewalk.measure import Measurement
+
         measurement = Measurement(self._pid, label=self._label, named=self._named, tree=self._tree, **options)
         self._pagemap.measurements.append(measurement)
         with self._explain_exit("before the measurement"):
@@ -337,6 +368,8 @@ class MeasureContext:
     def _explain_exit(self, when: str) -> Iterator[None]:
         """Turn "process gone" from a spawned process that exited into its exit status and output."""
         __tracebackhide__ = True
+        from pagewalk.errors import NoAddressSpace, ProcessGone
+
         if self._spawned is not None:
             self._spawned.check_running(when)
         try:
@@ -396,6 +429,7 @@ def pagemap(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     assert isinstance(request.node, pytest.Item)
     if settings.unsupported:
         Pagemap.unavailable(settings, [settings.unsupported])
+    request.node.stash[MEASUREMENTS_KEY] = []  # this run's only, when a test runs again (--pagemap-repeat, reruns)
     session = Pagemap(request.node, settings, tmp_path_factory)
     try:
         yield session
