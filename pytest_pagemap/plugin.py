@@ -2,8 +2,11 @@
 
 `--pagemap` (or `pagemap = true`) turns on marker and default limits, the MEMORY status and the session
 summary; the fixture and explicit `assert_*` calls work without it. Baselines and gates (`--pagemap-save`,
-`--pagemap-compare`, ...) live in `gates` and work with or without `--pagemap`. `-p no:pagemap` disables the
-plugin.
+`--pagemap-compare`, ...) work with or without `--pagemap`: their options are in `gate_options`, the work in
+`gates`. `-p no:pagemap` disables the plugin.
+
+Installed but unused, the plugin costs a pytest start only its options, hooks, marker and fixture: the
+measuring code (numpy, /proc), baselines, reports and memory maps load when a session uses them.
 """
 
 from __future__ import annotations
