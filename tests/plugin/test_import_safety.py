@@ -124,7 +124,7 @@ def test_a_session_that_measures_loads_the_measuring_code(tmp_path: Path) -> Non
     modules = _modules_after_session(tmp_path, TESTS, "--pagemap", f"--pagemap-json={tmp_path / 'report.json'}")
     assert {"numpy", "pagewalk.snapshot", "pagewalk.measure", "pagewalk.capabilities", "pagewalk.procfs"} <= modules
     assert {"pagewalk.baseline", "pagewalk.ci_reports", "pytest_pagemap.gates", "pytest_pagemap.maps"} <= modules
-    assert {"psutil", "pytest_pagemap.processes"} <= modules
+    assert {"psutil", "pytest_pagemap.pagemap", "pytest_pagemap.processes"} <= modules
 
 
 def test_the_package_exports_the_functions_not_the_submodules_of_the_same_name() -> None:
