@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -29,9 +29,12 @@ def _growth(before: int | None, after: int | None) -> int | None:
     return None if before is None or after is None else after - before
 
 
-@dataclass(frozen=True)
-class RegionDelta:
-    """One region's change. `status` is added, removed, grown, shrunk or kept."""
+class RegionDelta(NamedTuple):
+    """One region's change. `status` is added, removed, grown, shrunk or kept.
+
+    A named tuple, as psutil's records are: a process may have tens of thousands of regions, and a tuple is
+    built several times faster than a class instance and is one object for the garbage collector, not two.
+    """
 
     name: str
     kind: str
@@ -48,7 +51,7 @@ class RegionDelta:
     accessed: int | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return self._asdict()
 
 
 @dataclass(frozen=True)
@@ -336,12 +339,12 @@ def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tup
     pairs, added, removed = _match_regions(before, after)
     # Fields read by one C call each: a process may have tens of thousands of regions.
     deltas = [
-        _new_region_delta(name, kind, start, end, "added", end - start, uss, rss, swap, pss, anon, written, accessed)
+        RegionDelta(name, kind, start, end, "added", end - start, uss, rss, swap, pss, anon, written, accessed)
         for name, kind, start, end, uss, rss, swap, pss, anon, written, accessed in map(_REGION_VALUES, added)
     ]
     written_new = _sum_known(region.written for region in added)
     deltas += [
-        _new_region_delta(
+        RegionDelta(
             name,
             kind,
             start,
@@ -365,7 +368,7 @@ def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tup
         status = "grown" if growth > 0 else "shrunk" if growth < 0 else "kept"
         pss = _growth(old_pss, pss)
         deltas.append(
-            _new_region_delta(
+            RegionDelta(
                 name,
                 kind,
                 start,
@@ -393,37 +396,7 @@ def _sum_known(values: Iterable[int | None]) -> int | None:
     return sum(known) if known else None
 
 
-def _new_region_delta(
-    name: str,
-    kind: str,
-    start: int,
-    end: int,
-    status: str,
-    size_growth: int,
-    uss_growth: int,
-    rss_growth: int,
-    swap_growth: int,
-    pss_growth: int | None,
-    anon_growth: int,
-    written: int | None,
-    accessed: int | None,
-) -> RegionDelta:
-    # RegionDelta's generated __init__ stores each field through object.__setattr__ (the class is frozen): several
-    # times slower than filling the instance dict, done here for every region of every delta.
-    delta: RegionDelta = object.__new__(RegionDelta)
-    delta.__dict__.update(
-        name=name, kind=kind, start=start, end=end, status=status, size_growth=size_growth, uss_growth=uss_growth,
-        rss_growth=rss_growth, swap_growth=swap_growth, pss_growth=pss_growth, anon_growth=anon_growth,
-        written=written, accessed=accessed,
-    )  # fmt: skip
-    return delta
-
-
 _REGION_VALUES = operator.attrgetter(
     "name", "kind", "start", "end", "uss", "rss", "swap", "pss", "anon", "written", "accessed"
 )
 _START = operator.attrgetter("start")
-# What _new_region_delta relies on: it must set every field, and nothing else may run on construction.
-_CODE = _new_region_delta.__code__
-assert tuple(f.name for f in fields(RegionDelta)) == _CODE.co_varnames[: _CODE.co_argcount]
-assert not hasattr(RegionDelta, "__slots__") and not hasattr(RegionDelta, "__post_init__")
