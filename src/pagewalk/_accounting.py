@@ -252,10 +252,14 @@ def _scan_marks(fd: int, data: PageData, first: U64, end: U64, category: int, ma
 
 def _zero_candidates(data: PageData, kinds: list[str]) -> tuple[I64, I64]:
     """Index ranges `[lo, hi)` of the pages that may map a zero page: present, not FILE and not exclusive
-    (the zero page), or present and FILE in an anonymous region (the huge zero page)."""
+    (the zero page), or present and FILE in an anonymous region (the huge zero page). The kernel's own
+    mappings ([vdso], [vvar]) never do, and every process has them: leaving them out saves most processes
+    the look-up."""
     runs = data.code_runs
     anonymous = np.array([kind in ANON_KINDS for kind in kinds], dtype=bool)
+    special = np.array([kind == "special" for kind in kinds], dtype=bool)
     possible = np.where(anonymous[runs.region], _ZERO_IN_ANON[runs.code], _ZERO_SMALL[runs.code])
+    possible &= ~special[runs.region]
     lo = runs.first[possible]
     return lo, lo + runs.length[possible]
 
