@@ -109,7 +109,7 @@ class PageData:
     arrays: reader.EntryArrays
     bounds: I64  # index of each region's first page, then the page count
     method: str
-    code_runs: _CodeRuns  # of the top bytes as read, before any mark
+    code_runs: _CodeRuns  # of the top bytes when first counted, before the read path resolves zero and PMD pages
     histogram: npt.NDArray[np.float64]  # pages per region and top byte, kept in step with the marks
     stale: set[int] = field(default_factory=set)  # regions marked since `histogram` counted them
     zero_known: bool = True
@@ -155,10 +155,11 @@ def read_pages(
     size, resident = procfs.read_statm(pid)
     if _choose_method(size, resident, caps, method) == "scan" and ranges:
         rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
-        data = _page_data(reader.read_scanned(fd, rows[:, 0], rows[:, 1]), maps, page, "scan")
-        _mark_rows(data, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
-        _mark_rows(data, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
-        return data
+        arrays = reader.read_scanned(fd, rows[:, 0], rows[:, 1])
+        # Marked before the pages are counted, so they are counted once.
+        _mark_rows(arrays, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
+        _mark_rows(arrays, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
+        return _page_data(arrays, maps, page, "scan")
     huge = _huge_ranges(fd, ranges, caps)
     data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident), huge), maps, page, "read")
     _resolve_zero_pages(fd, data, kinds, caps)
@@ -205,7 +206,7 @@ def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: i
 
 def _mark(data: PageData, lo: I64, hi: I64, mark: int) -> None:
     """Set `mark` on the pages at indexes `[lo, hi)`, in the entries and their top bytes alike."""
-    reader.mark_index_ranges((data.arrays.entry, data.arrays.top), lo, hi, (mark, bits.top_bits(mark)))
+    _mark_arrays(data.arrays, lo, hi, mark)
     keep = hi > lo
     _touch_regions(data, lo[keep], hi[keep] - 1)
 
@@ -225,12 +226,15 @@ def _touch_regions(data: PageData, first: I64, last: I64) -> None:
             data.stale.update(range(low, high + 1))
 
 
-def _mark_rows(data: PageData, rows: U64, category: int, mark: int) -> None:
+def _mark_arrays(arrays: reader.EntryArrays, lo: I64, hi: I64, mark: int) -> None:
+    reader.mark_index_ranges((arrays.entry, arrays.top), lo, hi, (mark, bits.top_bits(mark)))
+
+
+def _mark_rows(arrays: reader.EntryArrays, rows: U64, category: int, mark: int) -> None:
     """Mark the pages of the PAGEMAP_SCAN rows (in pages) that have `category`."""
     chosen = rows[(rows[:, 2] & np.uint64(category)) != 0]
     if len(chosen):
-        runs = data.arrays.runs
-        _mark(data, runs.index_of(chosen[:, 0]), runs.index_of(chosen[:, 1]), mark)
+        _mark_arrays(arrays, arrays.runs.index_of(chosen[:, 0]), arrays.runs.index_of(chosen[:, 1]), mark)
 
 
 def _scan_marks(fd: int, data: PageData, first: U64, end: U64, category: int, mark: int, page: int) -> None:
