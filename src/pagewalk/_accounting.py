@@ -16,7 +16,7 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, TypeVar, cast
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -63,22 +63,40 @@ _PMD = (_CODE & _TOP_PMD) != 0
 _FILE = (_CODE & _TOP_FILE) != 0
 _EXCLUSIVE = (_CODE & _TOP_EXCLUSIVE) != 0
 _REAL = _PRESENT & ~_ZERO
-# Columns of the per-region page counts, computed by one matrix product over the 256 classes.
-_COLUMNS = ("present", "uss", "uss_file", "anon", "file", "thp", "zero", "swap", "guard")
-_CLASS_MATRIX = np.stack(
-    [
-        _REAL,
-        _REAL & _EXCLUSIVE,
-        _REAL & _EXCLUSIVE & _FILE,
-        _REAL & ~_FILE,
-        _REAL & _FILE,
-        _REAL & _PMD,
-        _PRESENT & _ZERO,
-        _SWAP,
-        _GUARD,
-    ],
-    axis=1,
-).astype(np.float64)
+# The page classes each metric counts, as columns over the 256 top bytes.
+_CLASSES = {
+    "present": _REAL,
+    "uss": _REAL & _EXCLUSIVE,
+    "uss_file": _REAL & _EXCLUSIVE & _FILE,
+    "anon": _REAL & ~_FILE,
+    "file": _REAL & _FILE,
+    "thp": _REAL & _PMD,
+    "zero": _PRESENT & _ZERO,
+    "swap": _SWAP,
+}
+# The Totals metrics read from the page counts (PSS comes from kpagecount), and the class each counts in a
+# region of each kind: hugetlb pages count only as hugetlb (and in USS and swap), a shmem region's pages as
+# shmem rather than file. A metric missing from a kind is 0 there.
+_COUNTED = ("rss", "uss", "uss_file", "swap", "anon", "file", "shmem", "thp", "zero", "hugetlb")
+_SOURCES = {
+    "other": {
+        "rss": "present", "uss": "uss", "uss_file": "uss_file", "swap": "swap", "anon": "anon", "file": "file",
+        "thp": "thp", "zero": "zero",
+    },
+    "shmem": {
+        "rss": "present", "uss": "uss", "uss_file": "uss_file", "swap": "swap", "anon": "anon", "shmem": "file",
+        "thp": "thp", "zero": "zero",
+    },
+    "hugetlb": {"uss": "uss", "uss_file": "uss_file", "swap": "swap", "zero": "zero", "hugetlb": "present"},
+}  # fmt: skip
+# One (256, metrics) matrix per kind: a region's histogram times its kind's matrix gives its page counts. Counts
+# are exact in float64 (below 2**53), where numpy multiplies matrices ten times faster than in int64.
+_METRIC_MATRICES = {
+    kind: np.stack([_CLASSES[sources[name]] if name in sources else _CODE < 0 for name in _COUNTED], axis=1).astype(
+        np.float64
+    )
+    for kind, sources in _SOURCES.items()
+}
 
 ANON_KINDS = frozenset({"anon", "heap", "stack"})  # region kinds of anonymous memory
 # Top bytes that may be a zero page: present, not FILE, not exclusive (the zero page); in anonymous regions
@@ -559,34 +577,28 @@ Metrics = dict[str, list[int] | list[None]]
 def region_metrics(data: PageData, kinds: list[str], page: int) -> tuple[Metrics, dict[str, int | None]]:
     """Each `Totals` metric of each region in bytes, as smaps accounts it, and the snapshot's totals.
 
-    Hugetlb pages count only as hugetlb (and in USS and swap), a shmem region's pages as shmem rather than
-    file. A metric unknown here is None in every region and in the totals.
+    A metric unknown here is None in every region and in the totals.
     """
-    # Counts are exact in float64 (below 2**53), where numpy multiplies matrices ten times faster than in int64.
-    counts = _region_histograms(data) @ _CLASS_MATRIX
-    pages = counts.astype(np.int64) * page  # (regions, columns)
-    column = dict(zip(_COLUMNS, pages.T, strict=True))
-    hugetlb = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
-    shmem = np.array([kind == "shmem" for kind in kinds], dtype=bool)
+    histogram = _region_histograms(data)
+    counts = histogram @ _METRIC_MATRICES["other"]
+    for kind in ("shmem", "hugetlb"):
+        rows = [index for index, each in enumerate(kinds) if each == kind]
+        if rows:
+            counts[rows] = histogram[rows] @ _METRIC_MATRICES[kind]
+    pages = counts.astype(np.int64) * page  # (regions, metrics)
+    metrics: Metrics = dict(zip(_COUNTED, pages.T.tolist(), strict=True))
+    totals: dict[str, int | None] = dict(zip(_COUNTED, pages.sum(axis=0).tolist(), strict=True))
     unknown: list[None] = [None] * len(kinds)
-    pss_fixed = None if data.mapcounts is None else _pss_fixed(data, page)
-    pss: list[int] | list[None] = unknown if pss_fixed is None else np.where(hugetlb, 0, pss_fixed >> 12).tolist()
-    metrics: Metrics = {
-        "rss": np.where(hugetlb, 0, column["present"]).tolist(),
-        "uss": column["uss"].tolist(),
-        "uss_file": column["uss_file"].tolist(),
-        "pss": pss,
-        "swap": column["swap"].tolist(),
-        "anon": np.where(hugetlb, 0, column["anon"]).tolist(),
-        "file": np.where(shmem | hugetlb, 0, column["file"]).tolist(),
-        "shmem": np.where(shmem, column["file"], 0).tolist(),
-        "thp": np.where(hugetlb, 0, column["thp"]).tolist() if data.pmd_known else unknown,
-        "zero": column["zero"].tolist() if data.zero_known else unknown,
-        "hugetlb": np.where(hugetlb, column["present"], 0).tolist(),
-    }
-    totals = {name: None if None in values else sum(cast(list[int], values)) for name, values in metrics.items()}
-    if pss_fixed is not None:  # the snapshot's PSS is rounded once, not per region
-        totals["pss"] = int(pss_fixed[~hugetlb].sum()) >> 12
+    for name, known in (("thp", data.pmd_known), ("zero", data.zero_known)):
+        if not known:
+            metrics[name], totals[name] = unknown, None
+    if data.mapcounts is None:
+        metrics["pss"], totals["pss"] = unknown, None
+    else:
+        hugetlb = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
+        pss_fixed = np.where(hugetlb, 0, _pss_fixed(data, page))
+        metrics["pss"] = (pss_fixed >> 12).tolist()
+        totals["pss"] = int(pss_fixed.sum()) >> 12  # the snapshot's PSS is rounded once, not per region
     return metrics, totals
 
 

@@ -355,17 +355,6 @@ def _classify(pid: int, maps: list[procfs.MapsEntry], caps: Capabilities) -> lis
     return [classify(entry, shmem_devs, huge_devs) for entry in maps]
 
 
-def _new_region(values: Iterable[tuple[str, Any]]) -> Region:
-    # Region's generated __init__ only stores its 20 fields, each through object.__setattr__ as the class is
-    # frozen: ten times slower than filling the instance dict directly, for every mapping of every snapshot.
-    region: Region = object.__new__(Region)
-    region.__dict__.update(values)
-    return region
-
-
-assert not hasattr(Region, "__slots__") and not hasattr(Region, "__post_init__")  # what _new_region relies on
-
-
 def _regions(
     maps: list[procfs.MapsEntry],
     kinds: list[str],
@@ -377,22 +366,40 @@ def _regions(
     if data.written is not None:
         written = (np.diff(np.searchsorted(np.flatnonzero(data.written), data.bounds)) * page).tolist()
     referenced = data.referenced
-    names = (
-        *metrics,
-        *("start", "end", "perms", "offset", "dev", "inode", "name", "kind", "written", "accessed", "accessed_anon"),
-    )
+    names = tuple(metrics)
+    new = object.__new__
     regions = []
-    for entry, kind, values, written_bytes in zip(
-        maps, kinds, zip(*metrics.values(), strict=True), written, strict=True
-    ):
+    columns = zip(*metrics.values(), strict=True)
+    for entry, kind, values, written_bytes in zip(maps, kinds, columns, written, strict=True):
         accessed = None if referenced is None else referenced.get(entry.start, 0)
-        # smaps tells Referenced per mapping only: an anonymous mapping's pages are this process's alone, a file
-        # mapping's page cache is marked by any process reading the file.
-        accessed_anon = None if accessed is None else (accessed if kind in ANON_KINDS else 0)
-        static = (entry.start, entry.end, entry.perms, entry.offset, entry.dev, entry.inode, display_name(entry))
-        row = (*values, *static, kind, written_bytes, accessed, accessed_anon)
-        regions.append(_new_region(zip(names, row, strict=True)))
+        # Region's generated __init__ stores its 20 fields through object.__setattr__, as the class is frozen:
+        # several times slower than filling the instance dict, for every mapping of every snapshot.
+        region: Region = new(Region)
+        region.__dict__.update(zip(names, values, strict=False))  # as long: one value per metric
+        region.__dict__.update(
+            start=entry.start,
+            end=entry.end,
+            perms=entry.perms,
+            offset=entry.offset,
+            dev=(entry.dev_major, entry.dev_minor),
+            inode=entry.inode,
+            name=display_name(entry),
+            kind=kind,
+            written=written_bytes,
+            accessed=accessed,
+            # smaps tells Referenced per mapping only: an anonymous mapping's pages are this process's alone, a
+            # file mapping's page cache is marked by any process reading the file.
+            accessed_anon=None if accessed is None else (accessed if kind in ANON_KINDS else 0),
+        )
+        regions.append(region)
     return tuple(regions)
+
+
+# What _regions relies on: the metrics and the keywords there set every field, and nothing else runs.
+assert {f.name for f in fields(Region)} == {f.name for f in fields(Totals)} | {
+    "start", "end", "perms", "offset", "dev", "inode", "name", "kind", "written", "accessed", "accessed_anon"
+}  # fmt: skip
+assert not hasattr(Region, "__slots__") and not hasattr(Region, "__post_init__")
 
 
 def _build(
