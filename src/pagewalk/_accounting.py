@@ -294,15 +294,15 @@ def _index_ranges_as_pages(pages: reader.PageRuns, lo: I64, hi: I64) -> tuple[U6
 
 
 def _resolve_zero_pages(fd: int, data: PageData, kinds: list[str], caps: Capabilities) -> None:
-    """Mark zero-page entries. Only shared anonymous-looking and FILE pages in anonymous regions can be."""
+    """Mark zero-page entries. Only shared anonymous-looking and FILE pages in anonymous regions can be.
+
+    Where PFNs show, a small candidate is the zero page when its frame is, which costs no system call;
+    the huge zero page (a FILE candidate) is then found by kpageflags. Otherwise PAGEMAP_SCAN tells both.
+    """
     lo, hi = _zero_candidates(data, kinds)
     if not len(lo):
         return
-    if caps.pagemap_scan:
-        first, end = _index_ranges_as_pages(data.arrays.runs, lo, hi)
-        _scan_marks(fd, data, first, end, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO, caps.page_size)
-        return
-    if caps.pfn_visible and caps.zero_pfn is not None:
+    if caps.pfn_visible and caps.zero_pfn is not None and (caps.kpageflags or not caps.pagemap_scan):
         candidates = reader.concatenated_ranges(lo, hi - lo, np.int64)
         entry = data.arrays.entry
         small = _ZERO_SMALL[data.arrays.top[candidates]]
@@ -318,6 +318,10 @@ def _resolve_zero_pages(fd: int, data: PageData, kinds: list[str], caps: Capabil
             is_zero = (flags >> np.uint64(bits.KPF_BITS["ZERO_PAGE"])) & np.uint64(1) != 0
             _mark_pages(data, huge[is_zero], bits.MARK_ZERO)
             return
+    if caps.pagemap_scan:
+        first, end = _index_ranges_as_pages(data.arrays.runs, lo, hi)
+        _scan_marks(fd, data, first, end, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO, caps.page_size)
+        return
     data.zero_known = False
     data.notes.append(
         "zero pages cannot be told apart here (no PAGEMAP_SCAN and no visible PFNs): "

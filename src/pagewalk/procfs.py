@@ -191,8 +191,12 @@ def thread_ids(pid: int) -> list[int]:
 def thread_state(pid: int, tid: int) -> str | None:
     """The state letter of one thread of `pid`, or None when it is gone."""
     try:
-        with open(f"{PROC}/{pid}/task/{tid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
-            return _stat_fields(stat.read())[0]
+        fd = os.open(f"{PROC}/{pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 1 << 12)  # the state comes right after the command, at most 64 bytes in
+        finally:
+            os.close(fd)
+        return text[text.rindex(b")") + 2 :].split(None, 1)[0].decode()
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError as exc:

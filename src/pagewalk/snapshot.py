@@ -251,7 +251,6 @@ def snapshot(
     tracking.check_tracking(track, pid)
     if writes:
         tracking.require_soft_dirty(pid, caps)
-    procfs.check_thread_group_leader(pid)
     procfs.check_address_space(pid)
     command = ""  # read while the process is stopped, after its accessed bits: see below
     started, exe = procfs.start_time(pid), procfs.executable(pid)
@@ -270,6 +269,8 @@ def snapshot(
                 f"the address space is over {limit} and this kernel lacks PAGEMAP_SCAN: walking it page by page "
                 "would keep the process stopped for long, so it was read while running"
             )
+    if not freeze:  # freezing checks it
+        procfs.check_thread_group_leader(pid)
     fd = procfs.open_proc(pid, "pagemap")
     try:
         freezer = frozen([pid]) if freeze else contextlib.nullcontext(None)
