@@ -12,7 +12,7 @@ import numpy.typing as npt
 __all__ = ["PAGEMAP_SCAN", "ScanUnsupported", "pagemap_scan"]
 
 PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg)
-_VEC_SLOTS = 4096  # the kernel fills at most 512 regions per lock cycle; 4096 keeps ioctl calls few
+_VEC_SLOTS = 1024  # rows per ioctl call: 24 KiB, and a few calls even for tens of thousands of ranges
 
 # struct pm_scan_arg: twelve u64 fields, in this order.
 _FIELDS = (
