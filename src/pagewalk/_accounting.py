@@ -120,6 +120,15 @@ class _CodeRuns:
     region: npt.NDArray[np.intp]
 
 
+@dataclass(frozen=True)
+class _Histogram:
+    """Pages per region and top byte, for the top bytes some page has: a process has a handful of them, and
+    a column for each of the 256 would cost 2 KiB a region."""
+
+    codes: npt.NDArray[np.intp]  # the top bytes counted, ascending
+    counts: npt.NDArray[np.float64]  # (regions, codes), exact float64 counts
+
+
 @dataclass
 class PageData:
     """A snapshot's pages as read, with what was resolved about them and looked up for them."""
@@ -128,7 +137,7 @@ class PageData:
     bounds: I64  # index of each region's first page, then the page count
     method: str
     code_runs: _CodeRuns  # of the top bytes when first counted, before the read path resolves zero and PMD pages
-    histogram: npt.NDArray[np.float64]  # pages per region and top byte, kept in step with the marks
+    histogram: _Histogram  # kept in step with the marks
     stale: set[int] = field(default_factory=set)  # regions marked since `histogram` counted them
     zero_known: bool = True
     pmd_known: bool = True
@@ -548,13 +557,32 @@ def _code_runs(top: U8, bounds: I64) -> _CodeRuns:
     return _CodeRuns(first, length, code, region)
 
 
-def _histogram(runs: _CodeRuns, regions: int) -> npt.NDArray[np.float64]:
-    """Pages per region and top byte, shape (regions, 256), as exact float64 counts."""
-    histogram = np.bincount(runs.region * 256 + runs.code, weights=runs.length, minlength=regions * 256)
-    return histogram.reshape(regions, 256).astype(np.float64, copy=False)
+def _histogram(runs: _CodeRuns, regions: int) -> _Histogram:
+    """Pages per region and top byte."""
+    seen = np.zeros(256, dtype=bool)
+    seen[runs.code] = True
+    codes = np.flatnonzero(seen)
+    column = np.zeros(256, dtype=np.intp)
+    column[codes] = np.arange(len(codes))
+    counts = np.bincount(
+        runs.region * len(codes) + column[runs.code], weights=runs.length, minlength=regions * len(codes)
+    )
+    return _Histogram(codes, counts.astype(np.float64, copy=False).reshape(regions, len(codes)))
 
 
-def _region_histograms(data: PageData) -> npt.NDArray[np.float64]:
+def _with_row(histogram: _Histogram, region: int, row: _Histogram) -> _Histogram:
+    """The histogram with one region's counts replaced by `row`'s, adding columns for top bytes new to it."""
+    codes = np.union1d(histogram.codes, row.codes)
+    counts = histogram.counts
+    if len(codes) != len(histogram.codes):
+        counts = np.zeros((len(counts), len(codes)), dtype=np.float64)
+        counts[:, np.searchsorted(codes, histogram.codes)] = histogram.counts
+    counts[region] = 0
+    counts[region, np.searchsorted(codes, row.codes)] = row.counts[0]
+    return _Histogram(codes, counts)
+
+
+def _region_histograms(data: PageData) -> _Histogram:
     """Pages per region and top byte, recounting the regions marked since the histogram was made."""
     if len(data.stale) > _RECOUNT_ONE_BY_ONE:  # then one pass over every region costs less
         data.histogram = _histogram(_code_runs(data.arrays.top, data.bounds), len(data.bounds) - 1)
@@ -562,7 +590,7 @@ def _region_histograms(data: PageData) -> npt.NDArray[np.float64]:
     for region in sorted(data.stale):
         lo, hi = int(data.bounds[region]), int(data.bounds[region + 1])
         runs = _code_runs(data.arrays.top[lo:hi], np.array([0, hi - lo], dtype=np.int64))
-        data.histogram[region] = _histogram(runs, 1)[0]
+        data.histogram = _with_row(data.histogram, region, _histogram(runs, 1))
     data.stale.clear()
     return data.histogram
 
@@ -584,11 +612,11 @@ def region_metrics(data: PageData, kinds: list[str], page: int) -> tuple[Metrics
     A metric unknown here is None in every region and in the totals.
     """
     histogram = _region_histograms(data)
-    counts = histogram @ _METRIC_MATRICES["other"]
+    counts = histogram.counts @ _METRIC_MATRICES["other"][histogram.codes]
     for kind in ("shmem", "hugetlb"):
         rows = [index for index, each in enumerate(kinds) if each == kind]
         if rows:
-            counts[rows] = histogram[rows] @ _METRIC_MATRICES[kind]
+            counts[rows] = histogram.counts[rows] @ _METRIC_MATRICES[kind][histogram.codes]
     pages = counts.astype(np.int64) * page  # (regions, metrics)
     metrics: Metrics = dict(zip(_COUNTED, pages.T.tolist(), strict=True))
     totals: dict[str, int | None] = dict(zip(_COUNTED, pages.sum(axis=0).tolist(), strict=True))
