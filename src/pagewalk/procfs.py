@@ -226,6 +226,14 @@ def tracer_pid(pid: int, tid: int) -> int | None:
 
 def check_thread_group_leader(pid: int) -> None:
     """Raise `InvalidPid` when `pid` is the id of a thread rather than of a process."""
+    # pidfd_open refuses a thread that leads no thread group with EINVAL (Linux 5.3+): a system call where
+    # the status file costs the kernel a page of formatting.
+    try:
+        os.close(os.pidfd_open(pid))
+        return
+    except (AttributeError, OSError) as exc:  # no pidfd_open here, or a thread: the status file tells which
+        if isinstance(exc, ProcessLookupError):
+            raise _describe_missing(pid) from None
     tgid = status_field(pid, "Tgid")
     if tgid is not None and int(tgid) != pid:
         raise InvalidPid(
