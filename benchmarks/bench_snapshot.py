@@ -59,20 +59,23 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 class Target:
     name: str
     what: str
-    kind: str  # dense, sparse or thp
+    kind: str  # idle, dense, sparse or thp
     size: int  # bytes mapped
     touched: int  # bytes touched
 
 
 def make_targets(quick: bool) -> dict[str, Target]:
+    idle = Target("T0", "an idle Python process: the fixed cost of a snapshot", "idle", 0, 0)
     if quick:
         return {
+            "T0": idle,
             "T1": Target("T1", "64 MiB anonymous, touched", "dense", 64 * MiB, 64 * MiB),
             "T2": Target("T2", "128 MiB anonymous, touched", "dense", 128 * MiB, 128 * MiB),
             "T3": Target("T3", "4 GiB MAP_NORESERVE, 8 MiB touched", "sparse", 4 * GiB, 8 * MiB),
             "T4": Target("T4", "64 MiB THP (MADV_HUGEPAGE)", "thp", 64 * MiB, 64 * MiB),
         }
     return {
+        "T0": idle,
         "T1": Target("T1", "1 GiB anonymous, touched", "dense", 1 * GiB, 1 * GiB),
         "T2": Target("T2", "8 GiB anonymous, touched", "dense", 8 * GiB, 8 * GiB),
         "T3": Target("T3", "64 GiB MAP_NORESERVE, 100 MiB touched", "sparse", 64 * GiB, 100 * MiB),
@@ -87,6 +90,10 @@ import ctypes, mmap, sys
 ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
 kind, size, touched = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 PAGE, HUGE = mmap.PAGESIZE, 2 << 20
+if kind == "idle":
+    print("ready", 0, flush=True)
+    sys.stdin.read()
+    sys.exit()
 flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (getattr(mmap, "MAP_NORESERVE", 0x4000) if kind == "sparse" else 0)
 extra = HUGE if kind == "thp" else 0
 m = mmap.mmap(-1, size + extra, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
@@ -688,6 +695,8 @@ def goals(runs: list[dict[str, Any]], churn: dict[str, Any] | None = None) -> li
         out.append({"target": "C", "what": what, "value": churn["diff_s"], "limit": 0.1, "unit": " s"})
     for run in runs:
         target, results = run["target"], run["results"]
+        if target.kind == "idle":
+            continue  # no goal: it shows what every snapshot costs whatever the memory
         base = results[ROLLUP].median
         limit = 1.1 if target.kind == "dense" else 2.0
         uss = results["snapshot() USS-only"]
@@ -840,7 +849,7 @@ def to_json(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--targets", default="T1,T2,T3,T4", help="comma-separated subset of T1,T2,T3,T4")
+    parser.add_argument("--targets", default="T0,T1,T2,T3,T4", help="comma-separated subset of T0,T1,T2,T3,T4")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per method (default 7; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="small targets (64-128 MiB) and 3 rounds: a smoke run")
     parser.add_argument("--no-naive", action="store_true", help="skip the slow seek+read-per-page procedure")
