@@ -59,7 +59,7 @@ def _describe_missing(pid: int) -> PagewalkError:
 _PF_EXITING = 0x00000004  # task flag of a task that is exiting (include/linux/sched.h)
 
 
-def _is_leaving(pid: int) -> bool:
+def is_leaving(pid: int) -> bool:
     """Whether `pid` is gone, a zombie, or exiting: what an EINVAL from its /proc files means then."""
     try:
         with open(f"{PROC}/{pid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
@@ -75,7 +75,7 @@ def translate_os_error(exc: OSError, pid: int, what: str) -> PagewalkError:
         return _describe_missing(pid)
     # EINVAL: a file whose task (or namespace) went mid-read. EACCES: /proc of a process that has dropped its
     # memory belongs to root, so an exiting process denies what it allowed a moment before.
-    if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM) and _is_leaving(pid):
+    if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM) and is_leaving(pid):
         return ProcessGone(f"process {pid} exited while {what} was being read", pid)
     if exc.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
 import time
@@ -293,8 +294,10 @@ def snapshot(
             peak_rss = tracking.read_peak(pid)
             peak_unknown = tracking.apply_tracking(pid, track)
     except reader.ProcessExited:
-        raise ProcessGone(f"process {pid} exited while its page tables were being read", pid) from None
+        raise _address_space_gone(pid, started) from None
     except OSError as exc:
+        if exc.errno == errno.ESRCH:  # what PAGEMAP_SCAN answers once the address space is gone
+            raise _address_space_gone(pid, started) from None
         raise procfs.translate_os_error(exc, pid, "the page tables") from exc
     finally:
         os.close(fd)
@@ -319,6 +322,22 @@ def _walks_too_much(pid: int, caps: Capabilities, method: Method) -> bool:
         return False  # "auto" scans sparse address spaces, and only they are this big
     size_pages, _ = procfs.read_statm(pid)
     return size_pages * caps.page_size > _FREEZE_WALK_LIMIT
+
+
+def _address_space_gone(pid: int, started: int) -> ProcessGone:
+    """The error for a read that found the process's address space gone: it exited, or it is still there
+    and ran another program (exec), which gives it a new address space."""
+    try:
+        replaced = procfs.start_time(pid) == started and not procfs.is_leaving(pid)
+    except PagewalkError:
+        replaced = False
+    if replaced:
+        return ProcessGone(
+            f"process {pid} started another program (exec) while its page tables were being read: the memory "
+            "it had is gone; snapshot it again once the new program runs",
+            pid,
+        )
+    return ProcessGone(f"process {pid} exited while its page tables were being read", pid)
 
 
 def _check_same_process(pid: int, started: int, maps: list[procfs.MapsEntry]) -> None:
