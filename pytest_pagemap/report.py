@@ -23,10 +23,10 @@ _LABEL_WIDTH = 40
 _LEVELS = ("uss", "rss", "pss", "swap", "anon")  # the levels a measurement's dict holds before and after
 
 
-def verdict_text(verdict: dict[str, Any]) -> str:
+def verdict_text(verdict: dict[str, Any], *, gap: str = "  ") -> str:
     """`pass  uss_growth 1.2 MiB <= 8.0 MiB (marker)`, from a verdict's dict."""
     fields = ("metric", "measured", "limit", "passed", "unit", "source")
-    return _verdict_text(*(verdict[name] for name in fields))
+    return _verdict_text(*(verdict[name] for name in fields), gap=gap)
 
 
 def _failed(result: dict[str, Any]) -> bool:
@@ -100,7 +100,7 @@ def _verdict_cell(result: dict[str, Any]) -> str:
     if failed:
         first = failed[0]
         more = f" (+{len(failed) - 1} more)" if len(failed) > 1 else ""
-        return f"{verdict_text(first).replace('FAIL  ', 'FAIL ', 1)}{more}"
+        return f"{verdict_text(first, gap=' ')}{more}"
     if verdicts:
         return f"pass ({plural(len(verdicts), 'limit')})"
     return "no limits"

@@ -8,7 +8,9 @@ by virtual page. Flag transitions need root (kpageflags); the rest also runs unp
 from __future__ import annotations
 
 import os
+import random
 import time
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -285,3 +287,49 @@ def test_regions_match_by_start_then_by_overlap(child: Puppet) -> None:
     assert (inside[8].rss_growth, inside[8].anon_growth) == (8 * PAGE, 8 * PAGE)
     assert [r.status for r in delta.regions if r.start == gone.address] == ["removed"]
     assert [r.status for r in delta.regions if r.start <= new.address < r.end] == ["added"]
+
+
+def _reference_match(before: list[Any], after: list[Any]) -> set[tuple[int | None, int | None]]:
+    """The matching rule spelled out: by start and name first; then each region of `after` left over, in
+    address order, takes the lowest region of `before` of its name not yet taken that overlaps it."""
+    left = {(r.start, r.name): r for r in before}
+    pairs, pending = set(), []
+    for region in after:
+        old = left.pop((region.start, region.name), None)
+        if old is None:
+            pending.append(region)
+        else:
+            pairs.add((old.start, region.start))
+    for region in pending:
+        overlapping = [
+            o for o in left.values() if o.name == region.name and o.start < region.end and region.start < o.end
+        ]
+        old = min(overlapping, key=lambda o: o.start, default=None)
+        if old is not None:
+            del left[(old.start, old.name)]
+        pairs.add((None if old is None else old.start, region.start))
+    return pairs | {(old.start, None) for old in left.values()}
+
+
+def _random_layout(rng: random.Random, count: int) -> list[Any]:
+    """Sorted, disjoint regions with a few names, some touching, some apart."""
+    regions, address = [], 0
+    for _ in range(count):
+        address += rng.choice((0, 0, 1, 3))
+        size = rng.randint(1, 6)
+        regions.append(types.SimpleNamespace(start=address, end=address + size, name=rng.choice("abc")))
+        address += size
+    return regions
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_region_matching_follows_its_rule_on_random_layouts(seed: int) -> None:
+    from pagewalk.delta import _match_regions
+
+    rng = random.Random(seed)
+    before, after = _random_layout(rng, rng.randint(0, 30)), _random_layout(rng, rng.randint(0, 30))
+    pairs, added, removed = _match_regions(tuple(before), tuple(after))
+    found = {(old.start, new.start) for old, new in pairs}
+    found |= {(None, new.start) for new in added} | {(old.start, None) for old in removed}
+    assert len(pairs) * 2 + len(added) + len(removed) == len(before) + len(after)  # each region once
+    assert found == _reference_match(before, after)

@@ -125,6 +125,38 @@ def test_process_exiting_mid_snapshot_is_gone_not_partial(
     assert open_fds() <= before
 
 
+@pytest.mark.parametrize("method", ["read", "scan"])
+def test_an_exec_during_the_read_is_named_as_such(monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """A process that runs another program while it is read keeps its pid and start time but loses the
+    address space being read: the error says it exec'd, not that it exited."""
+    if method == "scan" and not pagewalk.capabilities().pagemap_scan:
+        pytest.skip("PAGEMAP_SCAN needs Linux 6.7+")
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", "echo ready; read line; exec sleep 60"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        assert process.stdout.readline() == b"ready\n"
+        real_read_maps = procfs.read_maps
+
+        def read_maps_then_exec(pid: int) -> list[procfs.MapsEntry]:
+            maps = real_read_maps(pid)
+            process.stdin.write(b"go\n")  # type: ignore[union-attr]
+            process.stdin.flush()  # type: ignore[union-attr]
+            deadline = time.monotonic() + 10
+            while not os.readlink(f"/proc/{pid}/exe").endswith("/sleep") and time.monotonic() < deadline:
+                time.sleep(0.001)
+            return maps
+
+        monkeypatch.setattr(procfs, "read_maps", read_maps_then_exec)
+        with pytest.raises(pagewalk.ProcessGone, match="started another program") as info:
+            pagewalk.snapshot(process.pid, freeze=False, method=method)  # type: ignore[arg-type]
+        assert info.value.pid == process.pid
+    finally:
+        process.kill()
+        process.wait()
+
+
 def test_process_is_resumed_after_an_error(child: subprocess.Popen[str], monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*args: object, **kwargs: object) -> None:
         assert thread_state(child.pid) in ("T", "t"), "the process should be stopped while it is read"

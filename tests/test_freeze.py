@@ -170,6 +170,8 @@ def test_a_wrapper_does_not_stop_itself_when_its_child_is_measured() -> None:
         assert wrapper.stdout is not None and wrapper.stdout.readline() == "ready\n"
         with open(f"/proc/{wrapper.pid}/task/{wrapper.pid}/children") as children:
             (child,) = (int(pid) for pid in children.read().split())
+        # The shell printed "ready" before it execs cat: measured mid-exec, its address space goes away.
+        wait_until(lambda: os.readlink(f"/proc/{child}/exe").endswith("/cat"), "the shell execs cat")
         for _ in range(5):
             pagewalk.snapshot(child)
         assert procfs.process_state(wrapper.pid)[0] != "T"

@@ -85,18 +85,19 @@ def rollup_rss(rollups: list[dict[str, int]], pids: list[int], pid: int) -> int:
 
 
 @pytest.mark.root(reason="the tree's own frames need PFNs and page counts (CAP_SYS_ADMIN)")
-def test_tree_uss_counts_shared_frames_once_and_copies_apart(family: Family) -> None:
+@pytest.mark.parametrize("counts", [False, True], ids=["counts looked up", "counts from the snapshots"])
+def test_tree_uss_counts_shared_frames_once_and_copies_apart(family: Family, counts: bool) -> None:
     family.do("map 64")
-    alone = pagewalk.snapshot(family.pid, tree=True)
+    alone = pagewalk.snapshot(family.pid, tree=True, counts=counts)
     family.fork()
     family.fork()
-    forked = pagewalk.snapshot(family.pid, tree=True)
+    forked = pagewalk.snapshot(family.pid, tree=True, counts=counts)
     # The 64 MiB is mapped by all three and by nobody else: the tree's own, counted once...
     assert alone.uss <= forked.uss <= alone.uss + 4 * MiB  # plus the pages each child touched since
     # ...while each process's own USS leaves it out: all three share it.
     assert sum(snap.uss for snap in forked.processes.values()) <= alone.uss - 64 * MiB
     family.do("child 1 write 32")
-    written = pagewalk.snapshot(family.pid, tree=True)
+    written = pagewalk.snapshot(family.pid, tree=True, counts=counts)
     # One child wrote half of it: 32 MiB of copies are the tree's too (plus the few pages Python touches).
     assert 32 * MiB <= written.uss - forked.uss <= 33 * MiB
     child = sorted(written.processes)[2]

@@ -10,10 +10,11 @@ The names below load their module on first use: importing `pagewalk` (or a light
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import TYPE_CHECKING, Any
+
+from ._lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from .capabilities import Capabilities, capabilities
@@ -28,30 +29,30 @@ __version__ = "0.1.0.dev0"
 
 # Public name -> the submodule defining it.
 _SOURCES = {
-    "Capabilities": "capabilities",
-    "capabilities": "capabilities",
-    "Delta": "delta",
-    "RegionDelta": "delta",
-    "diff": "delta",
-    "AccessDenied": "errors",
-    "InvalidPid": "errors",
-    "NoAddressSpace": "errors",
-    "PagewalkError": "errors",
-    "ProcessGone": "errors",
-    "Unsupported": "errors",
-    "Limits": "measure",
-    "Measurement": "measure",
-    "MemoryLimitExceeded": "measure",
-    "NotMeasured": "measure",
-    "Verdict": "measure",
-    "measure": "measure",
-    "Region": "snapshot",
-    "Snapshot": "snapshot",
-    "Totals": "snapshot",
-    "snapshot": "snapshot",
-    "start_tracking": "tracking",
-    "format_size": "units",
-    "parse_size": "units",
+    "Capabilities": ".capabilities",
+    "capabilities": ".capabilities",
+    "Delta": ".delta",
+    "RegionDelta": ".delta",
+    "diff": ".delta",
+    "AccessDenied": ".errors",
+    "InvalidPid": ".errors",
+    "NoAddressSpace": ".errors",
+    "PagewalkError": ".errors",
+    "ProcessGone": ".errors",
+    "Unsupported": ".errors",
+    "Limits": ".measure",
+    "Measurement": ".measure",
+    "MemoryLimitExceeded": ".measure",
+    "NotMeasured": ".measure",
+    "Verdict": ".measure",
+    "measure": ".measure",
+    "Region": ".snapshot",
+    "Snapshot": ".snapshot",
+    "Totals": ".snapshot",
+    "snapshot": ".snapshot",
+    "start_tracking": ".tracking",
+    "format_size": ".units",
+    "parse_size": ".units",
 }
 
 __all__ = [
@@ -82,24 +83,14 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _SOURCES.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_SOURCES})
+__getattr__, __dir__ = lazy_attributes(__name__, _SOURCES)
 
 
 class _Package(types.ModuleType):
     def __setattr__(self, name: str, value: Any) -> None:
         # Loading a submodule binds it on its package. `measure` and `snapshot` name both a submodule and the
         # function it exports; the package attribute stays the function, whichever was imported first.
-        if isinstance(value, types.ModuleType) and _SOURCES.get(name) == name:
+        if isinstance(value, types.ModuleType) and _SOURCES.get(name) == f".{name}":
             value = getattr(value, name)
         super().__setattr__(name, value)
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, TypeVar, cast
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -63,22 +63,40 @@ _PMD = (_CODE & _TOP_PMD) != 0
 _FILE = (_CODE & _TOP_FILE) != 0
 _EXCLUSIVE = (_CODE & _TOP_EXCLUSIVE) != 0
 _REAL = _PRESENT & ~_ZERO
-# Columns of the per-region page counts, computed by one matrix product over the 256 classes.
-_COLUMNS = ("present", "uss", "uss_file", "anon", "file", "thp", "zero", "swap", "guard")
-_CLASS_MATRIX = np.stack(
-    [
-        _REAL,
-        _REAL & _EXCLUSIVE,
-        _REAL & _EXCLUSIVE & _FILE,
-        _REAL & ~_FILE,
-        _REAL & _FILE,
-        _REAL & _PMD,
-        _PRESENT & _ZERO,
-        _SWAP,
-        _GUARD,
-    ],
-    axis=1,
-).astype(np.float64)
+# The page classes each metric counts, as columns over the 256 top bytes.
+_CLASSES = {
+    "present": _REAL,
+    "uss": _REAL & _EXCLUSIVE,
+    "uss_file": _REAL & _EXCLUSIVE & _FILE,
+    "anon": _REAL & ~_FILE,
+    "file": _REAL & _FILE,
+    "thp": _REAL & _PMD,
+    "zero": _PRESENT & _ZERO,
+    "swap": _SWAP,
+}
+# The Totals metrics read from the page counts (PSS comes from kpagecount), and the class each counts in a
+# region of each kind: hugetlb pages count only as hugetlb (and in USS and swap), a shmem region's pages as
+# shmem rather than file. A metric missing from a kind is 0 there.
+_COUNTED = ("rss", "uss", "uss_file", "swap", "anon", "file", "shmem", "thp", "zero", "hugetlb")
+_SOURCES = {
+    "other": {
+        "rss": "present", "uss": "uss", "uss_file": "uss_file", "swap": "swap", "anon": "anon", "file": "file",
+        "thp": "thp", "zero": "zero",
+    },
+    "shmem": {
+        "rss": "present", "uss": "uss", "uss_file": "uss_file", "swap": "swap", "anon": "anon", "shmem": "file",
+        "thp": "thp", "zero": "zero",
+    },
+    "hugetlb": {"uss": "uss", "uss_file": "uss_file", "swap": "swap", "zero": "zero", "hugetlb": "present"},
+}  # fmt: skip
+# One (256, metrics) matrix per kind: a region's histogram times its kind's matrix gives its page counts. Counts
+# are exact in float64 (below 2**53), where numpy multiplies matrices ten times faster than in int64.
+_METRIC_MATRICES = {
+    kind: np.stack([_CLASSES[sources[name]] if name in sources else _CODE < 0 for name in _COUNTED], axis=1).astype(
+        np.float64
+    )
+    for kind, sources in _SOURCES.items()
+}
 
 ANON_KINDS = frozenset({"anon", "heap", "stack"})  # region kinds of anonymous memory
 # Top bytes that may be a zero page: present, not FILE, not exclusive (the zero page); in anonymous regions
@@ -102,6 +120,15 @@ class _CodeRuns:
     region: npt.NDArray[np.intp]
 
 
+@dataclass(frozen=True)
+class _Histogram:
+    """Pages per region and top byte, for the top bytes some page has: a process has a handful of them, and
+    a column for each of the 256 would cost 2 KiB a region."""
+
+    codes: npt.NDArray[np.intp]  # the top bytes counted, ascending
+    counts: npt.NDArray[np.float64]  # (regions, codes), exact float64 counts
+
+
 @dataclass
 class PageData:
     """A snapshot's pages as read, with what was resolved about them and looked up for them."""
@@ -109,8 +136,8 @@ class PageData:
     arrays: reader.EntryArrays
     bounds: I64  # index of each region's first page, then the page count
     method: str
-    code_runs: _CodeRuns  # of the top bytes as read, before any mark
-    histogram: npt.NDArray[np.float64]  # pages per region and top byte, kept in step with the marks
+    code_runs: _CodeRuns  # of the top bytes when first counted, before the read path resolves zero and PMD pages
+    histogram: _Histogram  # kept in step with the marks
     stale: set[int] = field(default_factory=set)  # regions marked since `histogram` counted them
     zero_known: bool = True
     pmd_known: bool = True
@@ -155,10 +182,11 @@ def read_pages(
     size, resident = procfs.read_statm(pid)
     if _choose_method(size, resident, caps, method) == "scan" and ranges:
         rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
-        data = _page_data(reader.read_scanned(fd, rows[:, 0], rows[:, 1]), maps, page, "scan")
-        _mark_rows(data, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
-        _mark_rows(data, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
-        return data
+        arrays = reader.read_scanned(fd, rows[:, 0], rows[:, 1])
+        # Marked before the pages are counted, so they are counted once.
+        _mark_rows(arrays, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
+        _mark_rows(arrays, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
+        return _page_data(arrays, maps, page, "scan")
     huge = _huge_ranges(fd, ranges, caps)
     data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident), huge), maps, page, "read")
     _resolve_zero_pages(fd, data, kinds, caps)
@@ -205,7 +233,7 @@ def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: i
 
 def _mark(data: PageData, lo: I64, hi: I64, mark: int) -> None:
     """Set `mark` on the pages at indexes `[lo, hi)`, in the entries and their top bytes alike."""
-    reader.mark_index_ranges((data.arrays.entry, data.arrays.top), lo, hi, (mark, bits.top_bits(mark)))
+    _mark_arrays(data.arrays, lo, hi, mark)
     keep = hi > lo
     _touch_regions(data, lo[keep], hi[keep] - 1)
 
@@ -225,12 +253,15 @@ def _touch_regions(data: PageData, first: I64, last: I64) -> None:
             data.stale.update(range(low, high + 1))
 
 
-def _mark_rows(data: PageData, rows: U64, category: int, mark: int) -> None:
+def _mark_arrays(arrays: reader.EntryArrays, lo: I64, hi: I64, mark: int) -> None:
+    reader.mark_index_ranges((arrays.entry, arrays.top), lo, hi, (mark, bits.top_bits(mark)))
+
+
+def _mark_rows(arrays: reader.EntryArrays, rows: U64, category: int, mark: int) -> None:
     """Mark the pages of the PAGEMAP_SCAN rows (in pages) that have `category`."""
     chosen = rows[(rows[:, 2] & np.uint64(category)) != 0]
     if len(chosen):
-        runs = data.arrays.runs
-        _mark(data, runs.index_of(chosen[:, 0]), runs.index_of(chosen[:, 1]), mark)
+        _mark_arrays(arrays, arrays.runs.index_of(chosen[:, 0]), arrays.runs.index_of(chosen[:, 1]), mark)
 
 
 def _scan_marks(fd: int, data: PageData, first: U64, end: U64, category: int, mark: int, page: int) -> None:
@@ -252,10 +283,14 @@ def _scan_marks(fd: int, data: PageData, first: U64, end: U64, category: int, ma
 
 def _zero_candidates(data: PageData, kinds: list[str]) -> tuple[I64, I64]:
     """Index ranges `[lo, hi)` of the pages that may map a zero page: present, not FILE and not exclusive
-    (the zero page), or present and FILE in an anonymous region (the huge zero page)."""
+    (the zero page), or present and FILE in an anonymous region (the huge zero page). The kernel's own
+    mappings ([vdso], [vvar]) never do, and every process has them: leaving them out saves most processes
+    the look-up."""
     runs = data.code_runs
     anonymous = np.array([kind in ANON_KINDS for kind in kinds], dtype=bool)
+    special = np.array([kind == "special" for kind in kinds], dtype=bool)
     possible = np.where(anonymous[runs.region], _ZERO_IN_ANON[runs.code], _ZERO_SMALL[runs.code])
+    possible &= ~special[runs.region]
     lo = runs.first[possible]
     return lo, lo + runs.length[possible]
 
@@ -268,15 +303,15 @@ def _index_ranges_as_pages(pages: reader.PageRuns, lo: I64, hi: I64) -> tuple[U6
 
 
 def _resolve_zero_pages(fd: int, data: PageData, kinds: list[str], caps: Capabilities) -> None:
-    """Mark zero-page entries. Only shared anonymous-looking and FILE pages in anonymous regions can be."""
+    """Mark zero-page entries. Only shared anonymous-looking and FILE pages in anonymous regions can be.
+
+    Where PFNs show, a small candidate is the zero page when its frame is, which costs no system call;
+    the huge zero page (a FILE candidate) is then found by kpageflags. Otherwise PAGEMAP_SCAN tells both.
+    """
     lo, hi = _zero_candidates(data, kinds)
     if not len(lo):
         return
-    if caps.pagemap_scan:
-        first, end = _index_ranges_as_pages(data.arrays.runs, lo, hi)
-        _scan_marks(fd, data, first, end, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO, caps.page_size)
-        return
-    if caps.pfn_visible and caps.zero_pfn is not None:
+    if caps.pfn_visible and caps.zero_pfn is not None and (caps.kpageflags or not caps.pagemap_scan):
         candidates = reader.concatenated_ranges(lo, hi - lo, np.int64)
         entry = data.arrays.entry
         small = _ZERO_SMALL[data.arrays.top[candidates]]
@@ -292,6 +327,10 @@ def _resolve_zero_pages(fd: int, data: PageData, kinds: list[str], caps: Capabil
             is_zero = (flags >> np.uint64(bits.KPF_BITS["ZERO_PAGE"])) & np.uint64(1) != 0
             _mark_pages(data, huge[is_zero], bits.MARK_ZERO)
             return
+    if caps.pagemap_scan:
+        first, end = _index_ranges_as_pages(data.arrays.runs, lo, hi)
+        _scan_marks(fd, data, first, end, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO, caps.page_size)
+        return
     data.zero_known = False
     data.notes.append(
         "zero pages cannot be told apart here (no PAGEMAP_SCAN and no visible PFNs): "
@@ -518,13 +557,32 @@ def _code_runs(top: U8, bounds: I64) -> _CodeRuns:
     return _CodeRuns(first, length, code, region)
 
 
-def _histogram(runs: _CodeRuns, regions: int) -> npt.NDArray[np.float64]:
-    """Pages per region and top byte, shape (regions, 256), as exact float64 counts."""
-    histogram = np.bincount(runs.region * 256 + runs.code, weights=runs.length, minlength=regions * 256)
-    return histogram.reshape(regions, 256).astype(np.float64, copy=False)
+def _histogram(runs: _CodeRuns, regions: int) -> _Histogram:
+    """Pages per region and top byte."""
+    seen = np.zeros(256, dtype=bool)
+    seen[runs.code] = True
+    codes = np.flatnonzero(seen)
+    column = np.zeros(256, dtype=np.intp)
+    column[codes] = np.arange(len(codes))
+    counts = np.bincount(
+        runs.region * len(codes) + column[runs.code], weights=runs.length, minlength=regions * len(codes)
+    )
+    return _Histogram(codes, counts.astype(np.float64, copy=False).reshape(regions, len(codes)))
 
 
-def _region_histograms(data: PageData) -> npt.NDArray[np.float64]:
+def _with_row(histogram: _Histogram, region: int, row: _Histogram) -> _Histogram:
+    """The histogram with one region's counts replaced by `row`'s, adding columns for top bytes new to it."""
+    codes = np.union1d(histogram.codes, row.codes)
+    counts = histogram.counts
+    if len(codes) != len(histogram.codes):
+        counts = np.zeros((len(counts), len(codes)), dtype=np.float64)
+        counts[:, np.searchsorted(codes, histogram.codes)] = histogram.counts
+    counts[region] = 0
+    counts[region, np.searchsorted(codes, row.codes)] = row.counts[0]
+    return _Histogram(codes, counts)
+
+
+def _region_histograms(data: PageData) -> _Histogram:
     """Pages per region and top byte, recounting the regions marked since the histogram was made."""
     if len(data.stale) > _RECOUNT_ONE_BY_ONE:  # then one pass over every region costs less
         data.histogram = _histogram(_code_runs(data.arrays.top, data.bounds), len(data.bounds) - 1)
@@ -532,7 +590,7 @@ def _region_histograms(data: PageData) -> npt.NDArray[np.float64]:
     for region in sorted(data.stale):
         lo, hi = int(data.bounds[region]), int(data.bounds[region + 1])
         runs = _code_runs(data.arrays.top[lo:hi], np.array([0, hi - lo], dtype=np.int64))
-        data.histogram[region] = _histogram(runs, 1)[0]
+        data.histogram = _with_row(data.histogram, region, _histogram(runs, 1))
     data.stale.clear()
     return data.histogram
 
@@ -551,34 +609,28 @@ Metrics = dict[str, list[int] | list[None]]
 def region_metrics(data: PageData, kinds: list[str], page: int) -> tuple[Metrics, dict[str, int | None]]:
     """Each `Totals` metric of each region in bytes, as smaps accounts it, and the snapshot's totals.
 
-    Hugetlb pages count only as hugetlb (and in USS and swap), a shmem region's pages as shmem rather than
-    file. A metric unknown here is None in every region and in the totals.
+    A metric unknown here is None in every region and in the totals.
     """
-    # Counts are exact in float64 (below 2**53), where numpy multiplies matrices ten times faster than in int64.
-    counts = _region_histograms(data) @ _CLASS_MATRIX
-    pages = counts.astype(np.int64) * page  # (regions, columns)
-    column = dict(zip(_COLUMNS, pages.T, strict=True))
-    hugetlb = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
-    shmem = np.array([kind == "shmem" for kind in kinds], dtype=bool)
+    histogram = _region_histograms(data)
+    counts = histogram.counts @ _METRIC_MATRICES["other"][histogram.codes]
+    for kind in ("shmem", "hugetlb"):
+        rows = [index for index, each in enumerate(kinds) if each == kind]
+        if rows:
+            counts[rows] = histogram.counts[rows] @ _METRIC_MATRICES[kind][histogram.codes]
+    pages = counts.astype(np.int64) * page  # (regions, metrics)
+    metrics: Metrics = dict(zip(_COUNTED, pages.T.tolist(), strict=True))
+    totals: dict[str, int | None] = dict(zip(_COUNTED, pages.sum(axis=0).tolist(), strict=True))
     unknown: list[None] = [None] * len(kinds)
-    pss_fixed = None if data.mapcounts is None else _pss_fixed(data, page)
-    pss: list[int] | list[None] = unknown if pss_fixed is None else np.where(hugetlb, 0, pss_fixed >> 12).tolist()
-    metrics: Metrics = {
-        "rss": np.where(hugetlb, 0, column["present"]).tolist(),
-        "uss": column["uss"].tolist(),
-        "uss_file": column["uss_file"].tolist(),
-        "pss": pss,
-        "swap": column["swap"].tolist(),
-        "anon": np.where(hugetlb, 0, column["anon"]).tolist(),
-        "file": np.where(shmem | hugetlb, 0, column["file"]).tolist(),
-        "shmem": np.where(shmem, column["file"], 0).tolist(),
-        "thp": np.where(hugetlb, 0, column["thp"]).tolist() if data.pmd_known else unknown,
-        "zero": column["zero"].tolist() if data.zero_known else unknown,
-        "hugetlb": np.where(hugetlb, column["present"], 0).tolist(),
-    }
-    totals = {name: None if None in values else sum(cast(list[int], values)) for name, values in metrics.items()}
-    if pss_fixed is not None:  # the snapshot's PSS is rounded once, not per region
-        totals["pss"] = int(pss_fixed[~hugetlb].sum()) >> 12
+    for name, known in (("thp", data.pmd_known), ("zero", data.zero_known)):
+        if not known:
+            metrics[name], totals[name] = unknown, None
+    if data.mapcounts is None:
+        metrics["pss"], totals["pss"] = unknown, None
+    else:
+        hugetlb = np.array([kind == "hugetlb" for kind in kinds], dtype=bool)
+        pss_fixed = np.where(hugetlb, 0, _pss_fixed(data, page))
+        metrics["pss"] = (pss_fixed >> 12).tolist()
+        totals["pss"] = int(pss_fixed.sum()) >> 12  # the snapshot's PSS is rounded once, not per region
     return metrics, totals
 
 

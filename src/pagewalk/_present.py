@@ -58,7 +58,10 @@ def tail(text: str, lines: int = TAIL_LINES) -> str:
     return "\n".join("    " + line for line in kept) if kept else "    (empty)"
 
 
-def verdict_text(metric: str, measured: int, limit: int, passed: bool, unit: Unit, source: str) -> str:
-    """`pass  uss_growth 1.2 MiB <= 8.0 MiB (marker)`, or `FAIL  ... > ...`: one checked limit."""
+def verdict_text(
+    metric: str, measured: int, limit: int, passed: bool, unit: Unit, source: str, *, gap: str = "  "
+) -> str:
+    """`pass  uss_growth 1.2 MiB <= 8.0 MiB (marker)`, or `FAIL  ... > ...`: one checked limit. The `gap` after
+    the outcome sets verdicts in a list apart; a table cell takes one space."""
     outcome, relation = ("pass", "<=") if passed else ("FAIL", ">")
-    return f"{outcome}  {metric} {amount(measured, unit)} {relation} {amount(limit, unit)} ({source})"
+    return f"{outcome}{gap}{metric} {amount(measured, unit)} {relation} {amount(limit, unit)} ({source})"

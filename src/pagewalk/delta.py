@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import bisect
 import operator
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -30,9 +29,12 @@ def _growth(before: int | None, after: int | None) -> int | None:
     return None if before is None or after is None else after - before
 
 
-@dataclass(frozen=True)
-class RegionDelta:
-    """One region's change. `status` is added, removed, grown, shrunk or kept."""
+class RegionDelta(NamedTuple):
+    """One region's change. `status` is added, removed, grown, shrunk or kept.
+
+    A named tuple, as psutil's records are: a process may have tens of thousands of regions, and a tuple is
+    built several times faster than a class instance and is one object for the garbage collector, not two.
+    """
 
     name: str
     kind: str
@@ -49,7 +51,7 @@ class RegionDelta:
     accessed: int | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return self._asdict()
 
 
 @dataclass(frozen=True)
@@ -285,39 +287,17 @@ def _flag_transitions(
     return count_flags(gained, withheld), count_flags(lost, withheld)
 
 
-class _Unmatched:
-    """The unmatched regions of one name, in address order; each can be taken once."""
-
-    def __init__(self, regions: list[Region]) -> None:
-        self.regions = regions
-        self.ends = [region.end for region in regions]
-        self.after_taken = list(range(len(regions)))  # the next index at or after each that may be free
-
-    def take_overlapping(self, region: Region) -> Region | None:
-        """The lowest region not yet taken that overlaps `region`, taken."""
-        # The regions of one snapshot never overlap, so the ends ascend with the starts.
-        index = self._free_from(bisect.bisect_right(self.ends, region.start))
-        if index == len(self.regions) or self.regions[index].start >= region.end:
-            return None
-        self.after_taken[index] = index + 1
-        return self.regions[index]
-
-    def _free_from(self, index: int) -> int:
-        """The first index at or after `index` not taken, or the count."""
-        root = index
-        while root < len(self.regions) and self.after_taken[root] != root:
-            root = self.after_taken[root]
-        while index != root:  # path compression: later searches jump straight there
-            self.after_taken[index], index = root, self.after_taken[index]
-        return root
-
-
-def _match_regions(before: tuple[Region, ...], after: tuple[Region, ...]) -> list[tuple[Region | None, Region | None]]:
+def _match_regions(
+    before: tuple[Region, ...], after: tuple[Region, ...]
+) -> tuple[list[tuple[Region, Region]], list[Region], list[Region]]:
     """Pair regions by start address and name, then by overlap and name (a stack grows down); the rest are
     added or removed. Each region of `after` left over takes the lowest unmatched region of its name that
-    overlaps it, found by bisection: the regions of one snapshot never overlap, so their ends ascend too."""
+    overlaps it. Both sides are in address order and the regions of one snapshot never overlap, so one sweep
+    per name finds them: an old region that ends before a new one starts can overlap no later new one.
+
+    Returns the pairs (old, new), the regions added and the regions removed."""
     unmatched = {(r.start, r.name): r for r in before}  # no two regions start at one address
-    pairs: list[tuple[Region | None, Region | None]] = []
+    pairs: list[tuple[Region, Region]] = []
     pending: list[Region] = []
     for region in after:
         old = unmatched.pop((region.start, region.name), None)
@@ -325,64 +305,98 @@ def _match_regions(before: tuple[Region, ...], after: tuple[Region, ...]) -> lis
             pending.append(region)
         else:
             pairs.append((old, region))
-    if pending and unmatched:
-        grouped: dict[str, list[Region]] = {}
-        for old in unmatched.values():
-            grouped.setdefault(old.name, []).append(old)
-        by_name = {name: _Unmatched(olds) for name, olds in grouped.items()}
-        for region in pending:
-            olds = by_name.get(region.name)
-            old = None if olds is None else olds.take_overlapping(region)
-            if old is not None:
-                del unmatched[(old.start, old.name)]
-            pairs.append((old, region))
-    else:
-        pairs.extend((None, region) for region in pending)
-    pairs.extend((old, None) for old in unmatched.values())
-    return pairs
+    if not (pending and unmatched):
+        return pairs, pending, list(unmatched.values())
+    olds_by_name: dict[str, list[Region]] = {}
+    for old in unmatched.values():  # in address order, as `before` is
+        olds_by_name.setdefault(old.name, []).append(old)
+    next_old = dict.fromkeys(olds_by_name, 0)
+    added: list[Region] = []
+    removed: list[Region] = []
+    for region in pending:
+        olds = olds_by_name.get(region.name)
+        if olds is None:
+            added.append(region)
+            continue
+        index = next_old[region.name]
+        while index < len(olds) and olds[index].end <= region.start:
+            removed.append(olds[index])
+            index += 1
+        if index < len(olds) and olds[index].start < region.end:
+            pairs.append((olds[index], region))
+            index += 1
+        else:
+            added.append(region)
+        next_old[region.name] = index
+    for name, olds in olds_by_name.items():
+        removed.extend(olds[next_old[name] :])
+    return pairs, added, removed
 
 
 def _region_deltas(before: tuple[Region, ...], after: tuple[Region, ...]) -> tuple[list[RegionDelta], int | None]:
-    deltas = []
-    written_new: int | None = None
-    new_region = object.__new__
-    for old, new in _match_regions(before, after):
-        # Values in _REGION_DELTA_FIELDS order, fields read by one C call: a process may have tens of thousands
-        # of regions.
-        if old is None:
-            name, kind, start, end, uss, rss, swap, pss, anon, written, accessed = _REGION_VALUES(new)
-            values: tuple[Any, ...] = (name, kind, start, end, "added", end - start, uss, rss, swap, pss, anon)
-            values += (written, accessed)
-            grown = True
-        elif new is None:
-            name, kind, start, end, uss, rss, swap, pss, anon, _, _ = _REGION_VALUES(old)
-            pss = None if pss is None else -pss
-            values = (name, kind, start, end, "removed", start - end, -uss, -rss, -swap, pss, -anon, None, None)
-            grown = False
-        else:
-            name, kind, start, end, uss, rss, swap, pss, anon, written, accessed = _REGION_VALUES(new)
-            _, _, old_start, old_end, old_uss, old_rss, old_swap, old_pss, old_anon, _, _ = _REGION_VALUES(old)
-            growth = (end - start) - (old_end - old_start)
-            grown = growth > 0
-            status = "grown" if grown else "shrunk" if growth < 0 else "kept"
-            pss = _growth(old_pss, pss)
-            values = (name, kind, start, end, status, growth, uss - old_uss, rss - old_rss, swap - old_swap, pss)
-            values += (anon - old_anon, written, accessed)
-        # The kernel marks every page of a new or expanded mapping soft-dirty: count those apart.
-        if grown and new is not None and new.written is not None:
-            written_new = (written_new or 0) + new.written
-        delta: RegionDelta = new_region(RegionDelta)
-        delta.__dict__.update(zip(_REGION_DELTA_FIELDS, values, strict=True))
-        deltas.append(delta)
+    """Every region's change in address order, and the bytes written in regions added or grown (the kernel
+    marks every page of a new or expanded mapping soft-dirty, so those are counted apart)."""
+    pairs, added, removed = _match_regions(before, after)
+    # Fields read by one C call each: a process may have tens of thousands of regions.
+    deltas = [
+        RegionDelta(name, kind, start, end, "added", end - start, uss, rss, swap, pss, anon, written, accessed)
+        for name, kind, start, end, uss, rss, swap, pss, anon, written, accessed in map(_REGION_VALUES, added)
+    ]
+    written_new = _sum_known(region.written for region in added)
+    deltas += [
+        RegionDelta(
+            name,
+            kind,
+            start,
+            end,
+            "removed",
+            start - end,
+            -uss,
+            -rss,
+            -swap,
+            None if pss is None else -pss,
+            -anon,
+            None,
+            None,
+        )
+        for name, kind, start, end, uss, rss, swap, pss, anon, _, _ in map(_REGION_VALUES, removed)
+    ]
+    for old, new in pairs:
+        name, kind, start, end, uss, rss, swap, pss, anon, written, accessed = _REGION_VALUES(new)
+        _, _, old_start, old_end, old_uss, old_rss, old_swap, old_pss, old_anon, _, _ = _REGION_VALUES(old)
+        growth = (end - start) - (old_end - old_start)
+        status = "grown" if growth > 0 else "shrunk" if growth < 0 else "kept"
+        pss = _growth(old_pss, pss)
+        deltas.append(
+            RegionDelta(
+                name,
+                kind,
+                start,
+                end,
+                status,
+                growth,
+                uss - old_uss,
+                rss - old_rss,
+                swap - old_swap,
+                pss,
+                anon - old_anon,
+                written,
+                accessed,
+            )
+        )
+        if growth > 0 and written is not None:
+            written_new = (written_new or 0) + written
     deltas.sort(key=_START)
     return deltas, written_new
+
+
+def _sum_known(values: Iterable[int | None]) -> int | None:
+    """The sum of the values that are not None, or None when all are."""
+    known = [value for value in values if value is not None]
+    return sum(known) if known else None
 
 
 _REGION_VALUES = operator.attrgetter(
     "name", "kind", "start", "end", "uss", "rss", "swap", "pss", "anon", "written", "accessed"
 )
 _START = operator.attrgetter("start")
-# RegionDelta's generated __init__ stores each field through object.__setattr__ (the class is frozen): several
-# times slower than filling the instance dict, which _region_deltas does for every region of every delta.
-_REGION_DELTA_FIELDS = tuple(f.name for f in fields(RegionDelta))
-assert not hasattr(RegionDelta, "__slots__") and not hasattr(RegionDelta, "__post_init__")

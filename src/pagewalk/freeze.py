@@ -135,6 +135,8 @@ class _Session:
         if pid == os.getpid():
             self.result.notes.append("the measuring process cannot freeze itself: it was read while running")
             return "self"
+        if procfs.process_state(pid)[0] not in "TtZX":
+            return None  # the main thread runs: no need to look at the others
         states = procfs.thread_states(pid)
         if not states:
             raise ProcessGone(f"process {pid} does not exist (or exited while being read)", pid)

@@ -59,7 +59,7 @@ def _describe_missing(pid: int) -> PagewalkError:
 _PF_EXITING = 0x00000004  # task flag of a task that is exiting (include/linux/sched.h)
 
 
-def _is_leaving(pid: int) -> bool:
+def is_leaving(pid: int) -> bool:
     """Whether `pid` is gone, a zombie, or exiting: what an EINVAL from its /proc files means then."""
     try:
         with open(f"{PROC}/{pid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
@@ -75,7 +75,7 @@ def translate_os_error(exc: OSError, pid: int, what: str) -> PagewalkError:
         return _describe_missing(pid)
     # EINVAL: a file whose task (or namespace) went mid-read. EACCES: /proc of a process that has dropped its
     # memory belongs to root, so an exiting process denies what it allowed a moment before.
-    if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM) and _is_leaving(pid):
+    if exc.errno in (errno.EINVAL, errno.EACCES, errno.EPERM) and is_leaving(pid):
         return ProcessGone(f"process {pid} exited while {what} was being read", pid)
     if exc.errno in (errno.EACCES, errno.EPERM):
         return AccessDenied(
@@ -191,8 +191,12 @@ def thread_ids(pid: int) -> list[int]:
 def thread_state(pid: int, tid: int) -> str | None:
     """The state letter of one thread of `pid`, or None when it is gone."""
     try:
-        with open(f"{PROC}/{pid}/task/{tid}/stat", encoding="utf-8", errors="surrogateescape") as stat:
-            return _stat_fields(stat.read())[0]
+        fd = os.open(f"{PROC}/{pid}/task/{tid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(fd, 1 << 12)  # the state comes right after the command, at most 64 bytes in
+        finally:
+            os.close(fd)
+        return text[text.rindex(b")") + 2 :].split(None, 1)[0].decode()
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError as exc:
@@ -222,6 +226,14 @@ def tracer_pid(pid: int, tid: int) -> int | None:
 
 def check_thread_group_leader(pid: int) -> None:
     """Raise `InvalidPid` when `pid` is the id of a thread rather than of a process."""
+    # pidfd_open refuses a thread that leads no thread group with EINVAL (Linux 5.3+): a system call where
+    # the status file costs the kernel a page of formatting.
+    try:
+        os.close(os.pidfd_open(pid))
+        return
+    except (AttributeError, OSError) as exc:  # no pidfd_open here, or a thread: the status file tells which
+        if isinstance(exc, ProcessLookupError):
+            raise _describe_missing(pid) from None
     tgid = status_field(pid, "Tgid")
     if tgid is not None and int(tgid) != pid:
         raise InvalidPid(

@@ -12,7 +12,7 @@ import numpy.typing as npt
 __all__ = ["PAGEMAP_SCAN", "ScanUnsupported", "pagemap_scan"]
 
 PAGEMAP_SCAN = 0xC0606610  # _IOWR('f', 16, struct pm_scan_arg)
-_VEC_SLOTS = 4096  # the kernel fills at most 512 regions per lock cycle; 4096 keeps ioctl calls few
+_VEC_SLOTS = 1024  # rows per ioctl call: 24 KiB, and a few calls even for tens of thousands of ranges
 
 # struct pm_scan_arg: twelve u64 fields, in this order.
 _FIELDS = (
@@ -56,13 +56,15 @@ def pagemap_scan(
     """
     import fcntl  # here, not at import: the module must import on platforms without fcntl
 
-    vec = np.empty((_VEC_SLOTS, 3), dtype=np.uint64)
+    # A range holds at most one row per page: small scans (probes) get a small vector.
+    slots = max(1, min(_VEC_SLOTS, (end - start) // os.sysconf("SC_PAGE_SIZE")))
+    vec = np.empty((slots, 3), dtype=np.uint64)
     fields = dict.fromkeys(_FIELDS, 0) | {
         "size": _ARG.size,
         "start": start,
         "end": end,
         "vec": vec.ctypes.data,
-        "vec_len": _VEC_SLOTS,
+        "vec_len": slots,
         "category_inverted": category_inverted,
         "category_mask": category_mask,
         "category_anyof_mask": category_anyof_mask,
@@ -86,7 +88,7 @@ def pagemap_scan(
         # 512-range batch stopped once more than 512 ranges are found, though the walk went on to the end:
         # resuming there would return those ranges twice.
         walk_end = _ARG.unpack(arg)[_WALK_END]
-        if count < _VEC_SLOTS or walk_end >= end or walk_end == 0:
+        if count < slots or walk_end >= end or walk_end == 0:
             break
         resume = max(walk_end, int(vec[count - 1, 1]))
         struct.pack_into("=Q", arg, _START * 8, resume)

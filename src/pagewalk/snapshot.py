@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import os
 import time
@@ -251,7 +252,6 @@ def snapshot(
     tracking.check_tracking(track, pid)
     if writes:
         tracking.require_soft_dirty(pid, caps)
-    procfs.check_thread_group_leader(pid)
     procfs.check_address_space(pid)
     command = ""  # read while the process is stopped, after its accessed bits: see below
     started, exe = procfs.start_time(pid), procfs.executable(pid)
@@ -270,6 +270,8 @@ def snapshot(
                 f"the address space is over {limit} and this kernel lacks PAGEMAP_SCAN: walking it page by page "
                 "would keep the process stopped for long, so it was read while running"
             )
+    if not freeze:  # freezing checks it
+        procfs.check_thread_group_leader(pid)
     fd = procfs.open_proc(pid, "pagemap")
     try:
         freezer = frozen([pid]) if freeze else contextlib.nullcontext(None)
@@ -292,8 +294,10 @@ def snapshot(
             peak_rss = tracking.read_peak(pid)
             peak_unknown = tracking.apply_tracking(pid, track)
     except reader.ProcessExited:
-        raise ProcessGone(f"process {pid} exited while its page tables were being read", pid) from None
+        raise _address_space_gone(pid, started) from None
     except OSError as exc:
+        if exc.errno == errno.ESRCH:  # what PAGEMAP_SCAN answers once the address space is gone
+            raise _address_space_gone(pid, started) from None
         raise procfs.translate_os_error(exc, pid, "the page tables") from exc
     finally:
         os.close(fd)
@@ -318,6 +322,22 @@ def _walks_too_much(pid: int, caps: Capabilities, method: Method) -> bool:
         return False  # "auto" scans sparse address spaces, and only they are this big
     size_pages, _ = procfs.read_statm(pid)
     return size_pages * caps.page_size > _FREEZE_WALK_LIMIT
+
+
+def _address_space_gone(pid: int, started: int) -> ProcessGone:
+    """The error for a read that found the process's address space gone: it exited, or it is still there
+    and ran another program (exec), which gives it a new address space."""
+    try:
+        replaced = procfs.start_time(pid) == started and not procfs.is_leaving(pid)
+    except PagewalkError:
+        replaced = False
+    if replaced:
+        return ProcessGone(
+            f"process {pid} started another program (exec) while its page tables were being read: the memory "
+            "it had is gone; snapshot it again once the new program runs",
+            pid,
+        )
+    return ProcessGone(f"process {pid} exited while its page tables were being read", pid)
 
 
 def _check_same_process(pid: int, started: int, maps: list[procfs.MapsEntry]) -> None:
@@ -355,17 +375,6 @@ def _classify(pid: int, maps: list[procfs.MapsEntry], caps: Capabilities) -> lis
     return [classify(entry, shmem_devs, huge_devs) for entry in maps]
 
 
-def _new_region(values: Iterable[tuple[str, Any]]) -> Region:
-    # Region's generated __init__ only stores its 20 fields, each through object.__setattr__ as the class is
-    # frozen: ten times slower than filling the instance dict directly, for every mapping of every snapshot.
-    region: Region = object.__new__(Region)
-    region.__dict__.update(values)
-    return region
-
-
-assert not hasattr(Region, "__slots__") and not hasattr(Region, "__post_init__")  # what _new_region relies on
-
-
 def _regions(
     maps: list[procfs.MapsEntry],
     kinds: list[str],
@@ -377,22 +386,40 @@ def _regions(
     if data.written is not None:
         written = (np.diff(np.searchsorted(np.flatnonzero(data.written), data.bounds)) * page).tolist()
     referenced = data.referenced
-    names = (
-        *metrics,
-        *("start", "end", "perms", "offset", "dev", "inode", "name", "kind", "written", "accessed", "accessed_anon"),
-    )
+    names = tuple(metrics)
+    new = object.__new__
     regions = []
-    for entry, kind, values, written_bytes in zip(
-        maps, kinds, zip(*metrics.values(), strict=True), written, strict=True
-    ):
+    columns = zip(*metrics.values(), strict=True)
+    for entry, kind, values, written_bytes in zip(maps, kinds, columns, written, strict=True):
         accessed = None if referenced is None else referenced.get(entry.start, 0)
-        # smaps tells Referenced per mapping only: an anonymous mapping's pages are this process's alone, a file
-        # mapping's page cache is marked by any process reading the file.
-        accessed_anon = None if accessed is None else (accessed if kind in ANON_KINDS else 0)
-        static = (entry.start, entry.end, entry.perms, entry.offset, entry.dev, entry.inode, display_name(entry))
-        row = (*values, *static, kind, written_bytes, accessed, accessed_anon)
-        regions.append(_new_region(zip(names, row, strict=True)))
+        # Region's generated __init__ stores its 20 fields through object.__setattr__, as the class is frozen:
+        # several times slower than filling the instance dict, for every mapping of every snapshot.
+        region: Region = new(Region)
+        region.__dict__.update(zip(names, values, strict=False))  # as long: one value per metric
+        region.__dict__.update(
+            start=entry.start,
+            end=entry.end,
+            perms=entry.perms,
+            offset=entry.offset,
+            dev=(entry.dev_major, entry.dev_minor),
+            inode=entry.inode,
+            name=display_name(entry),
+            kind=kind,
+            written=written_bytes,
+            accessed=accessed,
+            # smaps tells Referenced per mapping only: an anonymous mapping's pages are this process's alone, a
+            # file mapping's page cache is marked by any process reading the file.
+            accessed_anon=None if accessed is None else (accessed if kind in ANON_KINDS else 0),
+        )
+        regions.append(region)
     return tuple(regions)
+
+
+# What _regions relies on: the metrics and the keywords there set every field, and nothing else runs.
+assert {f.name for f in fields(Region)} == {f.name for f in fields(Totals)} | {
+    "start", "end", "perms", "offset", "dev", "inode", "name", "kind", "written", "accessed", "accessed_anon"
+}  # fmt: skip
+assert not hasattr(Region, "__slots__") and not hasattr(Region, "__post_init__")
 
 
 def _build(

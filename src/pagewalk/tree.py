@@ -248,26 +248,42 @@ class _Frames:
 
 
 def _tree_frames(snaps: Mapping[int, Snapshot]) -> _Frames:
-    """Find the tree's frames and read each distinct frame's map count once (not once per process mapping it).
+    """Find the tree's frames and each distinct frame's map count: taken from the snapshots when they read
+    their pages' counts (`counts=True`), else read once per distinct frame (not once per process mapping it).
 
     Sorting does the counting: numpy's unique() hashes 64-bit keys, several times slower than a sort here."""
-    frames = {pid: np.sort(_resident_frames(snap)) for pid, snap in snaps.items()}
-    every = np.sort(np.concatenate(list(frames.values()))) if frames else np.zeros(0, dtype=np.uint64)
-    if not len(every):
+    resident = {pid: _resident(snap.entries) for pid, snap in snaps.items()}
+    pfns = {pid: snap.entries[resident[pid]] & np.uint64(bits.PM_PFN_MASK) for pid, snap in snaps.items()}
+    frames = {pid: np.sort(each) for pid, each in pfns.items()}
+    if not any(len(each) for each in frames.values()):
         return _Frames(0, MappingProxyType(frames))
-    starts = np.flatnonzero(np.concatenate(([True], every[1:] != every[:-1])))
+    known = {pid: snap.mapcounts for pid, snap in snaps.items() if snap.mapcounts is not None}
+    if len(known) == len(snaps):  # every page's map count is in hand
+        order = np.argsort(np.concatenate(list(pfns.values())), kind="stable")
+        every = np.concatenate(list(pfns.values()))[order]
+        page_counts = np.concatenate([known[pid][resident[pid]] for pid in snaps])[order]
+        starts = _first_of_each(every)
+        mapcounts = page_counts[starts]
+    else:
+        every = np.sort(np.concatenate(list(frames.values())))
+        starts = _first_of_each(every)
+        (mapcounts,) = reader.lookup_pfns(["/proc/kpagecount"], every[starts])
     occurrences = np.diff(np.append(starts, len(every)))
-    (mapcounts,) = reader.lookup_pfns(["/proc/kpagecount"], every[starts])
     own = int(np.count_nonzero(mapcounts.astype(np.int64) == occurrences))
     return _Frames(own, MappingProxyType(frames))
 
 
-def _resident_frames(snap: Snapshot) -> U64:
-    """The frame numbers of a snapshot's resident pages, the zero page left out."""
-    entries = snap.entries
-    resident = (entries >= np.uint64(bits.PM_PRESENT)) & ((entries & np.uint64(bits.MARK_ZERO)) == 0)
-    frames: U64 = entries[resident] & np.uint64(bits.PM_PFN_MASK)
-    return frames
+def _first_of_each(ordered: U64) -> npt.NDArray[np.intp]:
+    """Where each distinct value of a sorted array first occurs."""
+    return np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+
+
+def _resident(entries: U64) -> npt.NDArray[np.bool_]:
+    """Which entries map a resident page other than the zero page."""
+    resident: npt.NDArray[np.bool_] = (entries >= np.uint64(bits.PM_PRESENT)) & (
+        (entries & np.uint64(bits.MARK_ZERO)) == 0
+    )
+    return resident
 
 
 def _named_regions(snaps: Mapping[int, Snapshot]) -> Iterator[Region]:
