@@ -54,6 +54,7 @@ def test_loading_the_plugin_imports_neither_numpy_nor_ctypes_nor_psutil() -> Non
 # baselines, the gate's comparisons and reports load when a session uses them.
 LIGHT_MODULES = {
     "pagewalk",
+    "pagewalk._lazy",
     "pagewalk._present",
     "pagewalk.metrics",
     "pagewalk.thresholds",
