@@ -24,7 +24,6 @@ from . import hookspecs
 from .fixtures import DEFAULT_GRACE_SECONDS, MEASUREMENTS_KEY, SETTINGS_KEY, Settings, pagemap
 from .gate_options import add_gate_options, path_option, read_gate_settings
 from .markers import MARKER_HELP, has_marker, marker_limits, marker_tolerance
-from .report import SECTION_TITLE, SUMMARY_FORMS, summary_lines
 
 if TYPE_CHECKING:
     # The measuring code, the gate's records and the memory maps load when a session uses them (numpy, /proc):
@@ -50,6 +49,8 @@ _REPORT_ATTRIBUTE = "pagemap_measurements"  # on teardown reports: JSON-ready di
 _EXCEEDED_ATTRIBUTE = "pagemap_limit_exceeded"  # on call reports failed by a MemoryLimitExceeded
 _UNCHECKED_ATTRIBUTE = "pagemap_unchecked_limits"  # on teardown reports of tests whose marker limits went unchecked
 _MARKER_PROBLEM_KEY = pytest.StashKey[str]()
+SECTION_TITLE = "pagemap"  # of the session summary and of the report section a MEMORY failure adds
+SUMMARY_FORMS = ("short", "full", "none")  # of --pagemap-summary; the tables are built in `report`
 
 
 # --- options --------------------------------------------------------------------------------------------
@@ -384,6 +385,8 @@ class PagemapManager:
             return
         if self.summary == "none" or self.settings.unsupported:
             return
+        from .report import summary_lines  # loaded when there is a summary to print
+
         terminalreporter.write_sep("=", SECTION_TITLE)
         for line in summary_lines(self.results, self.summary):
             terminalreporter.write_line(line)

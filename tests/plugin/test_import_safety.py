@@ -55,7 +55,6 @@ def test_loading_the_plugin_imports_neither_numpy_nor_ctypes_nor_psutil() -> Non
 LIGHT_MODULES = {
     "pagewalk",
     "pagewalk._lazy",
-    "pagewalk._present",
     "pagewalk.metrics",
     "pagewalk.thresholds",
     "pagewalk.units",
@@ -65,7 +64,6 @@ LIGHT_MODULES = {
     "pytest_pagemap.hookspecs",
     "pytest_pagemap.markers",
     "pytest_pagemap.plugin",
-    "pytest_pagemap.report",
 }
 HEAVY_PACKAGES = ("numpy", "psutil", "pickle", "ctypes")
 
@@ -125,7 +123,7 @@ def test_a_session_that_measures_loads_the_measuring_code(tmp_path: Path) -> Non
     modules = _modules_after_session(tmp_path, TESTS, "--pagemap", f"--pagemap-json={tmp_path / 'report.json'}")
     assert {"numpy", "pagewalk.snapshot", "pagewalk.measure", "pagewalk.capabilities", "pagewalk.procfs"} <= modules
     assert {"pagewalk.baseline", "pagewalk.ci_reports", "pytest_pagemap.gates", "pytest_pagemap.maps"} <= modules
-    assert {"psutil", "pytest_pagemap.pagemap", "pytest_pagemap.processes"} <= modules
+    assert {"psutil", "pytest_pagemap.pagemap", "pytest_pagemap.processes", "pytest_pagemap.report"} <= modules
 
 
 def test_the_package_exports_the_functions_not_the_submodules_of_the_same_name() -> None:
