@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._present import Unit, amount, plural, size_cell, table, verdict_text
 from .bits import FLAG_BITS
-from .capabilities import capabilities
 from .errors import PagewalkError, Unsupported
 from .metrics import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Metric, Option
 from .units import format_size, parse_size
@@ -232,6 +231,8 @@ def missing_requirements(
 ) -> list[str]:
     """Why this kernel and user cannot measure with these options (and tell these page flags): one reason per
     missing piece, or none."""
+    from .capabilities import capabilities  # the kernel probes (/proc) load when a measurement needs them
+
     caps = capabilities()
     reasons = []
     if writes and (missing := caps.missing_for_soft_dirty()):
@@ -429,6 +430,8 @@ class Measurement:
                 f"page flags were not read: pass flags=True when measuring {_who(self.label, self.pid)}", self.pid
             )
         if name not in gained:  # withheld: this kernel misreports it
+            from .capabilities import capabilities
+
             reason = capabilities().missing_for_flag(name) or "this kernel does not report it reliably"
             raise Unsupported(f"page flag {name} of {_who(self.label, self.pid)} is unknown: {reason}", self.pid)
         return int(gained[name])
