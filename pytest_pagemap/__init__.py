@@ -14,7 +14,7 @@ from pagewalk._lazy import lazy_attributes
 if TYPE_CHECKING:
     from pagewalk.measure import Limits, Measurement, MemoryLimitExceeded, NotMeasured, SharingBelow, Verdict
 
-    from .fixtures import Pagemap, Runner
+    from .pagemap import Pagemap, Runner
     from .processes import AttachedProcess, ProcessEnded, ProcessNotReady, SpawnedProcess, SpawnFailed
     from .runner import ChildCrashed, RemoteError, RemoteTraceback, RunResult
 
@@ -26,14 +26,14 @@ _SOURCES = {
     "Measurement": "pagewalk.measure",
     "MemoryLimitExceeded": "pagewalk.measure",
     "NotMeasured": "pagewalk.measure",
-    "Pagemap": ".fixtures",
+    "Pagemap": ".pagemap",
     "ProcessEnded": ".processes",
     "ProcessNotReady": ".processes",
     "RemoteError": ".runner",
     "RemoteTraceback": ".runner",
     "RunResult": ".runner",
     "SharingBelow": "pagewalk.measure",
-    "Runner": ".fixtures",
+    "Runner": ".pagemap",
     "SpawnFailed": ".processes",
     "SpawnedProcess": ".processes",
     "Verdict": "pagewalk.measure",

@@ -17,8 +17,8 @@ from pagewalk.ci_reports import json_report
 from pagewalk.html_report import write_html
 
 from .fixtures import MEASUREMENTS_KEY
+from .gate_options import path_option
 from .gates import PagemapGates
-from .gates import _path as path_option
 
 __all__ = ["MAPS_ATTRIBUTE", "PagemapMaps", "html_path"]
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pagewalk.gate import Threshold, parse_thresholds
-from pagewalk.measure import LIMIT_KEYS, NO_FLAG_GAIN, Limits
+from pagewalk.metrics import LIMIT_KEYS, NO_FLAG_GAIN
+from pagewalk.thresholds import Threshold, parse_thresholds
 
-__all__ = ["MARKER", "MARKER_HELP", "TOLERANCE", "marker_limits", "marker_tolerance"]
+if TYPE_CHECKING:
+    from pagewalk.measure import Limits
+
+__all__ = ["MARKER", "MARKER_HELP", "TOLERANCE", "has_marker", "marker_limits", "marker_tolerance"]
 
 MARKER = "pagemap"
 TOLERANCE = "tolerance"
@@ -22,11 +25,18 @@ MARKER_HELP = (
 )
 
 
+def has_marker(item: pytest.Item) -> bool:
+    """Whether `item` has a `pagemap` marker: what the functions below read, and load the measuring code for."""
+    return item.get_closest_marker(MARKER) is not None
+
+
 def marker_limits(item: pytest.Item) -> Limits:
     """The limits the `pagemap` markers of `item` set, the closest marker winning per limit.
 
     Raises `ValueError` describing a bad argument.
     """
+    from pagewalk.measure import Limits  # the measuring code loads with the first test that needs it
+
     merged: dict[str, Any] = {}
     for mark in item.iter_markers(MARKER):
         values = {key: value for key, value in mark.kwargs.items() if key != TOLERANCE}

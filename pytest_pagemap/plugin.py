@@ -2,8 +2,11 @@
 
 `--pagemap` (or `pagemap = true`) turns on marker and default limits, the MEMORY status and the session
 summary; the fixture and explicit `assert_*` calls work without it. Baselines and gates (`--pagemap-save`,
-`--pagemap-compare`, ...) live in `gates` and work with or without `--pagemap`. `-p no:pagemap` disables the
-plugin.
+`--pagemap-compare`, ...) work with or without `--pagemap`: their options are in `gate_options`, the work in
+`gates`. `-p no:pagemap` disables the plugin.
+
+Installed but unused, the plugin costs a pytest start only its options, hooks, marker and fixture: the
+measuring code (numpy, /proc), baselines, reports and memory maps load when a session uses them.
 """
 
 from __future__ import annotations
@@ -11,21 +14,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pagewalk.capabilities import capabilities
-from pagewalk.errors import Unsupported
-from pagewalk.measure import LIMIT_KEYS, NO_FLAG_GAIN, Limits, Measurement, MemoryLimitExceeded
-from pagewalk.procfs import check_platform
+from pagewalk.metrics import LIMIT_KEYS, NO_FLAG_GAIN
 
 from . import hookspecs
 from .fixtures import DEFAULT_GRACE_SECONDS, MEASUREMENTS_KEY, SETTINGS_KEY, Settings, pagemap
-from .gates import PagemapGates, add_gate_options, read_gate_settings
-from .maps import PagemapMaps
-from .markers import MARKER_HELP, marker_limits, marker_tolerance
-from .report import SECTION_TITLE, SUMMARY_FORMS, summary_lines
+from .gate_options import add_gate_options, path_option, read_gate_settings
+from .markers import MARKER_HELP, has_marker, marker_limits, marker_tolerance
+
+if TYPE_CHECKING:
+    # The measuring code, the gate's records and the memory maps load when a session uses them (numpy, /proc):
+    # a session that never measures pays for the options and hooks only.
+    from pagewalk.measure import Limits, Measurement
+
+    from .gates import PagemapGates
 
 __all__ = [
     "PagemapManager",
@@ -39,11 +44,13 @@ __all__ = [
 ]
 
 MANAGER_KEY = pytest.StashKey["PagemapManager"]()
-GATES_KEY = pytest.StashKey[PagemapGates]()
+GATES_KEY: pytest.StashKey[PagemapGates] = pytest.StashKey()
 _REPORT_ATTRIBUTE = "pagemap_measurements"  # on teardown reports: JSON-ready dicts, so xdist can carry them
 _EXCEEDED_ATTRIBUTE = "pagemap_limit_exceeded"  # on call reports failed by a MemoryLimitExceeded
 _UNCHECKED_ATTRIBUTE = "pagemap_unchecked_limits"  # on teardown reports of tests whose marker limits went unchecked
 _MARKER_PROBLEM_KEY = pytest.StashKey[str]()
+SECTION_TITLE = "pagemap"  # of the session summary and of the report section a MEMORY failure adds
+SUMMARY_FORMS = ("short", "full", "none")  # of --pagemap-summary; the tables are built in `report`
 
 
 # --- options --------------------------------------------------------------------------------------------
@@ -54,6 +61,8 @@ LIMIT_FORMS = "METRIC:SIZE, e.g. uss:64MiB or uss_growth:8MiB (a growth limit ma
 
 def parse_limit(text: str) -> tuple[str, str]:
     """Split `uss:64MiB` into the `Limits.parse` keyword and its size; `ValueError` naming the grammar if bad."""
+    from pagewalk.measure import Limits
+
     metric, colon, size = (part.strip() for part in text.partition(":"))
     key = f"{metric}_below"
     if not colon or not size or key not in LIMIT_KEYS:
@@ -77,6 +86,8 @@ _limit_type.__name__ = "limit"  # argparse names the type in its error message
 
 
 def _flags_type(text: str) -> str:
+    from pagewalk.measure import Limits
+
     try:
         Limits.parse({NO_FLAG_GAIN: _split_flags(text)})
     except ValueError as exc:
@@ -195,26 +206,20 @@ def read_settings(config: pytest.Config) -> Settings:
     flags_text = _choice(config, f"pagemap_{NO_FLAG_GAIN}")
     if flags_text:
         values[NO_FLAG_GAIN] = _split_flags(flags_text)
-    try:
-        defaults = Limits.parse(values)
-    except ValueError as exc:
-        raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_{exc}") from None
+    defaults = None
+    if values:
+        from pagewalk.measure import Limits
+
+        try:
+            defaults = Limits.parse(values)
+        except ValueError as exc:
+            raise pytest.UsageError(f"invalid pytest-pagemap ini value: pagemap_{exc}") from None
     return Settings(
         active=bool(_choice(config, "pagemap")),
         strict=bool(_choice(config, "pagemap_strict")),
         grace=grace,
         defaults=defaults,
-        unsupported=platform_problem(),
     )
-
-
-def platform_problem() -> str | None:
-    """Why this platform cannot be measured (not Linux, no /proc/PID/pagemap), or None when it can."""
-    try:
-        check_platform()
-    except Unsupported as exc:
-        return str(exc)
-    return None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -222,15 +227,23 @@ def pytest_configure(config: pytest.Config) -> None:
     settings = read_settings(config)
     gate_settings = read_gate_settings(config, active=settings.active)
     manager = PagemapManager(config, settings, asked=settings.active or gate_settings.record)
-    if settings.unsupported:
+    if gate_settings.record and settings.unsupported:
         gate_settings = dataclasses.replace(gate_settings, record=False)  # inactive: nothing to save or compare
-    gates = PagemapGates(config, gate_settings)
     config.stash[SETTINGS_KEY] = settings
     config.stash[MANAGER_KEY] = manager
-    config.stash[GATES_KEY] = gates
     config.pluginmanager.register(manager, "pagemap-manager")
+    html_path = path_option(config, "pagemap_html")
+    if not (gate_settings.record or html_path is not None):
+        return  # nothing recorded, compared or mapped: the modules that would do it are not even loaded
+    from .gates import PagemapGates
+
+    gates = PagemapGates(config, gate_settings)
+    config.stash[GATES_KEY] = gates
     config.pluginmanager.register(gates, "pagemap-gates")
-    config.pluginmanager.register(PagemapMaps(config, gates), "pagemap-maps")
+    if html_path is not None or gate_settings.json_path is not None:
+        from .maps import PagemapMaps
+
+        config.pluginmanager.register(PagemapMaps(config, gates), "pagemap-maps")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -274,12 +287,14 @@ class PagemapManager:
             )
 
     def pytest_report_header(self) -> str | None:
+        if not self.asked:
+            return None
         if self.settings.unsupported:
-            if not self.asked:
-                return None
             return f"pagemap: inactive, tests using the pagemap fixture are skipped: {self.settings.unsupported}"
         if not self.settings.active:
             return None
+        from pagewalk.capabilities import capabilities
+
         caps = capabilities()
         missing = {
             "soft-dirty": caps.missing_for_soft_dirty(),
@@ -292,6 +307,8 @@ class PagemapManager:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         problems = []
         for item in items:
+            if not has_marker(item):
+                continue  # the usual case, which need not load the code that reads limits
             try:
                 marker_limits(item)
                 marker_tolerance(item)
@@ -314,10 +331,17 @@ class PagemapManager:
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
         if not self.settings.active:
-            if call.when == "teardown" and _MARKER_PROBLEM_KEY not in item.stash and marker_limits(item):
+            if (
+                call.when == "teardown"
+                and has_marker(item)
+                and _MARKER_PROBLEM_KEY not in item.stash
+                and marker_limits(item)
+            ):
                 setattr(report, _UNCHECKED_ATTRIBUTE, True)
             return report
         if call.when == "call" and report.failed and call.excinfo is not None:
+            from pagewalk.measure import MemoryLimitExceeded
+
             exc = call.excinfo.value
             if isinstance(exc, MemoryLimitExceeded):
                 setattr(report, _EXCEEDED_ATTRIBUTE, True)
@@ -344,7 +368,7 @@ class PagemapManager:
         self.unchecked_limits |= getattr(report, _UNCHECKED_ATTRIBUTE, False)
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        if hasattr(self.config, "workerinput") or self.settings.unsupported:
+        if hasattr(self.config, "workerinput"):
             return
         if not self.settings.active:
             sources = [
@@ -352,15 +376,17 @@ class PagemapManager:
                 for what, present in (("markers", self.unchecked_limits), ("defaults", bool(self.settings.defaults)))
                 if present
             ]
-            if sources:
+            if sources and not self.settings.unsupported:
                 terminalreporter.write_line(
                     f"pagemap: memory limits set by {' and '.join(sources)} were not checked: "
                     "run with --pagemap (or ini: pagemap = true) to check them",
                     yellow=True,
                 )
             return
-        if self.summary == "none":
+        if self.summary == "none" or self.settings.unsupported:
             return
+        from .report import summary_lines  # loaded when there is a summary to print
+
         terminalreporter.write_sep("=", SECTION_TITLE)
         for line in summary_lines(self.results, self.summary):
             terminalreporter.write_line(line)

@@ -15,10 +15,8 @@ from pagewalk._present import plural, size_cell, table
 from pagewalk._present import verdict_text as _verdict_text
 from pagewalk.units import PAGE_SIZE, format_size
 
-__all__ = ["SECTION_TITLE", "SUMMARY_FORMS", "summary_lines", "verdict_text"]
+__all__ = ["summary_lines", "verdict_text"]
 
-SECTION_TITLE = "pagemap"
-SUMMARY_FORMS = ("short", "full", "none")
 _LABEL_WIDTH = 40
 _LEVELS = ("uss", "rss", "pss", "swap", "anon")  # the levels a measurement's dict holds before and after
 
@@ -125,7 +123,7 @@ def _short_lines(results: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def summary_lines(results: Sequence[dict[str, Any]], form: str = "short") -> list[str]:
-    """The terminal summary in `form` (see `SUMMARY_FORMS`), failures first, then a tally."""
+    """The terminal summary in `form` (`short` or `full`), failures first, then a tally."""
     if form == "none":
         return []
     if not results:

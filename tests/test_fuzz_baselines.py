@@ -22,7 +22,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from pagewalk import baseline, ci_reports, gate, record_format
+from pagewalk import baseline, ci_reports, gate, record_format, thresholds
 from pagewalk.baseline import BaselineError, MeasurementRecord, SessionRecord
 from pagewalk.measure import METRICS
 from pagewalk.record_format import INT64_MAX, REPORT_SCHEMA, SESSION_SCHEMA, FormatFault, read_document
@@ -356,7 +356,7 @@ def test_mutated_expressions_parse_bounded_or_are_refused() -> None:
             outcomes["threshold accepted"] += 1
             assert text.isascii(), context
             if threshold.percent is not None:
-                assert 0 <= threshold.percent <= gate.MAX_PERCENT, context
+                assert 0 <= threshold.percent <= thresholds.MAX_PERCENT, context
             else:
                 assert threshold.absolute is not None and 0 <= threshold.absolute <= MAX_SIZE, context
             assert threshold.allowed(INT64_MAX) >= INT64_MAX and threshold.text

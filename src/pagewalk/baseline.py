@@ -37,7 +37,6 @@ from .record_format import (
 )
 
 __all__ = [
-    "DEFAULT_STORAGE",
     "RECORDED_METRICS",
     "SCHEMA",
     "SCHEMA_VERSION",
@@ -62,7 +61,6 @@ __all__ = [
 
 SCHEMA = SESSION_SCHEMA
 SCHEMA_VERSION = SESSION_VERSION
-DEFAULT_STORAGE = ".pagemap"
 LOCK_NAME = ".lock"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", re.ASCII)
 _RECORD_FILE = re.compile(r"^[0-9]{4}_.+\.json$", re.ASCII)

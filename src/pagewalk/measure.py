@@ -17,12 +17,12 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from ._present import Unit, amount, plural, size_cell, table, verdict_text
 from .bits import FLAG_BITS
-from .capabilities import capabilities
 from .errors import PagewalkError, Unsupported
+from .metrics import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Metric, Option
 from .units import format_size, parse_size
 
 if TYPE_CHECKING:
@@ -46,58 +46,10 @@ __all__ = [
     "missing_requirements",
 ]
 
-Option = Literal["writes", "accessed", "flags", "counts"]
-
 FLAG_NAMES: tuple[str, ...] = tuple(FLAG_BITS)
 _FLAG_PREFIX = "flags_gained:"
 _LABEL_WIDTH = 60
 _DETAIL_ROWS = 8
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A quantity a limit can be put on: its name, how messages call it, and what measuring it needs."""
-
-    name: str
-    title: str  # as it starts a message: "USS growth"
-    preposition: str  # "USS of 'app'", "Memory written by 'app'"
-    growth: bool  # a change (may be negative) rather than a level
-    needs: Option | None = None  # the measure() option without which it is unknown
-    region_column: str = "uss_growth"  # the RegionDelta column that explains it
-
-
-METRICS: Mapping[str, Metric] = MappingProxyType(
-    {
-        metric.name: metric
-        for metric in (
-            Metric("uss", "USS", "of", growth=False, region_column="uss_growth"),
-            Metric("rss", "RSS", "of", growth=False, region_column="rss_growth"),
-            Metric("pss", "PSS", "of", growth=False, needs="counts", region_column="pss_growth"),
-            Metric("swap", "Swap", "of", growth=False, region_column="swap_growth"),
-            Metric("anon", "Anonymous memory", "of", growth=False, region_column="anon_growth"),
-            Metric("uss_file", "File-backed USS", "of", growth=False, region_column="uss_growth"),
-            Metric("uss_growth", "USS growth", "of", growth=True, region_column="uss_growth"),
-            Metric("rss_growth", "RSS growth", "of", growth=True, region_column="rss_growth"),
-            Metric("anon_growth", "Anonymous memory growth", "of", growth=True, region_column="anon_growth"),
-            Metric("written", "Memory written", "by", growth=False, needs="writes", region_column="written"),
-            Metric("accessed", "Memory accessed", "by", growth=False, needs="accessed", region_column="accessed"),
-            Metric(
-                "accessed_anon",
-                "Anonymous memory accessed",
-                "by",
-                growth=False,
-                needs="accessed",
-                region_column="accessed",
-            ),
-            Metric("peak_rss", "Peak RSS", "of", growth=False, region_column="rss_growth"),
-            Metric("peak_rss_growth", "Peak RSS growth", "of", growth=True, region_column="rss_growth"),
-        )
-    }
-)
-
-# Keyword names of limits, as markers, ini keys and `Limits.parse` spell them.
-LIMIT_KEYS: Mapping[str, str] = MappingProxyType({f"{name}_below": name for name in METRICS})
-NO_FLAG_GAIN = "no_flag_gain"
 _PEAK_METRICS = ("peak_rss", "peak_rss_growth")  # read from the delta: the high-water mark between the snapshots
 
 
@@ -279,6 +231,8 @@ def missing_requirements(
 ) -> list[str]:
     """Why this kernel and user cannot measure with these options (and tell these page flags): one reason per
     missing piece, or none."""
+    from .capabilities import capabilities  # the kernel probes (/proc) load when a measurement needs them
+
     caps = capabilities()
     reasons = []
     if writes and (missing := caps.missing_for_soft_dirty()):
@@ -476,6 +430,8 @@ class Measurement:
                 f"page flags were not read: pass flags=True when measuring {_who(self.label, self.pid)}", self.pid
             )
         if name not in gained:  # withheld: this kernel misreports it
+            from .capabilities import capabilities
+
             reason = capabilities().missing_for_flag(name) or "this kernel does not report it reliably"
             raise Unsupported(f"page flag {name} of {_who(self.label, self.pid)} is unknown: {reason}", self.pid)
         return int(gained[name])

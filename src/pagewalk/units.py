@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import mmap
 import re
-from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fractions import Fraction
 
 __all__ = ["MAX_SIZE", "PAGE_SIZE", "format_size", "parse_decimal", "parse_size"]
 
@@ -40,6 +43,8 @@ ACCEPTED_FORMS = (
 def parse_decimal(text: str) -> Fraction | None:
     """The exact value of an unsigned decimal written with ASCII digits (`5`, `0.5`, `.5`, `12.`; at most 30
     digits before and after the point), or None when `text` is not one. No exponents, no other digits."""
+    from fractions import Fraction  # on first use: option help imports this module at every pytest start
+
     return Fraction(text) if _DECIMAL.fullmatch(text) else None
 
 

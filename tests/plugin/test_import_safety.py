@@ -11,13 +11,20 @@ from pathlib import Path
 import pytest
 
 
-def _python(code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _environment() -> dict[str, str]:
     # A clean interpreter loading the plugin by its entry point name, and no other plugin installed here
     # (some fail on a platform that is only pretended).
     env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST_")}
-    env |= {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTEST_ADDOPTS": "-p pagemap"}
+    return env | {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", "PYTEST_ADDOPTS": "-p pagemap"}
+
+
+def _python(code: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code), *args], cwd=cwd, env=env, capture_output=True, text=True
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=cwd,
+        env=_environment(),
+        capture_output=True,
+        text=True,
     )
 
 
@@ -40,6 +47,83 @@ def test_loading_the_plugin_imports_neither_numpy_nor_ctypes_nor_psutil() -> Non
     assert "loaded: []" in result.stdout
     assert "numpy after parse_size: False" in result.stdout
     assert "numpy after Snapshot: True" in result.stdout
+
+
+# All a session that never measures may load of this project: what registers the options (whose help quotes
+# the metrics and the threshold grammar), the hooks, the marker and the fixture. Measuring (numpy, /proc),
+# baselines, the gate's comparisons and reports load when a session uses them.
+LIGHT_MODULES = {
+    "pagewalk",
+    "pagewalk._lazy",
+    "pagewalk.metrics",
+    "pagewalk.thresholds",
+    "pagewalk.units",
+    "pytest_pagemap",
+    "pytest_pagemap.fixtures",
+    "pytest_pagemap.gate_options",
+    "pytest_pagemap.hookspecs",
+    "pytest_pagemap.markers",
+    "pytest_pagemap.plugin",
+}
+HEAVY_PACKAGES = ("numpy", "psutil", "pickle", "ctypes")
+
+RECORD_MODULES = """
+import sys
+
+def pytest_unconfigure(config):
+    with open({path!r}, "w") as out:
+        out.write("\\n".join(sorted(sys.modules)))
+"""
+
+# One test measures: deselected, or only collected, it loads nothing heavy.
+TESTS = """
+def test_plain():
+    pass
+
+def test_measures(pagemap):
+    assert pagemap.run(len, "abc").value == 3
+"""
+
+
+def _modules_after_session(tmp_path: Path, tests: str, *args: str) -> set[str]:
+    """The modules loaded by the end of a pytest session run in a fresh interpreter, with the plugin active."""
+    modules_file = tmp_path / "modules.txt"
+    (tmp_path / "conftest.py").write_text(RECORD_MODULES.format(path=str(modules_file)))
+    (tmp_path / "test_inner.py").write_text(tests)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return set(modules_file.read_text().split())
+
+
+def _ours(modules: set[str]) -> set[str]:
+    return {name for name in modules if name.split(".")[0] in ("pagewalk", "pytest_pagemap")}
+
+
+def _heavy(modules: set[str]) -> set[str]:
+    return {name for name in modules if name.split(".")[0] in HEAVY_PACKAGES}
+
+
+@pytest.mark.parametrize("args", [["--co"], ["-k", "not measures"]], ids=["collect-only", "run"])
+def test_a_session_that_does_not_measure_loads_only_the_light_modules(tmp_path: Path, args: list[str]) -> None:
+    modules = _modules_after_session(tmp_path, TESTS, *args)
+    assert "pytest_pagemap.plugin" in modules  # the plugin was active
+    assert _ours(modules) - LIGHT_MODULES == set()
+    assert _heavy(modules) == set()
+
+
+def test_a_session_that_measures_loads_the_measuring_code(tmp_path: Path) -> None:
+    # The other side of the test above: the same check sees the heavy modules once the test measures and the
+    # session writes a report.
+    modules = _modules_after_session(tmp_path, TESTS, "--pagemap", f"--pagemap-json={tmp_path / 'report.json'}")
+    assert {"numpy", "pagewalk.snapshot", "pagewalk.measure", "pagewalk.capabilities", "pagewalk.procfs"} <= modules
+    assert {"pagewalk.baseline", "pagewalk.ci_reports", "pytest_pagemap.gates", "pytest_pagemap.maps"} <= modules
+    assert {"psutil", "pytest_pagemap.pagemap", "pytest_pagemap.processes", "pytest_pagemap.report"} <= modules
 
 
 def test_the_package_exports_the_functions_not_the_submodules_of_the_same_name() -> None:

@@ -256,11 +256,12 @@ def unprivileged(monkeypatch: pytest.MonkeyPatch) -> None:
     import dataclasses
     import importlib
 
-    # `pagewalk.measure` as an attribute is the `measure` function the package re-exports, not the module.
-    measure_module = importlib.import_module("pagewalk.measure")
+    # Where `pagewalk.measure` finds it when it checks what a measurement needs. As an attribute,
+    # `pagewalk.capabilities` is the function the package re-exports, not the module.
+    capabilities_module = importlib.import_module("pagewalk.capabilities")
     real = capabilities()
     limited = dataclasses.replace(real, cap_sys_admin=False, pfn_visible=False, kpageflags=False, kpagecount=False)
-    monkeypatch.setattr(measure_module, "capabilities", lambda: limited)
+    monkeypatch.setattr(capabilities_module, "capabilities", lambda: limited)
 
 
 @pytest.mark.parametrize(
