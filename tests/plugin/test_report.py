@@ -28,7 +28,7 @@ def test_summary_is_one_row_per_measurement_failures_first(pytester):
             "*= pagemap =*",
             "test *label *metric *change *peak  verdict",
             "*::test_big  * uss * +4.0 MiB  * FAIL uss_growth 4.0 MiB > 2.0 MiB (marker)",
-            "*::test_small  * uss * +1.0 MiB  * pass (1 limit)",
+            "*::test_small  * uss * +* pass (1 limit)",  # 1 MiB, give or take library pages others map
             "2 measurements in 2 tests, 2 limits checked, 1 exceeded",
             "*= short test summary info =*",
         ]
@@ -47,8 +47,8 @@ def test_full_summary_lists_totals_and_every_verdict(pytester):
             "  '*.grow()' (pid *): USS * -> * (+4.0 MiB), peak RSS *",
             "    FAIL  uss_growth 4.0 MiB > 2.0 MiB (marker)",
             "test_full_summary_lists_totals_and_every_verdict.py::test_small",
-            "  '*.grow()' (pid *): USS * -> * (+1.0 MiB), peak RSS *",
-            "    pass  uss_growth 1.0 MiB <= 2.0 MiB (marker)",
+            "  '*.grow()' (pid *): USS * -> * (+*), peak RSS *",
+            "    pass  uss_growth * <= 2.0 MiB (marker)",
             "2 measurements in 2 tests, 2 limits checked, 1 exceeded",
         ]
     )
@@ -62,7 +62,7 @@ def test_summary_can_be_turned_off_and_set_in_the_ini(pytester):
     assert "= pagemap =" not in off.stdout.str()
     pytester.makeini("[pytest]\npagemap_summary = full\n")
     full = pytester.runpytest("--pagemap")
-    full.stdout.fnmatch_lines(["    pass  uss_growth 1.0 MiB <= 2.0 MiB (marker)"])
+    full.stdout.fnmatch_lines(["    pass  uss_growth * <= 2.0 MiB (marker)"])
     pytester.makeini("[pytest]\npagemap_summary = long\n")
     bad = pytester.runpytest("--pagemap")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
