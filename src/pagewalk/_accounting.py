@@ -184,8 +184,9 @@ def read_pages(
         rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
         arrays = reader.read_scanned(fd, rows[:, 0], rows[:, 1])
         # Marked before the pages are counted, so they are counted once.
-        _mark_rows(arrays, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
-        _mark_rows(arrays, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
+        if bool((rows[:, 2] & np.uint64(bits.PAGE_IS_PFNZERO | bits.PAGE_IS_HUGE)).any()):
+            _mark_rows(arrays, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
+            _mark_rows(arrays, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
         return _page_data(arrays, maps, page, "scan")
     huge = _huge_ranges(fd, ranges, caps)
     data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident), huge), maps, page, "read")

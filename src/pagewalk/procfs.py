@@ -146,13 +146,15 @@ def parent_pids() -> dict[int, int]:
     return parents
 
 
-def check_address_space(pid: int) -> None:
-    """Raise the right error unless `pid` is a live process with a user address space."""
-    state, task_flags = process_state(pid)
+def check_address_space(pid: int) -> int:
+    """Raise the right error unless `pid` is a live process with a user address space; return its start time
+    (see `start_time`), read from the same look at `/proc/PID/stat`."""
+    fields = _stat_fields(read_proc_text(pid, "stat"))
+    state, task_flags = fields[0], int(fields[6])
     if task_flags & _PF_KTHREAD:
         raise NoAddressSpace(f"process {pid} is a kernel thread: it has no user memory to snapshot", pid)
     if state not in ("Z", "X"):
-        return
+        return int(fields[19])
     if any(state not in ("Z", "X") for state in thread_states(pid)):
         raise NoAddressSpace(
             f"the main thread of process {pid} has exited while its other threads run on: /proc/{pid} no longer "

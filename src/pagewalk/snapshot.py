@@ -252,9 +252,9 @@ def snapshot(
     tracking.check_tracking(track, pid)
     if writes:
         tracking.require_soft_dirty(pid, caps)
-    procfs.check_address_space(pid)
+    started = procfs.check_address_space(pid)
     command = ""  # read while the process is stopped, after its accessed bits: see below
-    started, exe = procfs.start_time(pid), procfs.executable(pid)
+    exe = procfs.executable(pid)
     notes = []
     if freeze and _walks_too_much(pid, caps, method):
         limit = f"{_FREEZE_WALK_LIMIT >> 40} TiB"
