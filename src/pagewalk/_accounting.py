@@ -57,7 +57,6 @@ _CODE = np.arange(256, dtype=np.int64)
 _PRESENT = (_CODE & _TOP_PRESENT) != 0
 # Not present, and not a guard or userfaultfd write-protect marker: markers are no memory.
 _SWAP = ((_CODE & (_TOP_PRESENT | _TOP_SWAP)) == _TOP_SWAP) & ((_CODE & (_TOP_GUARD | _TOP_UFFD_WP)) == 0)
-_GUARD = (_CODE & _TOP_GUARD) != 0
 _ZERO = (_CODE & _TOP_ZERO) != 0
 _PMD = (_CODE & _TOP_PMD) != 0
 _FILE = (_CODE & _TOP_FILE) != 0
@@ -73,6 +72,7 @@ _CLASSES = {
     "thp": _REAL & _PMD,
     "zero": _PRESENT & _ZERO,
     "swap": _SWAP,
+    "none": np.zeros(256, dtype=bool),  # what a metric counts in a kind of region where it is always 0
 }
 # The Totals metrics read from the page counts (PSS comes from kpagecount), and the class each counts in a
 # region of each kind: hugetlb pages count only as hugetlb (and in USS and swap), a shmem region's pages as
@@ -92,9 +92,7 @@ _SOURCES = {
 # One (256, metrics) matrix per kind: a region's histogram times its kind's matrix gives its page counts. Counts
 # are exact in float64 (below 2**53), where numpy multiplies matrices ten times faster than in int64.
 _METRIC_MATRICES = {
-    kind: np.stack([_CLASSES[sources[name]] if name in sources else _CODE < 0 for name in _COUNTED], axis=1).astype(
-        np.float64
-    )
+    kind: np.stack([_CLASSES[sources.get(name, "none")] for name in _COUNTED], axis=1).astype(np.float64)
     for kind, sources in _SOURCES.items()
 }
 
@@ -184,9 +182,8 @@ def read_pages(
         rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
         arrays = reader.read_scanned(fd, rows[:, 0], rows[:, 1])
         # Marked before the pages are counted, so they are counted once.
-        if bool((rows[:, 2] & np.uint64(bits.PAGE_IS_PFNZERO | bits.PAGE_IS_HUGE)).any()):
-            _mark_rows(arrays, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
-            _mark_rows(arrays, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
+        _mark_rows(arrays, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
+        _mark_rows(arrays, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
         return _page_data(arrays, maps, page, "scan")
     huge = _huge_ranges(fd, ranges, caps)
     data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident), huge), maps, page, "read")
@@ -285,8 +282,7 @@ def _scan_marks(fd: int, data: PageData, first: U64, end: U64, category: int, ma
 def _zero_candidates(data: PageData, kinds: list[str]) -> tuple[I64, I64]:
     """Index ranges `[lo, hi)` of the pages that may map a zero page: present, not FILE and not exclusive
     (the zero page), or present and FILE in an anonymous region (the huge zero page). The kernel's own
-    mappings ([vdso], [vvar]) never do, and every process has them: leaving them out saves most processes
-    the look-up."""
+    mappings ([vdso], [vvar]) never map it, though their pages look shared: they are left out."""
     runs = data.code_runs
     anonymous = np.array([kind in ANON_KINDS for kind in kinds], dtype=bool)
     special = np.array([kind == "special" for kind in kinds], dtype=bool)

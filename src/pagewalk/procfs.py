@@ -120,6 +120,11 @@ def read_proc_text(pid: int | str, name: str) -> str:
 # --- process state ------------------------------------------------------------------------------------
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of `/proc/PID/stat` after the command (the state is the first)."""
+    return _stat_fields(read_proc_text(pid, "stat"))
+
+
 def _stat_fields(text: str) -> list[str]:
     # The comm field may hold spaces and parentheses: split after the last ')'.
     return text[text.rindex(")") + 2 :].split()
@@ -127,7 +132,7 @@ def _stat_fields(text: str) -> list[str]:
 
 def process_state(pid: int) -> tuple[str, int]:
     """The one-letter state and the task flags of a process, from `/proc/PID/stat`."""
-    fields = _stat_fields(read_proc_text(pid, "stat"))
+    fields = _stat(pid)
     return fields[0], int(fields[6])
 
 
@@ -149,7 +154,7 @@ def parent_pids() -> dict[int, int]:
 def check_address_space(pid: int) -> int:
     """Raise the right error unless `pid` is a live process with a user address space; return its start time
     (see `start_time`), read from the same look at `/proc/PID/stat`."""
-    fields = _stat_fields(read_proc_text(pid, "stat"))
+    fields = _stat(pid)
     state, task_flags = fields[0], int(fields[6])
     if task_flags & _PF_KTHREAD:
         raise NoAddressSpace(f"process {pid} is a kernel thread: it has no user memory to snapshot", pid)
@@ -169,7 +174,7 @@ def check_address_space(pid: int) -> int:
 
 def start_time(pid: int) -> int:
     """When `pid` started, in clock ticks after boot: with the pid, it names one process for good."""
-    return int(_stat_fields(read_proc_text(pid, "stat"))[19])
+    return int(_stat(pid)[19])
 
 
 def executable(pid: int) -> str | None:
@@ -198,7 +203,7 @@ def thread_state(pid: int, tid: int) -> str | None:
             text = os.read(fd, 1 << 12)  # the state comes right after the command, at most 64 bytes in
         finally:
             os.close(fd)
-        return text[text.rindex(b")") + 2 :].split(None, 1)[0].decode()
+        return _stat_fields(text.decode("utf-8", "surrogateescape"))[0]
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError as exc:
@@ -215,7 +220,7 @@ def thread_states(pid: int) -> list[str]:
 
 def parent_pid(pid: int) -> int:
     """The pid of the (real, not tracing) parent of `pid`."""
-    return int(_stat_fields(read_proc_text(pid, "stat"))[1])
+    return int(_stat(pid)[1])
 
 
 def tracer_pid(pid: int, tid: int) -> int | None:
@@ -233,9 +238,10 @@ def check_thread_group_leader(pid: int) -> None:
     try:
         os.close(os.pidfd_open(pid))
         return
-    except (AttributeError, OSError) as exc:  # no pidfd_open here, or a thread: the status file tells which
-        if isinstance(exc, ProcessLookupError):
-            raise _describe_missing(pid) from None
+    except ProcessLookupError:
+        raise _describe_missing(pid) from None
+    except (AttributeError, OSError):  # no pidfd_open here, or a thread: the status file tells which
+        pass
     tgid = status_field(pid, "Tgid")
     if tgid is not None and int(tgid) != pid:
         raise InvalidPid(

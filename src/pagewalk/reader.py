@@ -513,15 +513,11 @@ class _ScannedReader:
     def read(self, window_first: U64, window_end: U64, window_runs: I64, joined: Mask) -> None:
         run_first, run_start, bounds = self.runs.first.tolist(), self.runs.start.tolist(), window_runs.tolist()
         windows = zip(window_first.tolist(), window_end.tolist(), joined.tolist(), strict=True)
-        fd, view, preadv = self.fd, self.view, os.preadv
         for window, (page, end, together) in enumerate(windows):
             lo, hi = bounds[window], bounds[window + 1]
             if not together:
                 for run in range(lo, hi):
-                    begin, stop = run_start[run], run_start[run + 1]
-                    # One pread almost always reads it all; a short read is finished (or found at the end).
-                    if preadv(fd, [view[begin * 8 : stop * 8]], run_first[run] * 8) != (stop - begin) * 8:
-                        _pread_into(fd, view, begin, stop, run_first[run])
+                    _pread_into(self.fd, self.view, run_start[run], run_start[run + 1], run_first[run])
                 continue
             if self.filled + end - page > len(self.buffer):
                 self._gather()

@@ -259,8 +259,9 @@ def _tree_frames(snaps: Mapping[int, Snapshot]) -> _Frames:
         return _Frames(0, MappingProxyType(frames))
     known = {pid: snap.mapcounts for pid, snap in snaps.items() if snap.mapcounts is not None}
     if len(known) == len(snaps):  # every page's map count is in hand
-        order = np.argsort(np.concatenate(list(pfns.values())), kind="stable")
-        every = np.concatenate(list(pfns.values()))[order]
+        every = np.concatenate(list(pfns.values()))
+        order = np.argsort(every, kind="stable")
+        every = every[order]
         page_counts = np.concatenate([known[pid][resident[pid]] for pid in snaps])[order]
         starts = _first_of_each(every)
         mapcounts = page_counts[starts]
