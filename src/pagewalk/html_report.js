@@ -14,7 +14,17 @@
     else if (bytes < 0) sign = "-";
     let m = Math.abs(bytes), i = 0;
     while (m >= 1024 && i < UNITS.length - 1) { m /= 1024; i++; }
-    return i === 0 ? `${sign}${Math.trunc(m)} B` : `${sign}${m.toFixed(1)} ${UNITS[i]}`;
+    return i === 0 ? `${sign}${Math.trunc(m)} B` : `${sign}${tenths(Math.abs(bytes), 1024 ** i)} ${UNITS[i]}`;
+  }
+  // bytes / divisor with one decimal, a tie rounded to even as Python's format does: toFixed rounds it up, and
+  // 1.25 MiB (320 pages) would read 1.3 MiB here and 1.2 MiB in the terminal.
+  function tenths(bytes, divisor) {
+    if (!Number.isSafeInteger(bytes)) return (bytes / divisor).toFixed(1);
+    const num = BigInt(bytes) * 10n, den = BigInt(divisor);
+    let q = num / den;
+    const twice = 2n * (num % den);
+    if (twice > den || (twice === den && q % 2n === 1n)) q += 1n;
+    return `${q / 10n}.${q % 10n}`;
   }
   function el(tag, attrs, ...children) {
     const node = document.createElement(tag);

@@ -9,6 +9,7 @@ Skipped, with the reason, where Chromium is not installed (`.ci/run` installs De
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -174,3 +175,22 @@ def test_a_report_of_65000_mappings_loads_within_the_bound(browser: Browser, tmp
     page.wait_for("document.querySelectorAll('.vlist .vrow').length > 0", LOAD_BOUND_SECONDS)
     assert page.evaluate("document.querySelectorAll('.vlist .vrow').length") < 100
     assert page.errors == []
+
+
+def test_sizes_read_as_in_the_terminal_ties_included(browser: Browser, tmp_path: Path) -> None:
+    """A size halfway between two tenths (1.25 MiB is 320 pages) is rounded to even, as format_size does."""
+    data = snapshot_map(snapshot(os.getpid()), label="ties")
+    ties = [5 << 18, 25 << 18, 9 << 8, 13 << 28, 3 << 18, 7 << 18]  # 1.25, 6.25 MiB, 2.25 KiB, 3.25 GiB, ...
+    after = data["totals"]["after"]
+    for name, value in zip([name for name in after if after[name] is not None], ties, strict=False):
+        after[name] = value
+    path = tmp_path / "ties.html"
+    write_html(path, report_document([data]))
+    page = open_report(browser, path, tmp_path)
+    cells = page.evaluate(
+        "[...document.querySelectorAll('table.totals td[data-bytes]')].map(td => [td.dataset.bytes, td.textContent])"
+    )
+    shown = [(int(value), text) for value, text in cells if value]
+    assert len({value for value, _ in shown} & set(ties)) >= 4  # the ties are on the page
+    for value, text in shown:
+        assert text in (format_size(value), format_size(value, signed=True)), value
