@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from pagewalk._accounting import _code_runs
 from pagewalk.delta import _match_pages
 from pagewalk.reader import PFN_GAP, PageRuns, lookup_pfns, read_scanned
 
@@ -83,3 +84,28 @@ def test_reading_no_scanned_ranges_gives_no_pages() -> None:
     finally:
         os.close(fd)
     assert len(arrays) == 0 and len(arrays.runs) == 0 and len(arrays.top) == 0
+
+
+def spelled_out_code_runs(top: np.ndarray, bounds: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """(first, length, code, region) of each run of equal bytes inside each region, page by page."""
+    runs: list[list[int]] = []
+    for region in range(len(bounds) - 1):
+        for index in range(int(bounds[region]), int(bounds[region + 1])):
+            if index == bounds[region] or top[index] != top[index - 1]:
+                runs.append([index, 0, int(top[index]), region])
+            runs[-1][1] += 1
+    return [tuple(run) for run in runs]  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_code_runs_split_at_every_change_and_region_start(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pages = int(rng.integers(0, 300))
+    # A few byte values in long stretches, as entries have; regions of any size, empty ones included.
+    top = np.repeat(rng.choice([0x81, 0xA1, 0xA0, 0x40], size=pages), rng.integers(1, 4, size=pages))[:pages]
+    top = top.astype(np.uint8)
+    cuts = np.sort(rng.integers(0, pages + 1, size=int(rng.integers(0, 12))))
+    bounds = np.concatenate(([0], cuts, [pages])).astype(np.int64)
+    runs = _code_runs(top, bounds)
+    found = list(zip(runs.first.tolist(), runs.length.tolist(), runs.code.tolist(), runs.region.tolist(), strict=True))
+    assert found == spelled_out_code_runs(top, bounds)

@@ -102,7 +102,6 @@ ANON_KINDS = frozenset({"anon", "heap", "stack"})  # region kinds of anonymous m
 # Pages already marked as a zero page are no candidates.
 _ZERO_SMALL = (_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_EXCLUSIVE | _TOP_ZERO)) == _TOP_PRESENT
 _ZERO_IN_ANON = _ZERO_SMALL | ((_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_ZERO)) == (_TOP_PRESENT | _TOP_FILE))
-_RECOUNT_ONE_BY_ONE = 2  # marked regions recounted each alone; more are recounted with all the others
 _HUGE_PROBE_MIN = 1  # whole huge pages a mapping must hold to be probed
 _SCAN_GAP = 512  # candidates this many pages apart share a PAGEMAP_SCAN window...
 _SCAN_WINDOWS = 64  # ...and at most this many windows are scanned, the widest gaps between them skipped
@@ -134,9 +133,8 @@ class PageData:
     arrays: reader.EntryArrays
     bounds: I64  # index of each region's first page, then the page count
     method: str
-    code_runs: _CodeRuns  # of the top bytes when first counted, before the read path resolves zero and PMD pages
-    histogram: _Histogram  # kept in step with the marks
-    stale: set[int] = field(default_factory=set)  # regions marked since `histogram` counted them
+    code_runs: _CodeRuns  # of the top bytes as read, before the read path resolves zero and PMD pages
+    marked: bool = False  # top bytes were marked since `code_runs` was found
     zero_known: bool = True
     pmd_known: bool = True
     page_flags: U64 | None = None
@@ -225,30 +223,19 @@ def _huge_ranges(fd: int, ranges: list[tuple[int, int]], caps: Capabilities) -> 
 def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: int, method: str) -> PageData:
     starts = np.array([m.start // page for m in maps], dtype=np.uint64)
     bounds = np.append(arrays.runs.index_of(starts), len(arrays))
-    runs = _code_runs(arrays.top, bounds)
-    return PageData(arrays, bounds, method, runs, _histogram(runs, len(maps)))
+    return PageData(arrays, bounds, method, _code_runs(arrays.top, bounds))
 
 
 def _mark(data: PageData, lo: I64, hi: I64, mark: int) -> None:
     """Set `mark` on the pages at indexes `[lo, hi)`, in the entries and their top bytes alike."""
     _mark_arrays(data.arrays, lo, hi, mark)
-    keep = hi > lo
-    _touch_regions(data, lo[keep], hi[keep] - 1)
+    data.marked = True
 
 
 def _mark_pages(data: PageData, index: I64, mark: int) -> None:
     data.arrays.entry[index] |= np.uint64(mark)
     data.arrays.top[index] |= np.uint8(bits.top_bits(mark))
-    _touch_regions(data, index, index)
-
-
-def _touch_regions(data: PageData, first: I64, last: I64) -> None:
-    """Note the regions holding pages `first[i]` to `last[i]` as changed since their histogram was counted."""
-    if len(first):
-        lo = np.searchsorted(data.bounds, first, side="right") - 1
-        hi = np.searchsorted(data.bounds, last, side="right") - 1
-        for low, high in set(zip(lo.tolist(), hi.tolist(), strict=True)):
-            data.stale.update(range(low, high + 1))
+    data.marked = True
 
 
 def _mark_arrays(arrays: reader.EntryArrays, lo: I64, hi: I64, mark: int) -> None:
@@ -464,7 +451,7 @@ def _exclusive_from_mapcounts(data: PageData) -> None:
         return
     data.arrays.entry[wrong] ^= np.uint64(bits.PM_EXCLUSIVE)
     top[wrong] ^= np.uint8(_TOP_EXCLUSIVE)
-    _touch_regions(data, wrong, wrong)
+    data.marked = True
 
 
 def _synthetic_flags(top: U8) -> U8:
@@ -525,33 +512,24 @@ def count_flags(page_flags: U64, withheld: Collection[str] = ()) -> Mapping[str,
 
 
 def _code_runs(top: U8, bounds: I64) -> _CodeRuns:
-    """The runs of equal top bytes of each region's pages. A region whose bytes are all equal (most memory:
-    a dense mapping) is found by two vectorised reductions and is one run; only the others are compared page
-    by page, gathered into one array."""
-    filled = np.flatnonzero(bounds[1:] > bounds[:-1])
-    if not len(filled):
+    """The runs of equal top bytes of each region's pages: a run ends where the byte changes or a region starts.
+
+    One pass over the bytes costs a fraction of a nanosecond a page, far below what the kernel spends on the
+    entries; a fixed handful of numpy calls keeps a small process's snapshot cheap too."""
+    count = len(top)
+    if not count:
         empty = np.zeros(0, dtype=np.intp)
         return _CodeRuns(empty.astype(np.int64), empty.astype(np.int64), empty, empty)
-    lo, hi = bounds[filled], bounds[filled + 1]
-    low = np.minimum.reduceat(top, lo)  # the regions between filled ones are empty: each slice is one region
-    uniform = low == np.maximum.reduceat(top, lo)
-    first, length, code, region = lo[uniform], (hi - lo)[uniform], low[uniform].astype(np.intp), filled[uniform]
-    mixed = np.flatnonzero(~uniform)
-    if len(mixed):
-        pages = np.concatenate([top[a:b] for a, b in zip(lo[mixed].tolist(), hi[mixed].tolist(), strict=True)])
-        offset = reader.exclusive_cumsum(hi[mixed] - lo[mixed])
-        edge = np.empty(len(pages), dtype=bool)
-        np.not_equal(pages[1:], pages[:-1], out=edge[1:])
-        edge[offset[:-1]] = True
-        starts = np.flatnonzero(edge)
-        which = np.searchsorted(offset, starts, side="right") - 1
-        first = np.concatenate((first, lo[mixed][which] + (starts - offset[which])))
-        length = np.concatenate((length, np.diff(np.append(starts, len(pages)))))
-        code = np.concatenate((code, pages[starts].astype(np.intp)))
-        region = np.concatenate((region, filled[mixed][which]))
-        order = np.argsort(first, kind="stable")
-        first, length, code, region = first[order], length[order], code[order], region[order]
-    return _CodeRuns(first, length, code, region)
+    edge = np.empty(count, dtype=bool)
+    edge[0] = True
+    np.not_equal(top[1:], top[:-1], out=edge[1:])
+    region_start = bounds[:-1]
+    edge[region_start[region_start < count]] = True
+    first = np.flatnonzero(edge)
+    length = np.diff(first, append=count)
+    # Empty regions share their index with the next one: the last region starting there holds the run.
+    region = np.searchsorted(bounds, first, side="right") - 1
+    return _CodeRuns(first, length, top[first].astype(np.intp), region)
 
 
 def _histogram(runs: _CodeRuns, regions: int) -> _Histogram:
@@ -565,31 +543,6 @@ def _histogram(runs: _CodeRuns, regions: int) -> _Histogram:
         runs.region * len(codes) + column[runs.code], weights=runs.length, minlength=regions * len(codes)
     )
     return _Histogram(codes, counts.astype(np.float64, copy=False).reshape(regions, len(codes)))
-
-
-def _with_row(histogram: _Histogram, region: int, row: _Histogram) -> _Histogram:
-    """The histogram with one region's counts replaced by `row`'s, adding columns for top bytes new to it."""
-    codes = np.union1d(histogram.codes, row.codes)
-    counts = histogram.counts
-    if len(codes) != len(histogram.codes):
-        counts = np.zeros((len(counts), len(codes)), dtype=np.float64)
-        counts[:, np.searchsorted(codes, histogram.codes)] = histogram.counts
-    counts[region] = 0
-    counts[region, np.searchsorted(codes, row.codes)] = row.counts[0]
-    return _Histogram(codes, counts)
-
-
-def _region_histograms(data: PageData) -> _Histogram:
-    """Pages per region and top byte, recounting the regions marked since the histogram was made."""
-    if len(data.stale) > _RECOUNT_ONE_BY_ONE:  # then one pass over every region costs less
-        data.histogram = _histogram(_code_runs(data.arrays.top, data.bounds), len(data.bounds) - 1)
-        data.stale.clear()
-    for region in sorted(data.stale):
-        lo, hi = int(data.bounds[region]), int(data.bounds[region + 1])
-        runs = _code_runs(data.arrays.top[lo:hi], np.array([0, hi - lo], dtype=np.int64))
-        data.histogram = _with_row(data.histogram, region, _histogram(runs, 1))
-    data.stale.clear()
-    return data.histogram
 
 
 def _sums_by_region(values: I64, bounds: I64) -> I64:
@@ -608,7 +561,9 @@ def region_metrics(data: PageData, kinds: list[str], page: int) -> tuple[Metrics
 
     A metric unknown here is None in every region and in the totals.
     """
-    histogram = _region_histograms(data)
+    # The read path's marks changed some top bytes since the runs were found: then they are found again.
+    runs = _code_runs(data.arrays.top, data.bounds) if data.marked else data.code_runs
+    histogram = _histogram(runs, len(kinds))
     counts = histogram.counts @ _METRIC_MATRICES["other"][histogram.codes]
     for kind in ("shmem", "hugetlb"):
         rows = [index for index, each in enumerate(kinds) if each == kind]
