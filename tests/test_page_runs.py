@@ -7,9 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from pagewalk._accounting import _code_runs
+from pagewalk import _accounting, bits
+from pagewalk._accounting import PageData, _code_runs
 from pagewalk.delta import _match_pages
-from pagewalk.reader import PFN_GAP, PageRuns, lookup_pfns, read_scanned
+from pagewalk.reader import PFN_GAP, EntryArrays, PageRuns, lookup_pfns, read_scanned
 
 
 def random_pages(rng: np.random.Generator, span: int, density: float) -> np.ndarray:
@@ -109,3 +110,30 @@ def test_code_runs_split_at_every_change_and_region_start(seed: int) -> None:
     runs = _code_runs(top, bounds)
     found = list(zip(runs.first.tolist(), runs.length.tolist(), runs.code.tolist(), runs.region.tolist(), strict=True))
     assert found == spelled_out_code_runs(top, bounds)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_counts_corrected_for_marked_pages_equal_a_recount(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    pages = int(rng.integers(1, 400))
+    top = np.repeat(rng.choice([0x81, 0xA1, 0xC0, 0x40], size=pages), rng.integers(1, 5, size=pages))[:pages]
+    entry = top.astype(np.uint64) << np.uint64(56)
+    arrays = EntryArrays(PageRuns.from_pages(np.arange(pages, dtype=np.uint64)), entry, top.astype(np.uint8))
+    cuts = np.sort(rng.integers(0, pages + 1, size=int(rng.integers(0, 10))))
+    bounds = np.concatenate(([0], cuts, [pages])).astype(np.int64)
+    data = PageData(arrays, bounds, "read", _code_runs(arrays.top, bounds))
+    # Single pages and ranges, some marked twice, with both marks; and exclusivity flipped, as map counts do.
+    _accounting._mark_pages(data, rng.choice(pages, size=min(pages, 7)), bits.MARK_ZERO)
+    lo = np.sort(rng.choice(pages, size=3))
+    _accounting._mark(data, lo, np.minimum(lo + rng.integers(0, 20, size=3), pages), bits.MARK_PMD)
+    _accounting._mark_pages(data, rng.choice(pages, size=min(pages, 5)), bits.MARK_PMD)
+    assert data.moved and not data.recount
+    corrected = _accounting._final_histogram(data, len(bounds) - 1)
+
+    data.recount = True
+    recounted = _accounting._final_histogram(data, len(bounds) - 1)
+    assert recounted.counts.sum() == pages
+    columns = np.searchsorted(corrected.codes, recounted.codes)
+    assert np.array_equal(corrected.counts[:, columns], recounted.counts)
+    others = np.setdiff1d(np.arange(len(corrected.codes)), columns)
+    assert not corrected.counts[:, others].any()  # bytes no page has any more count none

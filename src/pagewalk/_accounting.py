@@ -102,6 +102,7 @@ ANON_KINDS = frozenset({"anon", "heap", "stack"})  # region kinds of anonymous m
 # Pages already marked as a zero page are no candidates.
 _ZERO_SMALL = (_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_EXCLUSIVE | _TOP_ZERO)) == _TOP_PRESENT
 _ZERO_IN_ANON = _ZERO_SMALL | ((_CODE & (_TOP_PRESENT | _TOP_FILE | _TOP_ZERO)) == (_TOP_PRESENT | _TOP_FILE))
+_MOVED_MAX = 1 << 12  # pages marked after counting whose counts are corrected one by one; above, all are recounted
 _HUGE_PROBE_MIN = 1  # whole huge pages a mapping must hold to be probed
 _SCAN_GAP = 512  # candidates this many pages apart share a PAGEMAP_SCAN window...
 _SCAN_WINDOWS = 64  # ...and at most this many windows are scanned, the widest gaps between them skipped
@@ -134,7 +135,10 @@ class PageData:
     bounds: I64  # index of each region's first page, then the page count
     method: str
     code_runs: _CodeRuns  # of the top bytes as read, before the read path resolves zero and PMD pages
-    marked: bool = False  # top bytes were marked since `code_runs` was found
+    # Pages marked since: a few are kept with their top bytes before (the counts are corrected for them);
+    # after many, the runs are found again.
+    moved: list[tuple[I64, U8]] = field(default_factory=list)
+    recount: bool = False
     zero_known: bool = True
     pmd_known: bool = True
     page_flags: U64 | None = None
@@ -228,14 +232,26 @@ def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: i
 
 def _mark(data: PageData, lo: I64, hi: I64, mark: int) -> None:
     """Set `mark` on the pages at indexes `[lo, hi)`, in the entries and their top bytes alike."""
-    _mark_arrays(data.arrays, lo, hi, mark)
-    data.marked = True
+    keep = hi > lo
+    lo, length = lo[keep], (hi - lo)[keep]
+    if int(length.sum()) <= _MOVED_MAX:
+        _mark_pages(data, reader.concatenated_ranges(lo, length, np.int64), mark)
+        return
+    _mark_arrays(data.arrays, lo, lo + length, mark)
+    data.recount = True
 
 
 def _mark_pages(data: PageData, index: I64, mark: int) -> None:
+    _note_moved(data, index)
     data.arrays.entry[index] |= np.uint64(mark)
     data.arrays.top[index] |= np.uint8(bits.top_bits(mark))
-    data.marked = True
+
+
+def _note_moved(data: PageData, index: I64) -> None:
+    """Note that the top bytes of the pages at `index` are about to change."""
+    if not data.recount:
+        data.moved.append((index, data.arrays.top[index]))
+        data.recount = sum(len(pages) for pages, _ in data.moved) > _MOVED_MAX
 
 
 def _mark_arrays(arrays: reader.EntryArrays, lo: I64, hi: I64, mark: int) -> None:
@@ -449,9 +465,9 @@ def _exclusive_from_mapcounts(data: PageData) -> None:
     wrong = huge[exclusive != should_be]
     if not len(wrong):
         return
+    _note_moved(data, wrong)
     data.arrays.entry[wrong] ^= np.uint64(bits.PM_EXCLUSIVE)
     top[wrong] ^= np.uint8(_TOP_EXCLUSIVE)
-    data.marked = True
 
 
 def _synthetic_flags(top: U8) -> U8:
@@ -532,17 +548,37 @@ def _code_runs(top: U8, bounds: I64) -> _CodeRuns:
     return _CodeRuns(first, length, top[first].astype(np.intp), region)
 
 
-def _histogram(runs: _CodeRuns, regions: int) -> _Histogram:
-    """Pages per region and top byte."""
+def _histogram(region: npt.NDArray[np.intp], code: npt.NDArray[np.intp], pages: I64, regions: int) -> _Histogram:
+    """Pages per region and top byte, from counts of `pages` (negative ones subtract) by region and byte."""
     seen = np.zeros(256, dtype=bool)
-    seen[runs.code] = True
+    seen[code] = True
     codes = np.flatnonzero(seen)
     column = np.zeros(256, dtype=np.intp)
     column[codes] = np.arange(len(codes))
-    counts = np.bincount(
-        runs.region * len(codes) + column[runs.code], weights=runs.length, minlength=regions * len(codes)
-    )
+    counts = np.bincount(region * len(codes) + column[code], weights=pages, minlength=regions * len(codes))
     return _Histogram(codes, counts.astype(np.float64, copy=False).reshape(regions, len(codes)))
+
+
+def _final_histogram(data: PageData, regions: int) -> _Histogram:
+    """Pages per region and top byte, the read path's marks included."""
+    if data.recount:
+        runs = _code_runs(data.arrays.top, data.bounds)
+        return _histogram(runs.region, runs.code, runs.length, regions)
+    runs = data.code_runs
+    if not data.moved:
+        return _histogram(runs.region, runs.code, runs.length, regions)
+    # Each moved page leaves the count of its byte before and joins that of its byte now (a page moved twice
+    # left the first byte it had).
+    index, first = np.unique(np.concatenate([pages for pages, _ in data.moved]), return_index=True)
+    before = np.concatenate([top for _, top in data.moved])[first].astype(np.intp)
+    region = np.searchsorted(data.bounds, index, side="right") - 1
+    ones = np.ones(len(index), dtype=np.int64)
+    return _histogram(
+        np.concatenate((runs.region, region, region)),
+        np.concatenate((runs.code, before, data.arrays.top[index].astype(np.intp))),
+        np.concatenate((runs.length, -ones, ones)),
+        regions,
+    )
 
 
 def _sums_by_region(values: I64, bounds: I64) -> I64:
@@ -561,9 +597,7 @@ def region_metrics(data: PageData, kinds: list[str], page: int) -> tuple[Metrics
 
     A metric unknown here is None in every region and in the totals.
     """
-    # The read path's marks changed some top bytes since the runs were found: then they are found again.
-    runs = _code_runs(data.arrays.top, data.bounds) if data.marked else data.code_runs
-    histogram = _histogram(runs, len(kinds))
+    histogram = _final_histogram(data, len(kinds))
     counts = histogram.counts @ _METRIC_MATRICES["other"][histogram.codes]
     for kind in ("shmem", "hugetlb"):
         rows = [index for index, each in enumerate(kinds) if each == kind]
