@@ -12,7 +12,6 @@ turned into metrics by one matrix product.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -155,32 +154,28 @@ def user_ranges(maps: list[procfs.MapsEntry], page_size: int) -> list[tuple[int,
     return [(m.start // page_size, m.end // page_size) for m in maps if m.path != "[vsyscall]"]
 
 
-def _capacity(pid: int, resident: int) -> int:
-    swap_kb = int((procfs.status_field(pid, "VmSwap") or "0 kB").split()[0])
-    return resident + swap_kb * 1024 // os.sysconf("SC_PAGE_SIZE") + 1024
-
-
-def _choose_method(size: int, resident: int, caps: Capabilities, method: Method) -> str:
+def _choose_method(memory: procfs.MemoryStatus, caps: Capabilities, method: Method) -> str:
     if method != "auto":
         return method
     if not caps.pagemap_scan:
         return "read"
     # Dense address spaces read fastest mapping by mapping; sparse ones (big reservations) by scanning.
-    return "read" if resident * 4 >= size else "scan"
+    return "read" if memory.resident * 4 >= memory.size else "scan"
 
 
 def read_pages(
-    pid: int,
     fd: int,
     maps: list[procfs.MapsEntry],
     kinds: list[str],
     caps: Capabilities,
     method: Method,
+    memory: procfs.MemoryStatus,
 ) -> PageData:
+    """The entries of the pages in `maps`, read through pagemap `fd`, with zero and PMD-mapped pages resolved;
+    `memory` (read while the process is stopped, as the rest) sizes the arrays and picks the front end."""
     page = caps.page_size
     ranges = user_ranges(maps, page)
-    size, resident = procfs.read_statm(pid)
-    if _choose_method(size, resident, caps, method) == "scan" and ranges:
+    if _choose_method(memory, caps, method) == "scan" and ranges:
         rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
         arrays = reader.read_scanned(fd, rows[:, 0], rows[:, 1])
         # Marked before the pages are counted, so they are counted once.
@@ -188,7 +183,8 @@ def read_pages(
         _mark_rows(arrays, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
         return _page_data(arrays, maps, page, "scan")
     huge = _huge_ranges(fd, ranges, caps)
-    data = _page_data(reader.read_entries(fd, ranges, _capacity(pid, resident), huge), maps, page, "read")
+    capacity = (memory.resident + memory.swap) // page + 1024
+    data = _page_data(reader.read_entries(fd, ranges, capacity, huge), maps, page, "read")
     _resolve_zero_pages(fd, data, kinds, caps)
     _resolve_pmd_pages(fd, data, kinds, caps)
     return data

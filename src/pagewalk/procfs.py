@@ -35,6 +35,7 @@ _PF_KTHREAD = 0x00200000  # task flag of kernel threads (include/linux/sched.h)
 T = TypeVar("T")
 
 
+@functools.cache  # a check that passed holds for good; one that raised is made again
 def check_platform() -> None:
     """Raise `Unsupported` unless this is Linux with a mounted `/proc`."""
     if not sys.platform.startswith("linux"):
@@ -340,11 +341,34 @@ def read_maps(pid: int) -> list[MapsEntry]:
 
 def status_field(pid: int | str, name: str) -> str | None:
     """The value of the `NAME:` line of `/proc/PID/status`, or None when this kernel prints no such line."""
-    prefix = f"{name}:"
+    return status_fields(pid, (name,))[name]
+
+
+def status_fields(pid: int | str, names: tuple[str, ...]) -> dict[str, str | None]:
+    """The values of several lines of `/proc/PID/status` from one read (None for a line not printed)."""
+    found: dict[str, str | None] = dict.fromkeys(names)
     for line in read_proc_text(pid, "status").splitlines():
-        if line.startswith(prefix):
-            return line[len(prefix) :].strip()
-    return None
+        name, _, value = line.partition(":")
+        if name in found:
+            found[name] = value.strip()
+    return found
+
+
+@dataclass(frozen=True)
+class MemoryStatus:
+    """A process's memory use from `/proc/PID/status`, in bytes."""
+
+    size: int  # address space (VmSize)
+    resident: int  # VmRSS, as statm's resident
+    swap: int  # VmSwap
+    peak_resident: int | None  # VmHWM: None for a process whose memory is gone (no Vm lines)
+
+
+def memory_status(pid: int) -> MemoryStatus:
+    """The memory lines of `/proc/PID/status`, read once."""
+    fields = status_fields(pid, ("VmSize", "VmRSS", "VmSwap", "VmHWM"))
+    size, resident, swap, peak = (None if value is None else int(value.split()[0]) * 1024 for value in fields.values())
+    return MemoryStatus(size or 0, resident or 0, swap or 0, peak)
 
 
 def read_statm(pid: int) -> tuple[int, int]:

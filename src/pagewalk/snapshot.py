@@ -279,7 +279,8 @@ def snapshot(
             taken_at = time.time()
             maps = procfs.read_maps(pid)
             kinds = _classify(pid, maps, caps)
-            data = _accounting.read_pages(pid, fd, maps, kinds, caps, method)
+            memory = procfs.memory_status(pid)
+            data = _accounting.read_pages(fd, maps, kinds, caps, method, memory)
             if flags or counts or cgroups:
                 _accounting.read_pfn_files(data, caps, flags=flags, counts=counts, cgroups=cgroups)
             if writes:
@@ -291,7 +292,6 @@ def snapshot(
             # Reading the command line reads the process's stack: after the accessed bits are read and before
             # they are cleared, so the measurement never counts a page it touched itself.
             command = _command(pid)
-            peak_rss = tracking.read_peak(pid)
             peak_unknown = tracking.apply_tracking(pid, track)
     except reader.ProcessExited:
         raise _address_space_gone(pid, started) from None
@@ -309,7 +309,7 @@ def snapshot(
     if peak_unknown:
         data.notes.append(peak_unknown)
     snap = _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe))
-    return replace(snap, peak_rss=peak_rss, peak_reset="peak" in track and peak_unknown is None)
+    return replace(snap, peak_rss=memory.peak_resident, peak_reset="peak" in track and peak_unknown is None)
 
 
 # Walking pagemap costs about a second per TiB of address space: above this, never while the process is stopped.

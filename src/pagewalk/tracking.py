@@ -25,7 +25,6 @@ __all__ = [
     "CLEAR_SOFT_DIRTY",
     "TRACKABLE",
     "clear_refs",
-    "read_peak",
     "start_tracking",
 ]
 
@@ -88,14 +87,6 @@ def apply_tracking(pid: int, track: tuple[str, ...]) -> str | None:
                 "mark cannot be reset (run as the process's owner or as root)"
             )
     return None
-
-
-def read_peak(pid: int) -> int | None:
-    """`VmHWM` of `/proc/PID/status` in bytes: the highest RSS since the last reset (or the process start)."""
-    value = procfs.status_field(pid, "VmHWM")
-    if value is None:  # kernel threads, and exited processes whose memory is gone
-        return None
-    return int(value.split()[0]) * 1024
 
 
 def written_mask(
