@@ -35,11 +35,15 @@ _PF_KTHREAD = 0x00200000  # task flag of kernel threads (include/linux/sched.h)
 T = TypeVar("T")
 
 
-@functools.cache  # a check that passed holds for good; one that raised is made again
 def check_platform() -> None:
     """Raise `Unsupported` unless this is Linux with a mounted `/proc`."""
     if not sys.platform.startswith("linux"):
         raise Unsupported(f"pagewalk reads Linux page tables; this platform is {sys.platform!r}")
+    _check_proc_mounted()
+
+
+@functools.cache  # a check that passed holds for good; one that raised is made again
+def _check_proc_mounted() -> None:
     if not os.path.exists(f"{PROC}/self/pagemap"):
         raise Unsupported("/proc/self/pagemap is missing: mount procfs (mount -t proc proc /proc)")
 
