@@ -293,6 +293,8 @@ def snapshot(
             # they are cleared, so the measurement never counts a page it touched itself.
             command = _command(pid)
             peak_unknown = tracking.apply_tracking(pid, track)
+            # Before resuming: a process woken by the resume may take the CPU from a read right after it.
+            _check_same_process(pid, started, maps)
     except reader.ProcessExited:
         raise _address_space_gone(pid, started) from None
     except OSError as exc:
@@ -301,7 +303,6 @@ def snapshot(
         raise procfs.translate_os_error(exc, pid, "the page tables") from exc
     finally:
         os.close(fd)
-    _check_same_process(pid, started, maps)
     data.notes[:0] = notes
     if freeze_result is not None:
         data.notes.extend(note for note in freeze_result.notes if pid != os.getpid())
