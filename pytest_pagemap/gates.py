@@ -29,7 +29,7 @@ from pagewalk.baseline import (
     records_of_test,
     resolve_record,
     save_record,
-    write_text_atomic,
+    write_report_file,
 )
 from pagewalk.ci_reports import (
     Tone,
@@ -319,9 +319,8 @@ class PagemapGates:
             if path is None:
                 continue
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_text_atomic(path, json_text(build()))
-            except OSError as exc:
+                write_report_file(path, json_text(build()))
+            except (BaselineError, OSError) as exc:
                 self.outcome.append((f"ERROR: the {title} was not written to {path}: {exc}", "bad"))
             else:
                 self.outcome.append((f"wrote the {title} ({count}) to {path}", "plain"))

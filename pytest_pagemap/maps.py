@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from pagewalk.baseline import MeasurementRecord, SessionRecord, collect_context, measurement_metrics, records_of_test
+from pagewalk._present import plural
+from pagewalk.baseline import (
+    BaselineError,
+    MeasurementRecord,
+    SessionRecord,
+    collect_context,
+    measurement_metrics,
+    records_of_test,
+)
 from pagewalk.ci_reports import json_report
 from pagewalk.html_report import write_html
 
@@ -91,11 +99,10 @@ class PagemapMaps:
             return
         record = self._session_record()
         report = json_report(record, self.gates.comparison, maps=self.maps)
-        count = f"{len(record.measurements)} measurement{'s' if len(record.measurements) != 1 else ''}"
+        count = plural(len(record.measurements), "measurement")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             write_html(self.path, report, title=_TITLE)
-        except OSError as exc:
+        except (BaselineError, OSError) as exc:
             self.outcome.append((f"ERROR: the HTML memory map was not written to {self.path}: {exc}", {"red": True}))
             if session.exitstatus == pytest.ExitCode.OK:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED

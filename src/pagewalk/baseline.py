@@ -56,6 +56,7 @@ __all__ = [
     "resolve_record",
     "save_record",
     "write_json_atomic",
+    "write_report_file",
     "write_text_atomic",
 ]
 
@@ -453,6 +454,19 @@ def write_text_atomic(target: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def write_report_file(path: Path, text: str) -> None:
+    """Write a report to a path the user named. A symbolic link is followed: the file it names is replaced
+    atomically (or written, when it is a device or FIFO such as /dev/stdout), and the link stays."""
+    target = Path(os.path.realpath(path))
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISREG(target.stat().st_mode):
+            with open(target, "w", encoding="utf-8") as stream:
+                stream.write(text)
+            return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(target, text)
 
 
 def median_metrics(samples: Iterable[Mapping[str, int | None]]) -> dict[str, int | None]:

@@ -145,8 +145,9 @@ def _emit(
         path = Path(args.html)
         try:
             write_html(path, report_document([memory_map()], context=collect_context()))
-        except OSError as exc:
-            print(f"pagewalk: error: cannot write the HTML page to {path}: {exc.strerror or exc}", file=sys.stderr)
+        except (BaselineError, OSError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            print(f"pagewalk: error: cannot write the HTML page to {path}: {reason}", file=sys.stderr)
             return EXIT_ERROR
         print(f"wrote the memory map to {path}", file=sys.stderr)
     if args.json:

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .baseline import write_text_atomic
+from .baseline import write_report_file
 
 __all__ = ["DATA_ELEMENT_ID", "render_html", "report_document", "write_html"]
 
@@ -65,4 +65,4 @@ def render_html(report: Mapping[str, Any], *, title: str = "pagewalk memory map"
 
 def write_html(path: Path, report: Mapping[str, Any], *, title: str = "pagewalk memory map") -> None:
     """Write the page for `report` to `path` atomically (a reader never sees half a file)."""
-    write_text_atomic(path, render_html(report, title=title))
+    write_report_file(path, render_html(report, title=title))

@@ -85,3 +85,20 @@ def test_an_unwritable_path_is_reported_and_fails_the_session(pytester: pytest.P
     result = pytester.runpytest("--pagemap-html=taken/map.html")
     result.stdout.fnmatch_lines(["ERROR: the HTML memory map was not written to taken/map.html: *"])
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_reports_are_written_through_symbolic_links(pytester: pytest.Pytester) -> None:
+    """A report path that is a link writes the file it names, or the device (as /dev/stdout is), and the link
+    stays: replacing it would leave the linked file stale, or swap /dev/stdout for a file when run as root."""
+    pytester.makepyfile(test_maps=GROW + "\ndef test_one(pagemap):\n    pagemap.run(grow, 1 << 20)\n")
+    shared = pytester.path / "shared"
+    shared.mkdir()
+    (shared / "map.html").write_text("old")
+    (pytester.path / "map.html").symlink_to(shared / "map.html")
+    (pytester.path / "report.json").symlink_to("/dev/null")
+    result = pytester.runpytest("--pagemap-html=map.html", "--pagemap-json=report.json")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "map.html").is_symlink() and (pytester.path / "report.json").is_symlink()
+    (measurement,) = embedded(shared / "map.html")["measurements"]
+    assert measurement["key"] == "test_maps.py::test_one"
+    assert not [p for p in shared.iterdir() if p.name != "map.html"]  # no temporary file left beside it
