@@ -8,7 +8,7 @@ import fnmatch
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -309,8 +309,8 @@ def snapshot(
     was_frozen = freeze_result is not None and freeze_result.methods.get(pid) != "self" and freeze_result.complete
     if peak_unknown:
         data.notes.append(peak_unknown)
-    snap = _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe))
-    return replace(snap, peak_rss=memory.peak_resident, peak_reset="peak" in track and peak_unknown is None)
+    peak = (memory.peak_resident, "peak" in track and peak_unknown is None)
+    return _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe), peak=peak)
 
 
 # Walking pagemap costs about a second per TiB of address space: above this, never while the process is stopped.
@@ -434,6 +434,7 @@ def _build(
     caps: Capabilities,
     *,
     identity: tuple[int | None, str | None],
+    peak: tuple[int | None, bool],
 ) -> Snapshot:
     arrays = data.arrays
     page = caps.page_size
@@ -466,4 +467,6 @@ def _build(
         notes=tuple(data.notes),
         start_time=identity[0],
         exe=identity[1],
+        peak_rss=peak[0],
+        peak_reset=peak[1],
     )
