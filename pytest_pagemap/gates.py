@@ -319,6 +319,7 @@ class PagemapGates:
             if path is None:
                 continue
             try:
+                path.parent.mkdir(parents=True, exist_ok=True)
                 write_report_file(path, json_text(build()))
             except (BaselineError, OSError) as exc:
                 self.outcome.append((f"ERROR: the {title} was not written to {path}: {exc}", "bad"))

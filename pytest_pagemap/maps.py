@@ -101,6 +101,7 @@ class PagemapMaps:
         report = json_report(record, self.gates.comparison, maps=self.maps)
         count = plural(len(record.measurements), "measurement")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             write_html(self.path, report, title=_TITLE)
         except (BaselineError, OSError) as exc:
             self.outcome.append((f"ERROR: the HTML memory map was not written to {self.path}: {exc}", {"red": True}))

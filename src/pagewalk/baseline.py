@@ -465,7 +465,6 @@ def write_report_file(path: Path, text: str) -> None:
             with open(target, "w", encoding="utf-8") as stream:
                 stream.write(text)
             return
-    target.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(target, text)
 
 
