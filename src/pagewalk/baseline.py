@@ -457,15 +457,13 @@ def write_text_atomic(target: Path, text: str) -> None:
 
 
 def write_report_file(path: Path, text: str) -> None:
-    """Write a report to a path the user named. A symbolic link is followed: the file it names is replaced
-    atomically (or written, when it is a device or FIFO such as /dev/stdout), and the link stays."""
-    target = Path(os.path.realpath(path))
-    with contextlib.suppress(FileNotFoundError):
-        if not stat.S_ISREG(target.stat().st_mode):
-            with open(target, "w", encoding="utf-8") as stream:
-                stream.write(text)
-            return
-    write_text_atomic(target, text)
+    """Write a report to a path the user named: a regular file (or a new one) is replaced atomically; a
+    symbolic link or a device (/dev/stdout, a FIFO) is written through, as any program would, and stays."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        return
+    write_text_atomic(path, text)
 
 
 def median_metrics(samples: Iterable[Mapping[str, int | None]]) -> dict[str, int | None]:
