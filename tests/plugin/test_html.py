@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +104,19 @@ def test_reports_are_written_through_symbolic_links(pytester: pytest.Pytester) -
     (measurement,) = embedded(shared / "map.html")["measurements"]
     assert measurement["key"] == "test_maps.py::test_one"
     assert not [p for p in shared.iterdir() if p.name != "map.html"]  # no temporary file left beside it
+
+
+def test_a_report_can_go_to_standard_output_through_a_pipe(pytester: pytest.Pytester) -> None:
+    """/dev/stdout links to /proc/self/fd/1, which names a pipe as 'pipe:[N]': written through, not resolved."""
+    pytester.makepyfile(test_maps=GROW + "\ndef test_one(pagemap):\n    pagemap.run(grow, 1 << 20)\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pagemap-json=/dev/stdout"],
+        cwd=pytester.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout[result.stdout.index("{") : result.stdout.rindex("}") + 1])
+    assert [m["key"] for m in report["measurements"]] == ["test_maps.py::test_one"]
+    assert "wrote the JSON report (1 measurement) to /dev/stdout" in result.stdout
