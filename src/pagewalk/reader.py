@@ -261,7 +261,8 @@ def mark_ranges(vpn: U64, first: U64, end: U64) -> Mask:
 
 
 class _EntryWriter:
-    """Collects the mapped entries of pagemap ranges, and their top bytes, into arrays sized from statm.
+    """Collects the mapped entries of pagemap ranges, and their top bytes, into arrays sized from the resident
+    and swapped memory the process reports.
 
     Ranges are read back to back into a batch of up to CHUNK_ENTRIES entries: straight into the arrays'
     free tail when the batch fits there (a frozen process's present pages always do), else into a scratch
