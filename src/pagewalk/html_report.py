@@ -64,5 +64,6 @@ def render_html(report: Mapping[str, Any], *, title: str = "pagewalk memory map"
 
 
 def write_html(path: Path, report: Mapping[str, Any], *, title: str = "pagewalk memory map") -> None:
-    """Write the page for `report` to `path` atomically (a reader never sees half a file)."""
+    """Write the page for `report` to `path`: atomically (a reader never sees half a file), unless `path` is
+    a link or a device, which is written through (see `write_report_file`)."""
     write_report_file(path, render_html(report, title=title))
