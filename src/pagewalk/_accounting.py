@@ -134,10 +134,9 @@ class PageData:
     bounds: I64  # index of each region's first page, then the page count
     method: str
     code_runs: _CodeRuns  # of the top bytes as read, before the read path resolves zero and PMD pages
-    # Pages marked since: a few are kept with their top bytes before (the counts are corrected for them);
-    # after many, the runs are found again.
-    moved: list[tuple[I64, U8]] = field(default_factory=list)
-    recount: bool = False
+    # Pages marked since, with their top bytes before: the counts are corrected for them. None once too many
+    # were marked: the runs are then found again.
+    moved: list[tuple[I64, U8]] | None = field(default_factory=list)
     zero_known: bool = True
     pmd_known: bool = True
     page_flags: U64 | None = None
@@ -234,7 +233,7 @@ def _mark(data: PageData, lo: I64, hi: I64, mark: int) -> None:
         _mark_pages(data, reader.concatenated_ranges(lo, length, np.int64), mark)
         return
     _mark_arrays(data.arrays, lo, lo + length, mark)
-    data.recount = True
+    data.moved = None
 
 
 def _mark_pages(data: PageData, index: I64, mark: int) -> None:
@@ -245,9 +244,12 @@ def _mark_pages(data: PageData, index: I64, mark: int) -> None:
 
 def _note_moved(data: PageData, index: I64) -> None:
     """Note that the top bytes of the pages at `index` are about to change."""
-    if not data.recount:
+    if data.moved is None:
+        return
+    if sum(len(pages) for pages, _ in data.moved) + len(index) > _MOVED_MAX:
+        data.moved = None
+    else:
         data.moved.append((index, data.arrays.top[index]))
-        data.recount = sum(len(pages) for pages, _ in data.moved) > _MOVED_MAX
 
 
 def _mark_arrays(arrays: reader.EntryArrays, lo: I64, hi: I64, mark: int) -> None:
@@ -557,11 +559,8 @@ def _histogram(region: npt.NDArray[np.intp], code: npt.NDArray[np.intp], pages: 
 
 def _final_histogram(data: PageData, regions: int) -> _Histogram:
     """Pages per region and top byte, the read path's marks included."""
-    if data.recount:
-        runs = _code_runs(data.arrays.top, data.bounds)
-        return _histogram(runs.region, runs.code, runs.length, regions)
-    runs = data.code_runs
-    if not data.moved:
+    runs = data.code_runs if data.moved is not None else _code_runs(data.arrays.top, data.bounds)
+    if not data.moved:  # nothing marked since the runs were found, or the runs found again
         return _histogram(runs.region, runs.code, runs.length, regions)
     # Each moved page leaves the count of its byte before and joins that of its byte now (a page moved twice
     # left the first byte it had).
