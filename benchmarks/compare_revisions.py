@@ -20,6 +20,7 @@ import argparse
 import importlib
 import io
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -48,11 +49,6 @@ def load_revision(revision: str, into: str) -> Any:
     return importlib.import_module("pagewalk_base")
 
 
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def compare(target: bench.Target, calls: dict[str, Callable[[int], Any]], rounds: int, cold: bool) -> None:
     proc = bench.start_target(target)
     try:
@@ -69,9 +65,9 @@ def compare(target: bench.Target, calls: dict[str, Callable[[int], Any]], rounds
                 started = time.perf_counter()
                 calls[name](pid)
                 times[name].append((time.perf_counter() - started) * 1e3)
-        base = quantile(times[names[0]], 0.5)
+        base = statistics.median(times[names[0]])
         for name in names:
-            low, median = quantile(times[name], 0.2), quantile(times[name], 0.5)
+            low, median = statistics.quantiles(times[name], n=5)[0], statistics.median(times[name])
             print(f"  {name:28s} 20th percentile {low:7.3f} ms  median {median:7.3f} ms  ({median / base:.2f}x)")
     finally:
         bench._kill(proc)
