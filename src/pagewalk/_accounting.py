@@ -177,9 +177,7 @@ def read_pages(
     if _choose_method(memory, caps, method) == "scan" and ranges:
         rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
         arrays = reader.read_scanned(fd, rows[:, 0], rows[:, 1])
-        # Marked before the pages are counted, so they are counted once.
-        _mark_rows(arrays, rows, bits.PAGE_IS_PFNZERO, bits.MARK_ZERO)
-        _mark_rows(arrays, rows, bits.PAGE_IS_HUGE, bits.MARK_PMD)
+        _mark_scanned(arrays, rows)  # before the pages are counted, so they are counted once
         return _page_data(arrays, maps, page, "scan")
     huge = _huge_ranges(fd, ranges, caps)
     capacity = (memory.resident + memory.swap) // page + 1024
@@ -256,11 +254,20 @@ def _mark_arrays(arrays: reader.EntryArrays, lo: I64, hi: I64, mark: int) -> Non
     reader.mark_index_ranges((arrays.entry, arrays.top), lo, hi, (mark, bits.top_bits(mark)))
 
 
-def _mark_rows(arrays: reader.EntryArrays, rows: U64, category: int, mark: int) -> None:
-    """Mark the pages of the PAGEMAP_SCAN rows (in pages) that have `category`."""
-    chosen = rows[(rows[:, 2] & np.uint64(category)) != 0]
-    if len(chosen):
-        _mark_arrays(arrays, arrays.runs.index_of(chosen[:, 0]), arrays.runs.index_of(chosen[:, 1]), mark)
+_SCAN_MARKS = ((bits.PAGE_IS_PFNZERO, bits.MARK_ZERO), (bits.PAGE_IS_HUGE, bits.MARK_PMD))
+
+
+def _mark_scanned(arrays: reader.EntryArrays, rows: U64) -> None:
+    """Mark the zero pages and PMD-mapped pages among the PAGEMAP_SCAN rows (in pages) as such."""
+    chosen = ((rows[:, 2] & np.uint64(bits.PAGE_IS_PFNZERO | bits.PAGE_IS_HUGE)) != 0).nonzero()[0]
+    if not len(chosen):
+        return
+    bounds = arrays.runs.index_of(rows[chosen, :2].ravel()).reshape(-1, 2)
+    categories = rows[chosen, 2]
+    for category, mark in _SCAN_MARKS:
+        has = (categories & np.uint64(category)) != 0
+        if bool(has.any()):
+            _mark_arrays(arrays, bounds[has, 0], bounds[has, 1], mark)
 
 
 def _scan_marks(fd: int, data: PageData, first: U64, end: U64, category: int, mark: int, page: int) -> None:
@@ -381,7 +388,7 @@ def read_pfn_files(data: PageData, caps: Capabilities, *, flags: bool, counts: b
     entry = data.arrays.entry
     present_mask = data.arrays.top >= np.uint8(_TOP_PRESENT)
     # Usually every page is present: then no index array, and the look-ups are the per-page arrays.
-    present = None if bool(present_mask.all()) else np.flatnonzero(present_mask)
+    present = None if bool(present_mask.all()) else present_mask.nonzero()[0]
     pfns = (entry if present is None else entry[present]) & np.uint64(bits.PM_PFN_MASK)
     huge_heads = _huge_heads(data, caps) if flags else None
     per_page_flags = flags and huge_heads is None
@@ -438,7 +445,7 @@ def _flags_by_folio(data: PageData, heads: I64, span: int) -> U64:
     blocks = reader.concatenated_ranges(heads, np.full(len(heads), span, dtype=np.int64), np.int64).reshape(-1, span)
     looked_up = top >= np.uint8(_TOP_PRESENT)
     looked_up[blocks[:, 1:]] = False
-    index = np.flatnonzero(looked_up)
+    index = looked_up.nonzero()[0]
     (found,) = reader.lookup_pfns(["/proc/kpageflags"], entry[index] & np.uint64(bits.PM_PFN_MASK))
     page_flags = np.zeros(len(entry), dtype=np.uint64)
     page_flags[index] = found
@@ -455,7 +462,7 @@ def _exclusive_from_mapcounts(data: PageData) -> None:
     assert data.mapcounts is not None
     top = data.arrays.top
     present_pmd = np.uint8(_TOP_PRESENT | _TOP_PMD)
-    huge = np.flatnonzero((top & present_pmd) == present_pmd)
+    huge = ((top & present_pmd) == present_pmd).nonzero()[0]
     if not len(huge):
         return
     exclusive = (top[huge] & np.uint8(_TOP_EXCLUSIVE)) != 0
@@ -505,11 +512,11 @@ def _value_counts(values: U64) -> tuple[U64, I64]:
     of equal values are counted first and only the runs' values sorted."""
     if not len(values):
         return values, np.zeros(0, dtype=np.int64)
-    starts = np.concatenate(([0], np.flatnonzero(values[1:] != values[:-1]) + 1))
+    starts = np.concatenate(([0], (values[1:] != values[:-1]).nonzero()[0] + 1))
     lengths = np.diff(np.append(starts, len(values)))
     run_values = values[starts]
     distinct = np.unique(run_values)  # a sort; finding each run's value in it is cheaper than return_inverse
-    which = np.searchsorted(distinct, run_values)
+    which = distinct.searchsorted(run_values)
     return distinct, np.bincount(which, weights=lengths, minlength=len(distinct)).astype(np.int64)
 
 
@@ -539,10 +546,10 @@ def _code_runs(top: U8, bounds: I64) -> _CodeRuns:
     np.not_equal(top[1:], top[:-1], out=edge[1:])
     region_start = bounds[:-1]
     edge[region_start[region_start < count]] = True
-    first = np.flatnonzero(edge)
-    length = np.diff(first, append=count)
+    first = edge.nonzero()[0]
+    length = np.concatenate((first[1:], [count])) - first
     # Empty regions share their index with the next one: the last region starting there holds the run.
-    region = np.searchsorted(bounds, first, side="right") - 1
+    region = bounds.searchsorted(first, side="right") - 1
     return _CodeRuns(first, length, top[first].astype(np.intp), region)
 
 
@@ -550,7 +557,7 @@ def _histogram(region: npt.NDArray[np.intp], code: npt.NDArray[np.intp], pages: 
     """Pages per region and top byte, from counts of `pages` (negative ones subtract) by region and byte."""
     seen = np.zeros(256, dtype=bool)
     seen[code] = True
-    codes = np.flatnonzero(seen)
+    codes = seen.nonzero()[0]
     column = np.zeros(256, dtype=np.intp)
     column[codes] = np.arange(len(codes))
     counts = np.bincount(region * len(codes) + column[code], weights=pages, minlength=regions * len(codes))
@@ -566,7 +573,7 @@ def _final_histogram(data: PageData, regions: int) -> _Histogram:
     # left the first byte it had).
     index, first = np.unique(np.concatenate([pages for pages, _ in data.moved]), return_index=True)
     before = np.concatenate([top for _, top in data.moved])[first].astype(np.intp)
-    region = np.searchsorted(data.bounds, index, side="right") - 1
+    region = data.bounds.searchsorted(index, side="right") - 1
     ones = np.ones(len(index), dtype=np.int64)
     return _histogram(
         np.concatenate((runs.region, region, region)),

@@ -91,7 +91,7 @@ def coalesce(first: U64, end: U64, gap: int = 0) -> tuple[U64, U64]:
     """Merge sorted, disjoint `[first, end)` ranges that touch or lie within `gap` of each other."""
     if len(first) == 0:
         return first, end
-    breaks = np.flatnonzero(first[1:] > end[:-1] + np.uint64(gap)) + 1
+    breaks = (first[1:] > end[:-1] + np.uint64(gap)).nonzero()[0] + 1
     starts = first[np.concatenate(([0], breaks))]
     ends = end[np.concatenate((breaks - 1, [len(end) - 1]))]
     return starts, ends
@@ -100,8 +100,8 @@ def coalesce(first: U64, end: U64, gap: int = 0) -> tuple[U64, U64]:
 def intersect_ranges(a_first: Ints, a_end: Ints, b_first: Ints, b_end: Ints) -> tuple[Ints, Ints]:
     """The non-empty intersections of two lists of sorted, disjoint `[first, end)` ranges, in order."""
     # The ranges of `a` overlapping range j of `b` are a[lo[j]:hi[j]].
-    lo = np.searchsorted(a_end, b_first, side="right").astype(np.int64)
-    hi = np.searchsorted(a_first, b_end, side="left").astype(np.int64)
+    lo = a_end.searchsorted(b_first, side="right").astype(np.int64)
+    hi = a_first.searchsorted(b_end, side="left").astype(np.int64)
     count = np.maximum(hi - lo, 0)
     pairs = int(count.sum())
     if pairs == 0:
@@ -150,7 +150,7 @@ class PageRuns:
         """The runs of an ascending array of page numbers."""
         if not len(vpn):
             return PageRuns(np.empty(0, dtype=np.uint64), np.zeros(1, dtype=np.int64))
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(vpn) != np.uint64(1)) + 1))
+        starts = np.concatenate(([0], ((vpn[1:] - vpn[:-1]) != np.uint64(1)).nonzero()[0] + 1))
         return PageRuns(vpn[starts], np.append(starts, len(vpn)).astype(np.int64))
 
     def __len__(self) -> int:
@@ -158,15 +158,17 @@ class PageRuns:
 
     @property
     def lengths(self) -> U64:
-        return np.diff(self.start).astype(np.uint64)
+        return (self.start[1:] - self.start[:-1]).astype(np.uint64)
 
     def to_array(self) -> U64:
         """Every page number, in order: 8 bytes a page."""
-        return concatenated_ranges(self.first.view(np.int64), np.diff(self.start), np.int64).view(np.uint64)
+        return concatenated_ranges(self.first.view(np.int64), (self.start[1:] - self.start[:-1]), np.int64).view(
+            np.uint64
+        )
 
     def indexes(self, first: U64, end: U64) -> I64:
         """The indexes of the pages in sorted, disjoint `[first, end)` ranges, each inside one run."""
-        run = np.searchsorted(self.first, first, side="right") - 1
+        run = self.first.searchsorted(first, side="right") - 1
         offset = self.start[run] + (first - self.first[run]).astype(np.int64)
         return concatenated_ranges(offset, (end - first).astype(np.int64), np.int64)
 
@@ -175,14 +177,14 @@ class PageRuns:
 
     def at(self, index: I64) -> U64:
         """The page numbers at the given indexes."""
-        run = np.searchsorted(self.start, index, side="right") - 1
+        run = self.start.searchsorted(index, side="right") - 1
         return self.first[run] + (index - self.start[run]).astype(np.uint64)
 
     def index_of(self, vpn: U64) -> I64:
         """How many pages lie below each of the given page numbers (`searchsorted(to_array(), vpn)`)."""
         if not len(self.first):
             return np.zeros(len(vpn), dtype=np.int64)
-        run = np.searchsorted(self.first, vpn, side="right") - 1
+        run = self.first.searchsorted(vpn, side="right") - 1
         below = run < 0  # before the first run
         run[below] = 0
         inside = np.minimum(vpn - self.first[run], self.lengths[run])  # a page past its run's end counts it all
@@ -198,7 +200,8 @@ class PageRuns:
         count = np.where(end >= head + step, (end - head) // step, np.uint64(0)).astype(np.int64)
         base = self.start[:-1] + (head - self.first).astype(np.int64)  # index of each run's first head
         block = concatenated_ranges(np.zeros(len(count), dtype=np.int64), count, np.int64)  # 0, 1, ... within each run
-        return np.repeat(base, count) + block * span
+        index: I64 = base.repeat(count) + block * span
+        return index
 
 
 @dataclass
@@ -230,7 +233,7 @@ def mark_index_ranges(
     lo, hi = lo[keep], hi[keep]
     if not len(lo):
         return
-    joined = np.flatnonzero(lo[1:] != hi[:-1]) + 1  # ranges that touch become one slice
+    joined = (lo[1:] != hi[:-1]).nonzero()[0] + 1  # ranges that touch become one slice
     lo, hi = lo[np.concatenate(([0], joined))], hi[np.append(joined - 1, len(hi) - 1)]
     if len(lo) <= SLICE_LOOP_MAX:
         for start, stop in zip(lo.tolist(), hi.tolist(), strict=True):
@@ -245,8 +248,8 @@ def mark_index_ranges(
 def mark_ranges(vpn: U64, first: U64, end: U64) -> Mask:
     """A mask over sorted `vpn`: True where the page lies in one of the sorted, disjoint `[first, end)`."""
     mask = np.zeros(len(vpn), dtype=bool)
-    lo = np.searchsorted(vpn, first, side="left").astype(np.int64)
-    hi = np.searchsorted(vpn, end, side="left").astype(np.int64)
+    lo = vpn.searchsorted(first, side="left").astype(np.int64)
+    hi = vpn.searchsorted(end, side="left").astype(np.int64)
     keep = hi > lo
     lo, hi = lo[keep], hi[keep]
     if len(lo) <= SLICE_LOOP_MAX:
@@ -329,14 +332,14 @@ class _EntryWriter:
             top = np.ascontiguousarray(top_byte_view(chunk))
         if top.min() >= _MAPPED_TOP:
             self._keep(chunk, top, self.in_place)
-            self._add_runs(page, np.diff(offset))
+            self._add_runs(page, (offset[1:] - offset[:-1]))
         else:
-            index = np.flatnonzero(top >= _MAPPED_TOP)
+            index = (top >= _MAPPED_TOP).nonzero()[0]
             if len(index):
                 self._keep(chunk[index], top[index], False)
-                piece = np.searchsorted(offset, index, side="right") - 1
+                piece = offset.searchsorted(index, side="right") - 1
                 runs = PageRuns.from_pages(page[piece] + (index - offset[piece]).astype(np.uint64))
-                self._add_runs(runs.first, np.diff(runs.start))
+                self._add_runs(runs.first, (runs.start[1:] - runs.start[:-1]))
         self.batch = None
         self.filled = 0
         self.piece_page.clear()
@@ -482,14 +485,14 @@ def read_scanned(fd: int, first: U64, end: U64) -> EntryArrays:
     entry = np.empty(len(runs), dtype=np.uint64)
     if not len(entry):
         return EntryArrays(runs, entry, np.empty(0, dtype=np.uint8))
-    run_end = runs.first + np.diff(runs.start).astype(np.uint64)
+    run_end = runs.first + (runs.start[1:] - runs.start[:-1]).astype(np.uint64)
     # A window takes no range that starts past a line of a half-buffer grid, so it fits the buffer unless a
     # range in it is long; such windows, and single ranges, are read straight into place.
     grid = np.uint64(_WINDOW_GRID)
     breaks = (runs.first[1:] - run_end[:-1] > np.uint64(RANGE_GAP)) | (runs.first[1:] // grid != run_end[:-1] // grid)
-    window_runs = np.concatenate(([0], np.flatnonzero(breaks) + 1, [len(runs.first)])).astype(np.int64)
+    window_runs = np.concatenate(([0], breaks.nonzero()[0] + 1, [len(runs.first)])).astype(np.int64)
     window_first, window_end = runs.first[window_runs[:-1]], run_end[window_runs[1:] - 1]
-    joined = (np.diff(window_runs) > 1) & (window_end - window_first <= np.uint64(CHUNK_ENTRIES))
+    joined = ((window_runs[1:] - window_runs[:-1]) > 1) & (window_end - window_first <= np.uint64(CHUNK_ENTRIES))
     buffered = int((window_end - window_first)[joined].sum())
     _ScannedReader(fd, runs, entry, min(buffered, CHUNK_ENTRIES)).read(window_first, window_end, window_runs, joined)
     if len(entry) and bool(entry.min() < _MAPPED):
@@ -534,9 +537,7 @@ class _ScannedReader:
         origin, lo, hi = np.array(self.pending, dtype=np.int64).T
         runs = concatenated_ranges(lo, hi - lo, np.int64)
         lengths = self.runs.start[runs + 1] - self.runs.start[runs]
-        source = concatenated_ranges(
-            self.runs.first[runs].astype(np.int64) - np.repeat(origin, hi - lo), lengths, np.int64
-        )
+        source = concatenated_ranges(self.runs.first[runs].astype(np.int64) - origin.repeat(hi - lo), lengths, np.int64)
         target = concatenated_ranges(self.runs.start[runs], lengths, np.int64)
         self.entry[target] = self.buffer[source]
         self.pending.clear()
@@ -587,13 +588,13 @@ def _plan_reads(pfns: U64, gap: int) -> _ReadPlan:
     """Cut the PFNs into pieces ascending by one (most memory is handed out in such runs), sort the pieces
     by frame, and join pieces whose frames overlap or lie at most `gap` missing frames apart into reads."""
     signed = pfns.view(np.int64)
-    piece_start = np.concatenate(([0], np.flatnonzero(np.diff(signed) != 1) + 1))
+    piece_start = np.concatenate(([0], ((signed[1:] - signed[:-1]) != 1).nonzero()[0] + 1))
     piece_length = np.diff(np.append(piece_start, len(pfns)))
     order = np.argsort(signed[piece_start])
     low = signed[piece_start[order]]
     del piece_start  # the arrays here are a word per piece, and a fragmented process has almost a piece a page
     reach = np.maximum.accumulate(low + piece_length[order])  # end (exclusive) of the frames so far
-    breaks = np.flatnonzero(low[1:] > reach[:-1] + gap) + 1
+    breaks = (low[1:] > reach[:-1] + gap).nonzero()[0] + 1
     run_first = low[np.concatenate(([0], breaks))]
     run_end = reach[np.append(breaks - 1, len(low) - 1)]
     del reach
@@ -621,7 +622,7 @@ def _read_runs(paths: Sequence[str], plan: _ReadPlan, threads: int) -> list[U64]
         reads = len(plan.run_first)
         workers = threads if _threads_pay(total, reads) else 1
         # Split the reads so each worker reads about the same number of entries.
-        cuts = np.searchsorted(plan.run_offset[:-1], [total * k // workers for k in range(1, workers)]).tolist()
+        cuts = plan.run_offset[:-1].searchsorted([total * k // workers for k in range(1, workers)]).tolist()
         bounds = list(zip([0, *cuts], [*cuts, reads], strict=True))
         errors: list[BaseException] = []
 
@@ -673,6 +674,10 @@ def lookup_pfns(paths: Sequence[str], pfns: U64, *, gap: int = PFN_GAP, threads:
         return [np.empty(0, dtype=np.uint64) for _ in paths]
     plan = _plan_reads(pfns, gap)
     buffers = _read_runs(paths, plan, threads)
-    if len(buffers[0]) == len(pfns) and len(plan.run_first) == 1 and bool(np.all(np.diff(plan.position) == 1)):
+    if (
+        len(buffers[0]) == len(pfns)
+        and len(plan.run_first) == 1
+        and bool(np.all((plan.position[1:] - plan.position[:-1]) == 1))
+    ):
         return buffers  # the PFNs were consecutive and in order: the buffers are the answer
     return [np.take(buffer, plan.position) for buffer in buffers]

@@ -385,7 +385,7 @@ def _regions(
 ) -> tuple[Region, ...]:
     written: list[int] | list[None] = [None] * len(maps)
     if data.written is not None:
-        written = (np.diff(np.searchsorted(np.flatnonzero(data.written), data.bounds)) * page).tolist()
+        written = (np.diff(np.searchsorted(data.written.nonzero()[0], data.bounds)) * page).tolist()
     referenced = data.referenced
     names = tuple(metrics)
     new = object.__new__
