@@ -162,9 +162,8 @@ class PageRuns:
 
     def to_array(self) -> U64:
         """Every page number, in order: 8 bytes a page."""
-        return concatenated_ranges(self.first.view(np.int64), (self.start[1:] - self.start[:-1]), np.int64).view(
-            np.uint64
-        )
+        lengths = self.start[1:] - self.start[:-1]
+        return concatenated_ranges(self.first.view(np.int64), lengths, np.int64).view(np.uint64)
 
     def indexes(self, first: U64, end: U64) -> I64:
         """The indexes of the pages in sorted, disjoint `[first, end)` ranges, each inside one run."""
@@ -332,14 +331,14 @@ class _EntryWriter:
             top = np.ascontiguousarray(top_byte_view(chunk))
         if top.min() >= _MAPPED_TOP:
             self._keep(chunk, top, self.in_place)
-            self._add_runs(page, (offset[1:] - offset[:-1]))
+            self._add_runs(page, offset[1:] - offset[:-1])
         else:
             index = (top >= _MAPPED_TOP).nonzero()[0]
             if len(index):
                 self._keep(chunk[index], top[index], False)
                 piece = offset.searchsorted(index, side="right") - 1
                 runs = PageRuns.from_pages(page[piece] + (index - offset[piece]).astype(np.uint64))
-                self._add_runs(runs.first, (runs.start[1:] - runs.start[:-1]))
+                self._add_runs(runs.first, runs.start[1:] - runs.start[:-1])
         self.batch = None
         self.filled = 0
         self.piece_page.clear()
@@ -674,10 +673,6 @@ def lookup_pfns(paths: Sequence[str], pfns: U64, *, gap: int = PFN_GAP, threads:
         return [np.empty(0, dtype=np.uint64) for _ in paths]
     plan = _plan_reads(pfns, gap)
     buffers = _read_runs(paths, plan, threads)
-    if (
-        len(buffers[0]) == len(pfns)
-        and len(plan.run_first) == 1
-        and bool(np.all((plan.position[1:] - plan.position[:-1]) == 1))
-    ):
+    if len(buffers[0]) == len(pfns) and len(plan.run_first) == 1 and bool(np.all(np.diff(plan.position) == 1)):
         return buffers  # the PFNs were consecutive and in order: the buffers are the answer
     return [np.take(buffer, plan.position) for buffer in buffers]
