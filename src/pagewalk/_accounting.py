@@ -12,7 +12,7 @@ turned into metrics by one matrix product.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeVar
@@ -148,7 +148,7 @@ class PageData:
     notes: list[str] = field(default_factory=list)
 
 
-def user_ranges(maps: list[procfs.MapsEntry], page_size: int) -> list[tuple[int, int]]:
+def user_ranges(maps: Sequence[procfs.MapsEntry], page_size: int) -> list[tuple[int, int]]:
     # [vsyscall] lies above the task size, where pagemap reads return end-of-file.
     return [(m.start // page_size, m.end // page_size) for m in maps if m.path != "[vsyscall]"]
 
@@ -164,7 +164,7 @@ def _choose_method(memory: procfs.MemoryStatus, caps: Capabilities, method: Meth
 
 def read_pages(
     fd: int,
-    maps: list[procfs.MapsEntry],
+    maps: Sequence[procfs.MapsEntry],
     kinds: list[str],
     caps: Capabilities,
     method: Method,
@@ -217,7 +217,7 @@ def _huge_ranges(fd: int, ranges: list[tuple[int, int]], caps: Capabilities) -> 
     return reader.HugeRanges(first, end, mark, span, caps.pfn_visible) if first else None
 
 
-def _page_data(arrays: reader.EntryArrays, maps: list[procfs.MapsEntry], page: int, method: str) -> PageData:
+def _page_data(arrays: reader.EntryArrays, maps: Sequence[procfs.MapsEntry], page: int, method: str) -> PageData:
     starts = np.array([m.start // page for m in maps], dtype=np.uint64)
     bounds = np.append(arrays.runs.index_of(starts), len(arrays))
     return PageData(arrays, bounds, method, _code_runs(arrays.top, bounds))

@@ -338,9 +338,9 @@ def _parse_maps_cached(text: str) -> tuple[MapsEntry, ...]:
     return tuple(parse_maps_line(line) for line in text.splitlines() if line.strip())
 
 
-def read_maps(pid: int) -> list[MapsEntry]:
-    """The parsed `/proc/PID/maps` of a process."""
-    return parse_maps(read_proc_text(pid, "maps"))
+def read_maps(pid: int) -> tuple[MapsEntry, ...]:
+    """The parsed `/proc/PID/maps` of a process: the same object as last time while the text is the same."""
+    return _parse_maps_cached(read_proc_text(pid, "maps"))
 
 
 def status_field(pid: int | str, name: str) -> str | None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -278,9 +278,9 @@ def snapshot(
         with freezer as freeze_result:
             taken_at = time.time()
             maps = procfs.read_maps(pid)
-            kinds = _classify(pid, maps, caps)
+            layout = _layout(pid, maps, caps)
             memory = procfs.memory_status(pid)
-            data = _accounting.read_pages(fd, maps, kinds, caps, method, memory)
+            data = _accounting.read_pages(fd, maps, layout.kinds, caps, method, memory)
             if flags or counts or cgroups:
                 _accounting.read_pfn_files(data, caps, flags=flags, counts=counts, cgroups=cgroups)
             if writes:
@@ -310,7 +310,7 @@ def snapshot(
     if peak_unknown:
         data.notes.append(peak_unknown)
     peak = (memory.peak_resident, "peak" in track and peak_unknown is None)
-    return _build(pid, command, taken_at, was_frozen, maps, kinds, data, caps, identity=(started, exe), peak=peak)
+    return _build(pid, command, taken_at, was_frozen, layout, data, caps, identity=(started, exe), peak=peak)
 
 
 # Walking pagemap costs about a second per TiB of address space: above this, never while the process is stopped.
@@ -341,7 +341,7 @@ def _address_space_gone(pid: int, started: int) -> ProcessGone:
     return ProcessGone(f"process {pid} exited while its page tables were being read", pid)
 
 
-def _check_same_process(pid: int, started: int, maps: list[procfs.MapsEntry]) -> None:
+def _check_same_process(pid: int, started: int, maps: Sequence[procfs.MapsEntry]) -> None:
     """After reading: raise unless the pid still names the process it named before (and it had memory)."""
     try:
         now = procfs.start_time(pid)
@@ -366,24 +366,57 @@ def _command(pid: int) -> str:
     return ""
 
 
-def _classify(pid: int, maps: list[procfs.MapsEntry], caps: Capabilities) -> list[str]:
+class _Layout(NamedTuple):
+    """What a snapshot derives from the maps alone: each mapping's kind, and the fields of its `Region` that do
+    not depend on its pages."""
+
+    maps: Sequence[procfs.MapsEntry]
+    devices: tuple[frozenset[tuple[int, int]], frozenset[tuple[int, int]]]  # shmem and hugetlb file devices
+    kinds: list[str]
+    fixed: list[dict[str, Any]]
+
+
+# By the identity of the parsed maps, which stay one object while a process's maps text is unchanged: repeated
+# snapshots of a process mostly see the same mappings.
+_LAYOUTS: dict[int, _Layout] = {}
+_LAYOUTS_MAX = 8
+
+
+def _layout(pid: int, maps: Sequence[procfs.MapsEntry], caps: Capabilities) -> _Layout:
+    """The layout of `maps`: the one kept for them while the mounts' devices are the same, else a new one."""
     # Internal shmem and hugetlb files have a device of their own (caps), so only real files are looked up.
     internal = {*caps.shmem_devices, *caps.hugetlb_devices}
     seen = {entry.dev for entry in maps if entry.path.startswith("/") and entry.dev not in internal}
     mounts = procfs.mount_devices_by_type(pid, ("tmpfs", "hugetlbfs"), seen)
-    shmem_devs = set(caps.shmem_devices) | mounts["tmpfs"]
-    huge_devs = set(caps.hugetlb_devices) | mounts["hugetlbfs"]
-    return [classify(entry, shmem_devs, huge_devs) for entry in maps]
+    devices = (
+        frozenset(caps.shmem_devices) | mounts["tmpfs"],
+        frozenset(caps.hugetlb_devices) | mounts["hugetlbfs"],
+    )
+    known = _LAYOUTS.get(id(maps))
+    if known is not None and known.maps is maps and known.devices == devices:
+        return known
+    kinds = [classify(entry, *devices) for entry in maps]
+    fixed = [
+        {
+            "start": entry.start,
+            "end": entry.end,
+            "perms": entry.perms,
+            "offset": entry.offset,
+            "dev": (entry.dev_major, entry.dev_minor),
+            "inode": entry.inode,
+            "name": display_name(entry),
+            "kind": kind,
+        }
+        for entry, kind in zip(maps, kinds, strict=True)
+    ]
+    if len(_LAYOUTS) >= _LAYOUTS_MAX:
+        _LAYOUTS.clear()  # one step, so snapshots in other threads never see it half done
+    _LAYOUTS[id(maps)] = layout = _Layout(maps, devices, kinds, fixed)
+    return layout
 
 
-def _regions(
-    maps: list[procfs.MapsEntry],
-    kinds: list[str],
-    metrics: _accounting.Metrics,
-    data: PageData,
-    page: int,
-) -> tuple[Region, ...]:
-    written: list[int] | list[None] = [None] * len(maps)
+def _regions(layout: _Layout, metrics: _accounting.Metrics, data: PageData, page: int) -> tuple[Region, ...]:
+    written: list[int] | list[None] = [None] * len(layout.kinds)
     if data.written is not None:
         written = (np.diff(np.searchsorted(data.written.nonzero()[0], data.bounds)) * page).tolist()
     referenced = data.referenced
@@ -391,27 +424,19 @@ def _regions(
     new = object.__new__
     regions = []
     columns = zip(*metrics.values(), strict=True)
-    for entry, kind, values, written_bytes in zip(maps, kinds, columns, written, strict=True):
-        accessed = None if referenced is None else referenced.get(entry.start, 0)
+    for fixed, values, written_bytes in zip(layout.fixed, columns, written, strict=True):
+        accessed = None if referenced is None else referenced.get(fixed["start"], 0)
         # Region's generated __init__ stores its 20 fields through object.__setattr__, as the class is frozen:
         # several times slower than filling the instance dict, for every mapping of every snapshot.
         region: Region = new(Region)
-        region.__dict__.update(zip(names, values, strict=False))  # as long: one value per metric
-        region.__dict__.update(
-            start=entry.start,
-            end=entry.end,
-            perms=entry.perms,
-            offset=entry.offset,
-            dev=(entry.dev_major, entry.dev_minor),
-            inode=entry.inode,
-            name=display_name(entry),
-            kind=kind,
-            written=written_bytes,
-            accessed=accessed,
-            # smaps tells Referenced per mapping only: an anonymous mapping's pages are this process's alone, a
-            # file mapping's page cache is marked by any process reading the file.
-            accessed_anon=None if accessed is None else (accessed if kind in ANON_KINDS else 0),
-        )
+        instance = region.__dict__
+        instance.update(fixed)
+        instance.update(zip(names, values, strict=False))  # as long: one value per metric
+        instance["written"] = written_bytes
+        instance["accessed"] = accessed
+        # smaps tells Referenced per mapping only: an anonymous mapping's pages are this process's alone, a file
+        # mapping's page cache is marked by any process reading the file.
+        instance["accessed_anon"] = None if accessed is None else (accessed if fixed["kind"] in ANON_KINDS else 0)
         regions.append(region)
     return tuple(regions)
 
@@ -428,8 +453,7 @@ def _build(
     command: str,
     taken_at: float,
     was_frozen: bool,
-    maps: list[procfs.MapsEntry],
-    kinds: list[str],
+    layout: _Layout,
     data: PageData,
     caps: Capabilities,
     *,
@@ -438,8 +462,8 @@ def _build(
 ) -> Snapshot:
     arrays = data.arrays
     page = caps.page_size
-    metrics, totals = _accounting.region_metrics(data, kinds, page)
-    regions = _regions(maps, kinds, metrics, data, page)
+    metrics, totals = _accounting.region_metrics(data, layout.kinds, page)
+    regions = _regions(layout, metrics, data, page)
     flag_counts = count_flags(data.page_flags, data.withheld_flags) if data.page_flags is not None else None
     for array in (arrays.runs.first, arrays.runs.start, arrays.entry, data.page_flags, data.mapcounts):
         if array is not None:

@@ -1,0 +1,57 @@
+"""What a snapshot derives from the maps alone (kinds, addresses, names) is kept while they do not change."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from puppet import Puppet
+
+import pagewalk
+from pagewalk import procfs
+
+layout_module = sys.modules["pagewalk.snapshot"]  # the package's `snapshot` names the function
+
+
+def test_pages_are_counted_anew_when_the_mappings_are_the_same(puppet: Puppet) -> None:
+    area = puppet.map(64)
+    puppet.write(area, range(16))
+    with puppet.stopped():
+        before = pagewalk.snapshot(puppet.pid)
+    puppet.write(area, range(16, 64))
+    with puppet.stopped():
+        maps = procfs.read_maps(puppet.pid)
+        assert procfs.read_maps(puppet.pid) is maps  # one parsed object while the text is the same
+        after = pagewalk.snapshot(puppet.pid)
+        assert layout_module._LAYOUTS[id(maps)].maps is maps  # this snapshot used the kept layout
+    (grown,) = [region for region in after.regions if region.start == area.address]
+    (small,) = [region for region in before.regions if region.start == area.address]
+    assert (small.rss, grown.rss) == (16 * area.page_size, 64 * area.page_size)
+    assert (grown.name, grown.kind, grown.end) == (small.name, small.kind, small.end)
+
+
+def test_a_split_mapping_shows_as_two(puppet: Puppet) -> None:
+    area = puppet.map(4)
+    puppet.write(area)
+    first = pagewalk.snapshot(puppet.pid)
+    puppet.mprotect(area, "r", range(2))
+    split = pagewalk.snapshot(puppet.pid)
+    assert [r.perms for r in first.regions if area.address <= r.start < area.end] == ["rw-p"]
+    halves = [(r.start, r.perms, r.rss) for r in split.regions if area.address <= r.start < area.end]
+    middle = area.page_address(2)
+    assert halves == [(area.address, "r--p", 2 * area.page_size), (middle, "rw-p", 2 * area.page_size)]
+
+
+def test_kinds_follow_the_devices_of_the_mounts(puppet: Puppet) -> None:
+    """The same maps with another set of shmem devices (a tmpfs mounted since) are classified again."""
+    caps = pagewalk.capabilities()
+    maps = procfs.read_maps(puppet.pid)
+    layout = layout_module._layout(puppet.pid, maps, caps)
+    assert layout_module._layout(puppet.pid, maps, caps) is layout
+    files = [entry for entry in maps if entry.path.startswith("/") and not entry.deleted]
+    assert files, "the puppet maps its interpreter and libraries"
+    as_if_tmpfs = dataclasses.replace(caps, shmem_devices=(*caps.shmem_devices, files[0].dev))
+    moved = layout_module._layout(puppet.pid, maps, as_if_tmpfs)
+    assert moved is not layout
+    assert moved.kinds[maps.index(files[0])] == "shmem"
+    assert layout.kinds[maps.index(files[0])] == "file"
