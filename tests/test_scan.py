@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from puppet import Puppet
@@ -34,3 +36,22 @@ def test_many_ranges_are_read_once(puppet: Puppet, pages: int, stride: int) -> N
     assert by_scan.rss == by_read.rss
     (region,) = [r for r in by_scan.regions if r.start == area.address]
     assert region.rss == len(range(0, pages, stride)) * CAPS.page_size
+
+
+def test_reads_cut_short_are_finished(puppet: Puppet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pread may return less than asked for; the rest is read, and the snapshot is the same."""
+    area = puppet.map(9000)
+    puppet.write(area, [*range(0, 9000, 100), *range(8000, 8200), *range(5000, 5100, 30)])
+    real_preadv = os.preadv
+
+    def half(fd: int, buffers: list[memoryview], offset: int) -> int:
+        (buffer,) = buffers
+        return real_preadv(fd, [buffer[: max(8, len(buffer) // 16 * 8)]], offset)
+
+    with puppet.stopped():
+        whole = pagewalk.snapshot(puppet.pid, method="scan")
+        monkeypatch.setattr(os, "preadv", half)
+        cut = pagewalk.snapshot(puppet.pid, method="scan")
+    assert np.array_equal(cut.vpn, whole.vpn)
+    assert np.array_equal(cut.entries, whole.entries)
+    assert cut.regions == whole.regions
