@@ -55,3 +55,19 @@ def test_reads_cut_short_are_finished(puppet: Puppet, monkeypatch: pytest.Monkey
     assert np.array_equal(cut.vpn, whole.vpn)
     assert np.array_equal(cut.entries, whole.entries)
     assert cut.regions == whole.regions
+
+
+@pytest.mark.parametrize("zero_ranges", [3, 300])  # marked a slice each, and all at once
+def test_zero_page_ranges_are_marked(puppet: Puppet, zero_ranges: int) -> None:
+    """Every other page read (the zero page) and the others written: one scan range per page."""
+    area = puppet.map(2 * zero_ranges)
+    puppet.read(area, range(0, 2 * zero_ranges, 2))
+    puppet.write(area, range(1, 2 * zero_ranges, 2))
+    with puppet.stopped():
+        by_scan = pagewalk.snapshot(puppet.pid, method="scan")
+        by_read = pagewalk.snapshot(puppet.pid, method="read")
+    (scanned,) = [r for r in by_scan.regions if r.start == area.address]
+    (read,) = [r for r in by_read.regions if r.start == area.address]
+    assert (scanned.zero, scanned.rss) == (zero_ranges * area.page_size, zero_ranges * area.page_size)
+    assert scanned == read
+    assert np.array_equal(by_scan.entries, by_read.entries)

@@ -512,15 +512,18 @@ class _ScannedReader:
         self.buffer_view = memoryview(self.buffer).cast("B")  # type: ignore[arg-type]
         self.filled = 0
         self.pending: list[tuple[int, int, int]] = []  # (window's first page - its buffer offset, runs lo, hi)
+        self.run_first: list[int] = []  # each run's first page and index, as Python ints for the reads
+        self.run_start: list[int] = []
 
     def read(self, window_first: U64, window_end: U64, window_runs: I64, joined: Mask) -> None:
-        run_first, run_start, bounds = self.runs.first.tolist(), self.runs.start.tolist(), window_runs.tolist()
+        self.run_first, self.run_start = self.runs.first.tolist(), self.runs.start.tolist()
+        bounds = window_runs.tolist()
+        alone: list[int] = []
         windows = zip(window_first.tolist(), window_end.tolist(), joined.tolist(), strict=True)
         for window, (page, end, together) in enumerate(windows):
             lo, hi = bounds[window], bounds[window + 1]
             if not together:
-                for run in range(lo, hi):
-                    _pread_into(self.fd, self.view, run_start[run], run_start[run + 1], run_first[run])
+                alone.extend(range(lo, hi))
                 continue
             if self.filled + end - page > len(self.buffer):
                 self._gather()
@@ -528,17 +531,37 @@ class _ScannedReader:
             self.pending.append((page - self.filled, lo, hi))
             self.filled += end - page
         self._gather()
+        self._read_alone(alone)
+
+    def _read_alone(self, runs: list[int]) -> None:
+        """Read each of `runs` straight into place, a pread each, in one comprehension: a sparse address space
+        has thousands. A read cut short (the process's memory went away) is finished, or fails, alone."""
+        preadv, fd, view, first, start = os.preadv, self.fd, self.view, self.run_first, self.run_start
+        spans = [(start[run] * 8, start[run + 1] * 8, first[run] * 8) for run in runs]
+        done = [preadv(fd, [view[begin:stop]], offset) for begin, stop, offset in spans]
+        for (begin, stop, offset), count in zip(spans, done, strict=True):
+            if count != stop - begin:
+                _pread_into(fd, view, (begin + count) // 8, stop // 8, (offset + count) // 8)
 
     def _gather(self) -> None:
         """Copy the ranges of the buffered windows from the buffer to their places."""
         if not self.pending:
             return
-        origin, lo, hi = np.array(self.pending, dtype=np.int64).T
-        runs = concatenated_ranges(lo, hi - lo, np.int64)
-        lengths = self.runs.start[runs + 1] - self.runs.start[runs]
-        source = concatenated_ranges(self.runs.first[runs].astype(np.int64) - origin.repeat(hi - lo), lengths, np.int64)
-        target = concatenated_ranges(self.runs.start[runs], lengths, np.int64)
-        self.entry[target] = self.buffer[source]
+        if sum(hi - lo for _, lo, hi in self.pending) <= SLICE_LOOP_MAX:  # a few: a slice copy each
+            first, start = self.run_first, self.run_start
+            for origin, lo, hi in self.pending:
+                for run in range(lo, hi):
+                    begin, stop, at = start[run] * 8, start[run + 1] * 8, (first[run] - origin) * 8
+                    self.view[begin:stop] = self.buffer_view[at : at + stop - begin]
+        else:
+            origins, lo, hi = np.array(self.pending, dtype=np.int64).T
+            runs = concatenated_ranges(lo, hi - lo, np.int64)
+            lengths = self.runs.start[runs + 1] - self.runs.start[runs]
+            source = concatenated_ranges(
+                self.runs.first[runs].astype(np.int64) - origins.repeat(hi - lo), lengths, np.int64
+            )
+            target = concatenated_ranges(self.runs.start[runs], lengths, np.int64)
+            self.entry[target] = self.buffer[source]
         self.pending.clear()
         self.filled = 0
 
