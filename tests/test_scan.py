@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import numpy.typing as npt
 import pytest
-from puppet import Puppet
+from puppet import Mapping, Puppet
 
 import pagewalk
 
@@ -53,8 +54,9 @@ def test_reads_cut_short_are_finished(puppet: Puppet, monkeypatch: pytest.Monkey
         monkeypatch.setattr(os, "preadv", half)
         cut = pagewalk.snapshot(puppet.pid, method="scan")
     assert np.array_equal(cut.vpn, whole.vpn)
-    assert np.array_equal(cut.entries, whole.entries)
-    assert cut.regions == whole.regions
+    # Only the area's: a page of a shared library may stop being shared meanwhile, as other processes exit.
+    assert np.array_equal(_entries_in(cut, area), _entries_in(whole, area))
+    assert [r for r in cut.regions if r.start == area.address] == [r for r in whole.regions if r.start == area.address]
 
 
 @pytest.mark.parametrize("zero_ranges", [3, 300])  # marked a slice each, and all at once
@@ -70,4 +72,9 @@ def test_zero_page_ranges_are_marked(puppet: Puppet, zero_ranges: int) -> None:
     (read,) = [r for r in by_read.regions if r.start == area.address]
     assert (scanned.zero, scanned.rss) == (zero_ranges * area.page_size, zero_ranges * area.page_size)
     assert scanned == read
-    assert np.array_equal(by_scan.entries, by_read.entries)
+    assert np.array_equal(_entries_in(by_scan, area), _entries_in(by_read, area))
+
+
+def _entries_in(snap: pagewalk.Snapshot, area: Mapping) -> npt.NDArray[np.uint64]:
+    vpn = snap.vpn
+    return snap.entries[(vpn >= area.address // area.page_size) & (vpn < area.end // area.page_size)]
