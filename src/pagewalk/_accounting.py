@@ -264,12 +264,6 @@ def _mark_scanned(arrays: reader.EntryArrays, rows: U64) -> None:
         return
     bounds = arrays.runs.index_of(rows[chosen, :2].ravel()).reshape(-1, 2)
     categories = rows[chosen, 2]
-    if len(chosen) <= reader.SLICE_LOOP_MAX:  # usually the one zero page: a slice each
-        for (lo, hi), category in zip(bounds.tolist(), categories.tolist(), strict=True):
-            mark = sum(mark for scanned, mark in _SCAN_MARKS if category & scanned)
-            arrays.entry[lo:hi] |= np.uint64(mark)
-            arrays.top[lo:hi] |= np.uint8(bits.top_bits(mark))
-        return
     for category, mark in _SCAN_MARKS:
         has = (categories & np.uint64(category)) != 0
         if bool(has.any()):

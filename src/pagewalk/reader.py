@@ -228,13 +228,14 @@ def mark_index_ranges(
     arrays: Sequence[npt.NDArray[np.unsignedinteger]], lo: I64, hi: I64, marks: Sequence[int]
 ) -> None:
     """`array[lo[i]:hi[i]] |= mark` for each range and each array with its mark (entries and their top bytes)."""
-    keep = hi > lo
-    lo, hi = lo[keep], hi[keep]
-    if not len(lo):
-        return
-    joined = (lo[1:] != hi[:-1]).nonzero()[0] + 1  # ranges that touch become one slice
-    lo, hi = lo[np.concatenate(([0], joined))], hi[np.append(joined - 1, len(hi) - 1)]
-    if len(lo) <= SLICE_LOOP_MAX:
+    if len(lo) > SLICE_LOOP_MAX:  # many: without the empty ones, and those that touch joined, they may be a few
+        keep = hi > lo
+        lo, hi = lo[keep], hi[keep]
+        if not len(lo):
+            return
+        joined = (lo[1:] != hi[:-1]).nonzero()[0] + 1
+        lo, hi = lo[np.concatenate(([0], joined))], hi[np.append(joined - 1, len(hi) - 1)]
+    if len(lo) <= SLICE_LOOP_MAX:  # a slice each (an empty one changes nothing)
         for start, stop in zip(lo.tolist(), hi.tolist(), strict=True):
             for array, mark in zip(arrays, marks, strict=True):
                 array[start:stop] |= array.dtype.type(mark)
@@ -484,7 +485,7 @@ def read_scanned(fd: int, first: U64, end: U64) -> EntryArrays:
     entry = np.empty(len(runs), dtype=np.uint64)
     if not len(entry):
         return EntryArrays(runs, entry, np.empty(0, dtype=np.uint8))
-    run_end = runs.first + (runs.start[1:] - runs.start[:-1]).astype(np.uint64)
+    run_end = runs.first + runs.lengths
     # A window takes no range that starts past a line of a half-buffer grid, so it fits the buffer unless a
     # range in it is long; such windows, and single ranges, are read straight into place.
     grid = np.uint64(_WINDOW_GRID)
@@ -512,11 +513,10 @@ class _ScannedReader:
         self.buffer_view = memoryview(self.buffer).cast("B")  # type: ignore[arg-type]
         self.filled = 0
         self.pending: list[tuple[int, int, int]] = []  # (window's first page - its buffer offset, runs lo, hi)
-        self.run_first: list[int] = []  # each run's first page and index, as Python ints for the reads
-        self.run_start: list[int] = []
+        # Each run's first page and index, as Python ints for the reads.
+        self.run_first, self.run_start = runs.first.tolist(), runs.start.tolist()
 
     def read(self, window_first: U64, window_end: U64, window_runs: I64, joined: Mask) -> None:
-        self.run_first, self.run_start = self.runs.first.tolist(), self.runs.start.tolist()
         bounds = window_runs.tolist()
         alone: list[int] = []
         windows = zip(window_first.tolist(), window_end.tolist(), joined.tolist(), strict=True)
