@@ -82,6 +82,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="the small targets of bench_snapshot.py --quick")
     args = parser.parse_args()
     targets = bench.make_targets(args.quick)
+    if args.cold and (missing := pagewalk.capabilities().missing_for_flags()):
+        print(f"--cold takes flags snapshots between the timed calls: {missing}", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="pagewalk-revision-") as scratch:
         try:
             base = load_revision(args.revision, scratch)
