@@ -210,6 +210,24 @@ def test_a_reused_pid_is_not_diffed(sleeper: subprocess.Popen[str]) -> None:
         pagewalk.diff(before, after)
 
 
+def test_a_pid_reused_within_a_clock_tick_is_not_diffed(sleeper: subprocess.Popen[str]) -> None:
+    """Start times count clock ticks, so a process given the pid within the same tick shares it; the pidfd's
+    inode (pidfs, Linux 6.9+) still tells them apart. The fault trials reuse pids for real, in a namespace."""
+    before = pagewalk.snapshot(sleeper.pid)
+    if before.pidfd_inode is None:
+        pytest.skip("pidfds share one inode before Linux 6.9")
+    assert pagewalk.snapshot(sleeper.pid).pidfd_inode == before.pidfd_inode  # the same process, the same inode
+    other = spawn(sys.executable, "-c", SLEEPER, "3")
+    try:
+        snap = pagewalk.snapshot(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+    after = dataclasses.replace(snap, pid=before.pid, start_time=before.start_time, exe=before.exe)
+    with pytest.raises(pagewalk.ProcessGone, match="pid was reused"):
+        pagewalk.diff(before, after)
+
+
 def test_an_exec_between_snapshots_is_a_note_that_fails_limits() -> None:
     code = "import os, sys\nprint('ready', flush=True)\nsys.stdin.readline()\nos.execv('/bin/cat', ['cat'])\n"
     target = spawn(sys.executable, "-c", code)

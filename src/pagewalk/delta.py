@@ -201,13 +201,18 @@ def _changed(region: RegionDelta) -> bool:
     )
 
 
+def _differ(before: int | None, after: int | None) -> bool:
+    """Whether an identity both snapshots know (a start time, a pidfd inode) names two processes."""
+    return before is not None and after is not None and before != after
+
+
 def diff(before: Snapshot, after: Snapshot) -> Delta:
     """The change from `before` to `after`, two snapshots of the same process (also `after - before`)."""
     if before.pid != after.pid:
         raise PagewalkError(f"cannot diff snapshots of different processes ({before.pid} and {after.pid})")
     if after.taken_at < before.taken_at:
         raise PagewalkError("the 'after' snapshot is older than the 'before' one: call diff(before, after)")
-    if None not in (before.start_time, after.start_time) and before.start_time != after.start_time:
+    if _differ(before.start_time, after.start_time) or _differ(before.pidfd_inode, after.pidfd_inode):
         raise ProcessGone(
             f"process {before.pid} ({before.command}) exited between the snapshots and its pid was reused by "
             f"another process ({after.command}): there is no delta between two different processes",

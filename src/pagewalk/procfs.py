@@ -182,6 +182,35 @@ def start_time(pid: int) -> int:
     return int(_stat(pid)[19])
 
 
+def pidfd_inode(pid: int) -> int | None:
+    """A number that names process `pid` until reboot: the inode of a pidfd for it, where pidfds live in pidfs
+    (Linux 6.9+). Its start time does not suffice alone: it counts clock ticks, and a pid reused within a tick
+    shares it. None where pidfds share one inode (older kernels) or `pid` is gone."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+    try:
+        inode = os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+    return None if inode == _own_pidfd_inode() else inode
+
+
+@functools.cache
+def _own_pidfd_inode() -> int | None:
+    # Where every pidfd shares one anonymous inode, another process's equals this one's. (A child forked later
+    # keeps its parent's answer, which serves as well.)
+    try:
+        fd = os.pidfd_open(os.getpid())
+    except (AttributeError, OSError):
+        return None
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
 def executable(pid: int) -> str | None:
     """The path of the program `pid` runs, or None when it cannot be read (no access, or exiting)."""
     try:

@@ -123,6 +123,7 @@ class Snapshot(Totals):
     cgroup_pages: Mapping[int, int] | None = None  # memory cgroup inode -> present pages, with cgroups=True
     notes: tuple[str, ...] = ()
     start_time: int | None = None  # clock ticks after boot: with `pid`, names the process for good
+    pidfd_inode: int | None = None  # names it apart from a process given its pid within the same tick (6.9+)
     exe: str | None = None  # the program it ran (None when unreadable): changes when the process calls exec
     peak_rss: int | None = None  # VmHWM: the highest RSS since the high-water mark was last reset
     peak_reset: bool = False  # this snapshot reset the high-water mark (track=("peak",)) after reading it
@@ -293,7 +294,9 @@ def snapshot(
             # they are cleared, so the measurement never counts a page it touched itself.
             command = _command(pid)
             peak_unknown = tracking.apply_tracking(pid, track)
-            # Before resuming: a process woken by the resume may take the CPU from a read right after it.
+            # Before resuming: a process woken by the resume may take the CPU from a read right after it. The
+            # check then confirms the pidfd was of this process.
+            inode = procfs.pidfd_inode(pid)
             _check_same_process(pid, started, maps)
     except reader.ProcessExited:
         raise _address_space_gone(pid, started) from None
@@ -310,7 +313,7 @@ def snapshot(
     if peak_unknown:
         data.notes.append(peak_unknown)
     peak = (memory.peak_resident, "peak" in track and peak_unknown is None)
-    return _build(pid, command, taken_at, was_frozen, layout, data, caps, identity=(started, exe), peak=peak)
+    return _build(pid, command, taken_at, was_frozen, layout, data, caps, identity=(started, exe, inode), peak=peak)
 
 
 # Walking pagemap costs about a second per TiB of address space: above this, never while the process is stopped.
@@ -457,7 +460,7 @@ def _build(
     data: PageData,
     caps: Capabilities,
     *,
-    identity: tuple[int | None, str | None],
+    identity: tuple[int | None, str | None, int | None],  # start time, program, pidfd inode
     peak: tuple[int | None, bool],
 ) -> Snapshot:
     arrays = data.arrays
@@ -491,6 +494,7 @@ def _build(
         notes=tuple(data.notes),
         start_time=identity[0],
         exe=identity[1],
+        pidfd_inode=identity[2],
         peak_rss=peak[0],
         peak_reset=peak[1],
     )

@@ -212,6 +212,7 @@ def _combine(
         page_size=root_snap.page_size,
         pfn_visible=root_snap.pfn_visible,
         start_time=root_snap.start_time,
+        pidfd_inode=root_snap.pidfd_inode,
         exe=root_snap.exe,
         regions=tuple(_named_regions(snaps)),
         flag_counts=_summed_counts([snap.flag_counts for snap in members]),
