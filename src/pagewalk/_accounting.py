@@ -173,12 +173,13 @@ def read_pages(
     """The entries of the pages in `maps`, read through pagemap `fd`, with zero and PMD-mapped pages resolved;
     `memory` (read while the process is stopped, as the rest) sizes the arrays and picks the front end."""
     page = caps.page_size
-    ranges = user_ranges(maps, page)
-    if _choose_method(memory, caps, method) == "scan" and ranges:
-        rows = reader.scan_mapped_ranges(fd, ranges[0][0] * page, max(end for _, end in ranges) * page, page)
+    user = maps[:-1] if maps and maps[-1].path == "[vsyscall]" else maps  # the gate area is listed last
+    if _choose_method(memory, caps, method) == "scan" and user:
+        rows = reader.scan_mapped_ranges(fd, user[0].start, user[-1].end, page)
         arrays = reader.read_scanned(fd, rows[:, 0], rows[:, 1])
         _mark_scanned(arrays, rows)  # before the pages are counted, so they are counted once
         return _page_data(arrays, maps, page, "scan")
+    ranges = user_ranges(maps, page)
     huge = _huge_ranges(fd, ranges, caps)
     capacity = (memory.resident + memory.swap) // page + 1024
     data = _page_data(reader.read_entries(fd, ranges, capacity, huge), maps, page, "read")
@@ -602,8 +603,8 @@ def region_metrics(data: PageData, kinds: list[str], page: int) -> tuple[Metrics
     histogram = _final_histogram(data, len(kinds))
     counts = histogram.counts @ _METRIC_MATRICES["other"][histogram.codes]
     for kind in ("shmem", "hugetlb"):
-        rows = [index for index, each in enumerate(kinds) if each == kind]
-        if rows:
+        if kind in kinds:  # most processes map neither: look in C first
+            rows = [index for index, each in enumerate(kinds) if each == kind]
             counts[rows] = histogram.counts[rows] @ _METRIC_MATRICES[kind][histogram.codes]
     pages = counts.astype(np.int64) * page  # (regions, metrics)
     metrics: Metrics = dict(zip(_COUNTED, pages.T.tolist(), strict=True))

@@ -513,46 +513,51 @@ class _ScannedReader:
         self.buffer_view = memoryview(self.buffer).cast("B")  # type: ignore[arg-type]
         self.filled = 0
         self.pending: list[tuple[int, int, int]] = []  # (window's first page - its buffer offset, runs lo, hi)
-        # Each run's first page and index, as Python ints for the reads.
-        self.run_first, self.run_start = runs.first.tolist(), runs.start.tolist()
 
     def read(self, window_first: U64, window_end: U64, window_runs: I64, joined: Mask) -> None:
-        bounds = window_runs.tolist()
-        alone: list[int] = []
-        windows = zip(window_first.tolist(), window_end.tolist(), joined.tolist(), strict=True)
-        for window, (page, end, together) in enumerate(windows):
-            lo, hi = bounds[window], bounds[window + 1]
-            if not together:
-                alone.extend(range(lo, hi))
-                continue
+        lo, hi = window_runs[:-1], window_runs[1:]
+        together = zip(
+            window_first[joined].tolist(),
+            window_end[joined].tolist(),
+            lo[joined].tolist(),
+            hi[joined].tolist(),
+            strict=True,
+        )
+        for page, end, first_run, end_run in together:
             if self.filled + end - page > len(self.buffer):
                 self._gather()
             _pread_into(self.fd, self.buffer_view, self.filled, self.filled + end - page, page)
-            self.pending.append((page - self.filled, lo, hi))
+            self.pending.append((page - self.filled, first_run, end_run))
             self.filled += end - page
         self._gather()
-        self._read_alone(alone)
+        alone = ~joined
+        self._read_alone(concatenated_ranges(lo[alone], hi[alone] - lo[alone], np.int64))
 
-    def _read_alone(self, runs: list[int]) -> None:
+    def _read_alone(self, runs: I64) -> None:
         """Read each of `runs` straight into place, a pread each, in one comprehension: a sparse address space
         has thousands. A read cut short (the process's memory went away) is finished, or fails, alone."""
-        preadv, fd, view, first, start = os.preadv, self.fd, self.view, self.run_first, self.run_start
-        spans = [(start[run] * 8, start[run + 1] * 8, first[run] * 8) for run in runs]
-        done = [preadv(fd, [view[begin:stop]], offset) for begin, stop, offset in spans]
-        for (begin, stop, offset), count in zip(spans, done, strict=True):
-            if count != stop - begin:
-                _pread_into(fd, view, (begin + count) // 8, stop // 8, (offset + count) // 8)
+        preadv, fd, view, start = os.preadv, self.fd, self.view, self.runs.start
+        begin, stop, offset = (
+            (start[runs] * 8).tolist(),
+            (start[runs + 1] * 8).tolist(),
+            (self.runs.first[runs] * 8).tolist(),
+        )
+        spans = list(zip(begin, stop, offset, strict=True))
+        done = [preadv(fd, [view[lo:hi]], at) for lo, hi, at in spans]
+        for (lo, hi, at), count in zip(spans, done, strict=True):
+            if count != hi - lo:
+                _pread_into(fd, view, (lo + count) // 8, hi // 8, (at + count) // 8)
 
     def _gather(self) -> None:
         """Copy the ranges of the buffered windows from the buffer to their places."""
         if not self.pending:
             return
         if sum(hi - lo for _, lo, hi in self.pending) <= SLICE_LOOP_MAX:  # a few: a slice copy each
-            first, start = self.run_first, self.run_start
             for origin, lo, hi in self.pending:
-                for run in range(lo, hi):
-                    begin, stop, at = start[run] * 8, start[run + 1] * 8, (first[run] - origin) * 8
-                    self.view[begin:stop] = self.buffer_view[at : at + stop - begin]
+                starts = self.runs.start[lo : hi + 1].tolist()
+                for first, begin, stop in zip(self.runs.first[lo:hi].tolist(), starts[:-1], starts[1:], strict=True):
+                    at = (first - origin) * 8
+                    self.view[begin * 8 : stop * 8] = self.buffer_view[at : at + (stop - begin) * 8]
         else:
             origins, lo, hi = np.array(self.pending, dtype=np.int64).T
             runs = concatenated_ranges(lo, hi - lo, np.int64)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -369,14 +369,23 @@ def _command(pid: int) -> str:
     return ""
 
 
-class _Layout(NamedTuple):
+_RegionKey = tuple[tuple[Any, ...], int | None, int | None]  # a region's metrics, bytes written and accessed
+
+
+@dataclass(eq=False)
+class _Layout:
     """What a snapshot derives from the maps alone: each mapping's kind, and the fields of its `Region` that do
     not depend on its pages."""
 
     maps: Sequence[procfs.MapsEntry]
+    files: frozenset[tuple[int, int]]  # the devices of the file mappings
     devices: tuple[frozenset[tuple[int, int]], frozenset[tuple[int, int]]]  # shmem and hugetlb file devices
     kinds: list[str]
     fixed: list[dict[str, Any]]
+    # The last snapshot's regions and the values each was built from. A Region is immutable, so a mapping whose
+    # pages count the same again gets the same object. One attribute, replaced whole, so that threads sharing
+    # the layout never pair regions with another snapshot's values.
+    last: tuple[list[_RegionKey], tuple[Region, ...]] | None = None
 
 
 # By the identity of the parsed maps, which stay one object while a process's maps text is unchanged: repeated
@@ -387,16 +396,18 @@ _LAYOUTS_MAX = 8
 
 def _layout(pid: int, maps: Sequence[procfs.MapsEntry], caps: Capabilities) -> _Layout:
     """The layout of `maps`: the one kept for them while the mounts' devices are the same, else a new one."""
+    known = _LAYOUTS.get(id(maps))
+    if known is not None and known.maps is not maps:
+        known = None
+    files = known.files if known else frozenset(entry.dev for entry in maps if entry.path.startswith("/"))
     # Internal shmem and hugetlb files have a device of their own (caps), so only real files are looked up.
-    internal = {*caps.shmem_devices, *caps.hugetlb_devices}
-    seen = {entry.dev for entry in maps if entry.path.startswith("/") and entry.dev not in internal}
+    seen = files.difference(caps.shmem_devices, caps.hugetlb_devices)
     mounts = procfs.mount_devices_by_type(pid, ("tmpfs", "hugetlbfs"), seen)
     devices = (
         frozenset(caps.shmem_devices) | mounts["tmpfs"],
         frozenset(caps.hugetlb_devices) | mounts["hugetlbfs"],
     )
-    known = _LAYOUTS.get(id(maps))
-    if known is not None and known.maps is maps and known.devices == devices:
+    if known is not None and known.devices == devices:
         return known
     kinds = [classify(entry, *devices) for entry in maps]
     fixed = [
@@ -414,21 +425,32 @@ def _layout(pid: int, maps: Sequence[procfs.MapsEntry], caps: Capabilities) -> _
     ]
     if len(_LAYOUTS) >= _LAYOUTS_MAX:
         _LAYOUTS.clear()  # one step, so snapshots in other threads never see it half done
-    _LAYOUTS[id(maps)] = layout = _Layout(maps, devices, kinds, fixed)
+    _LAYOUTS[id(maps)] = layout = _Layout(maps, files, devices, kinds, fixed)
     return layout
 
 
 def _regions(layout: _Layout, metrics: _accounting.Metrics, data: PageData, page: int) -> tuple[Region, ...]:
-    written: list[int] | list[None] = [None] * len(layout.kinds)
+    count = len(layout.kinds)
+    written: list[int] | list[None] = [None] * count
     if data.written is not None:
         written = (np.diff(np.searchsorted(data.written.nonzero()[0], data.bounds)) * page).tolist()
-    referenced = data.referenced
+    accessed: list[int] | list[None] = [None] * count
+    if data.referenced is not None:
+        accessed = [data.referenced.get(fixed["start"], 0) for fixed in layout.fixed]
+    keys = list(zip(zip(*metrics.values(), strict=True), written, accessed, strict=True))
+    last = layout.last
+    if last is not None and last[0] == keys:  # the whole process counts the same
+        return last[1]
+    last_keys: Sequence[_RegionKey | None] = last[0] if last is not None else [None] * count
+    last_regions: Sequence[Region | None] = last[1] if last is not None else [None] * count
     names = tuple(metrics)
     new = object.__new__
-    regions = []
-    columns = zip(*metrics.values(), strict=True)
-    for fixed, values, written_bytes in zip(layout.fixed, columns, written, strict=True):
-        accessed = None if referenced is None else referenced.get(fixed["start"], 0)
+    regions: list[Region] = []
+    for key, fixed, last_key, last_region in zip(keys, layout.fixed, last_keys, last_regions, strict=True):
+        if key == last_key and last_region is not None:
+            regions.append(last_region)
+            continue
+        values, written_bytes, accessed_bytes = key
         # Region's generated __init__ stores its 20 fields through object.__setattr__, as the class is frozen:
         # several times slower than filling the instance dict, for every mapping of every snapshot.
         region: Region = new(Region)
@@ -436,12 +458,15 @@ def _regions(layout: _Layout, metrics: _accounting.Metrics, data: PageData, page
         instance.update(fixed)
         instance.update(zip(names, values, strict=False))  # as long: one value per metric
         instance["written"] = written_bytes
-        instance["accessed"] = accessed
+        instance["accessed"] = accessed_bytes
         # smaps tells Referenced per mapping only: an anonymous mapping's pages are this process's alone, a file
         # mapping's page cache is marked by any process reading the file.
-        instance["accessed_anon"] = None if accessed is None else (accessed if fixed["kind"] in ANON_KINDS else 0)
+        instance["accessed_anon"] = (
+            None if accessed_bytes is None else (accessed_bytes if fixed["kind"] in ANON_KINDS else 0)
+        )
         regions.append(region)
-    return tuple(regions)
+    layout.last = (keys, result := tuple(regions))
+    return result
 
 
 # What _regions relies on: the metrics and the keywords there set every field, and nothing else runs.
