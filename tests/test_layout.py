@@ -70,7 +70,8 @@ def test_regions_that_count_the_same_are_kept(puppet: Puppet) -> None:
             memory.write(b"\1")
         grown = pagewalk.snapshot(puppet.pid)
         referenced = pagewalk.snapshot(puppet.pid, accessed=True)
-    changed = [(before, after) for before, after in zip(first.regions, grown.regions, strict=True) if before is not after]
+    pairs = zip(first.regions, grown.regions, strict=True)
+    changed = [(before, after) for before, after in pairs if before is not after]
     assert [(before.start, after.rss - before.rss) for before, after in changed] == [(area.address, area.page_size)]
     # The same pages with the bytes accessed known are other values: no region of the last snapshot fits.
     assert all(region.accessed is not None for region in referenced.regions)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 
 import numpy as np
@@ -137,3 +139,20 @@ def test_counts_corrected_for_marked_pages_equal_a_recount(seed: int) -> None:
     assert np.array_equal(corrected.counts[:, columns], recounted.counts)
     others = np.setdiff1d(np.arange(len(corrected.codes)), columns)
     assert not corrected.counts[:, others].any()  # bytes no page has any more count none
+
+
+def test_scanned_pages_no_longer_mapped_are_dropped() -> None:
+    """A range the scan found may have lost pages by the time it is read (page cache reclaimed meanwhile)."""
+    page = mmap.PAGESIZE
+    area = mmap.mmap(-1, 8 * page)
+    for index in (0, 1, 2, 5):
+        area[index * page] = 1
+    first = ctypes.addressof(ctypes.c_char.from_buffer(area)) // page
+    fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    try:
+        scanned = np.array([first], dtype=np.uint64)
+        arrays = read_scanned(fd, scanned, scanned + np.uint64(8))
+    finally:
+        os.close(fd)
+    assert (arrays.runs.to_array() - np.uint64(first)).tolist() == [0, 1, 2, 5]
+    assert len(arrays.entry) == len(arrays.top) == 4 and bool((arrays.top >= 0x80).all())

@@ -55,8 +55,7 @@ _WINDOW_GRID = CHUNK_ENTRIES // 2  # scanned ranges read together start within o
 BATCH_RANGE_MAX = 1 << 12  # ranges of fewer pages share a batch; each pread then costs no numpy call
 _PLAN_SLICE = 4096  # PFN reads turned into Python ints at a time
 SLICE_LOOP_MAX = 64  # up to this many ranges, slicing in a loop beats building an index array
-_MAPPED = np.uint64(bits.PM_SWAP)  # an entry >= this has PRESENT or SWAP set
-_MAPPED_TOP = np.uint8(bits.PM_SWAP >> 56)  # ... and its top byte >= this
+_MAPPED_TOP = np.uint8(bits.top_bits(bits.PM_SWAP))  # an entry whose top byte is >= this has PRESENT or SWAP set
 _TOP_BYTE = 7 if sys.byteorder == "little" else 0  # where bits 56-63 of a uint64 sit among its bytes
 
 
@@ -495,10 +494,11 @@ def read_scanned(fd: int, first: U64, end: U64) -> EntryArrays:
     joined = ((window_runs[1:] - window_runs[:-1]) > 1) & (window_end - window_first <= np.uint64(CHUNK_ENTRIES))
     buffered = int((window_end - window_first)[joined].sum())
     _ScannedReader(fd, runs, entry, min(buffered, CHUNK_ENTRIES)).read(window_first, window_end, window_runs, joined)
-    if len(entry) and bool(entry.min() < _MAPPED):
-        keep = entry >= _MAPPED
-        runs, entry = PageRuns.from_pages(runs.to_array()[keep]), entry[keep]
-    return EntryArrays(runs, entry, np.ascontiguousarray(top_byte_view(entry)))
+    top = np.ascontiguousarray(top_byte_view(entry))
+    if bool(top.min() < _MAPPED_TOP):  # the top bytes: an eighth of the memory to look through
+        keep = top >= _MAPPED_TOP
+        runs, entry, top = PageRuns.from_pages(runs.to_array()[keep]), entry[keep], top[keep]
+    return EntryArrays(runs, entry, top)
 
 
 class _ScannedReader:
