@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 from family import Family
@@ -145,6 +147,32 @@ def test_tree_measurement_lists_processes_started_and_exited(family: Family) -> 
     data = m.delta.to_dict(regions=False)
     assert data["processes_started"] == {str(arriving): m.after.processes[arriving].command}
     assert set(data["after"]["processes"]) == {str(family.pid), str(arriving)}
+
+
+def test_a_member_pid_reused_within_a_clock_tick_is_a_new_process(family: Family) -> None:
+    """Start times count clock ticks: a member whose pid another process took within the tick has the same one,
+    and the pidfd inodes (Linux 6.9+) still tell the two apart."""
+    child = family.fork()
+    before = pagewalk.snapshot(family.pid, tree=True)
+    member = before.processes[child]
+    if member.pidfd_inode is None:
+        pytest.skip("pidfds share one inode before Linux 6.9")
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        stranger = dataclasses.replace(
+            pagewalk.snapshot(other.pid), pid=child, start_time=member.start_time, exe=member.exe
+        )
+    finally:
+        other.kill()
+        other.wait()
+    unchanged = pagewalk.snapshot(family.pid, tree=True)
+    assert isinstance(before, TreeSnapshot) and isinstance(unchanged, TreeSnapshot)
+    after = dataclasses.replace(unchanged, processes=MappingProxyType({**unchanged.processes, child: stranger}))
+    same = pagewalk.diff(before, unchanged)
+    assert (same.processes_started, same.processes_exited) == ({}, {})
+    delta = pagewalk.diff(before, after)
+    assert delta.processes_started == {child: stranger.command}
+    assert delta.processes_exited == {child: member.command}
 
 
 def test_tree_measurement_sees_what_a_wrapper_hides(tmp_path: Path) -> None:

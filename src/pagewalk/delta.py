@@ -173,8 +173,8 @@ def _new_processes(old: Snapshot, new: Snapshot) -> dict[int, str]:
     """The processes of tree snapshot `new` that `old` did not have (a reused pid is a new process)."""
     if not isinstance(new, TreeSnapshot):
         return {}
-    known = old.identities if isinstance(old, TreeSnapshot) else {}
-    return {pid: new.processes[pid].command for pid, started in new.identities.items() if known.get(pid) != started}
+    known = old.processes if isinstance(old, TreeSnapshot) else {}
+    return {pid: snap.command for pid, snap in new.processes.items() if pid not in known or _reused(known[pid], snap)}
 
 
 def _peak(before: Snapshot, after: Snapshot) -> tuple[int | None, int | None]:
@@ -206,13 +206,19 @@ def _differ(before: int | None, after: int | None) -> bool:
     return before is not None and after is not None and before != after
 
 
+def _reused(before: Snapshot, after: Snapshot) -> bool:
+    """Whether two snapshots of one pid are of two processes: start times count clock ticks, so a pid reused
+    within a tick is told apart by the pidfd inodes (Linux 6.9+)."""
+    return _differ(before.start_time, after.start_time) or _differ(before.pidfd_inode, after.pidfd_inode)
+
+
 def diff(before: Snapshot, after: Snapshot) -> Delta:
     """The change from `before` to `after`, two snapshots of the same process (also `after - before`)."""
     if before.pid != after.pid:
         raise PagewalkError(f"cannot diff snapshots of different processes ({before.pid} and {after.pid})")
     if after.taken_at < before.taken_at:
         raise PagewalkError("the 'after' snapshot is older than the 'before' one: call diff(before, after)")
-    if _differ(before.start_time, after.start_time) or _differ(before.pidfd_inode, after.pidfd_inode):
+    if _reused(before, after):
         raise ProcessGone(
             f"process {before.pid} ({before.command}) exited between the snapshots and its pid was reused by "
             f"another process ({after.command}): there is no delta between two different processes",

@@ -544,6 +544,8 @@ class _ScannedReader:
         )
         spans = list(zip(begin, stop, offset, strict=True))
         done = [preadv(fd, [view[lo:hi]], at) for lo, hi, at in spans]
+        if sum(done) == sum(stop) - sum(begin):
+            return  # no read was cut short
         for (lo, hi, at), count in zip(spans, done, strict=True):
             if count != hi - lo:
                 _pread_into(fd, view, (lo + count) // 8, hi // 8, (at + count) // 8)

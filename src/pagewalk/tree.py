@@ -44,7 +44,6 @@ class TreeSnapshot(Snapshot):
 
     processes: Mapping[int, Snapshot] = field(default_factory=lambda: MappingProxyType({}))
     parents: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))  # pid -> parent pid
-    identities: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))  # pid -> start time
     # pid -> bytes of its resident frames its parent maps too (copy-on-write not yet broken, shared files);
     # None without visible PFNs. The root has no parent in the tree and no entry.
     shared_with_parent: Mapping[int, int] | None = None
@@ -157,7 +156,6 @@ def snapshot_tree(
     frames: _Frames | None = None
     snaps: dict[int, Snapshot] = {}
     parents: dict[int, int] = {}
-    identities: dict[int, int] = {}
     with _stopped_tree(pid, freeze=freeze) as (pids, all_stopped, freeze_notes):
         for member in pids:
             try:
@@ -167,19 +165,16 @@ def snapshot_tree(
                 if member == pid:
                     raise
                 parents.pop(member, None)  # exited, or a zombie: it holds no memory
-            else:
-                identities[member] = snaps[member].start_time or 0
         if exact_uss:  # map counts read while the tree is still stopped
             frames = _tree_frames(snaps)
     notes = [*freeze_notes, *(f"{member}: {note}" for member, snap in snaps.items() for note in snap.notes)]
-    return _combine(pid, snaps, parents, identities, frozen=all_stopped, frames=frames, notes=notes)
+    return _combine(pid, snaps, parents, frozen=all_stopped, frames=frames, notes=notes)
 
 
 def _combine(
     root: int,
     snaps: Mapping[int, Snapshot],
     parents: Mapping[int, int],
-    identities: Mapping[int, int],
     *,
     frozen: bool,
     frames: _Frames | None,
@@ -227,7 +222,6 @@ def _combine(
         peak_reset=all(snap.peak_reset for snap in members),
         processes=MappingProxyType({pid: snaps[pid] for pid in snaps}),
         parents=MappingProxyType({pid: parents[pid] for pid in snaps}),
-        identities=MappingProxyType({pid: identities[pid] for pid in snaps}),
         shared_with_parent=None if shared is None else MappingProxyType(shared),
     )
 
