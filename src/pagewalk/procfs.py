@@ -383,8 +383,11 @@ def status_fields(pid: int | str, names: tuple[str, ...]) -> dict[str, str | Non
     found: dict[str, str | None] = {}
     for name in names:  # a few look-ups in C rather than a loop over some 60 lines
         at = text.find(f"\n{name}:")
+        if at < 0:
+            found[name] = None
+            continue
         end = text.find("\n", at + 1)
-        found[name] = None if at < 0 else text[at + len(name) + 2 : None if end < 0 else end].strip()
+        found[name] = text[at + len(name) + 2 : None if end < 0 else end].strip()
     return found
 
 

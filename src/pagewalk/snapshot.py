@@ -399,7 +399,7 @@ def _layout(pid: int, maps: Sequence[procfs.MapsEntry], caps: Capabilities) -> _
     known = _LAYOUTS.get(id(maps))
     if known is not None and known.maps is not maps:
         known = None
-    files = known.files if known else frozenset(entry.dev for entry in maps if entry.path.startswith("/"))
+    files = known.files if known is not None else frozenset(entry.dev for entry in maps if entry.path.startswith("/"))
     # Internal shmem and hugetlb files have a device of their own (caps), so only real files are looked up.
     seen = files.difference(caps.shmem_devices, caps.hugetlb_devices)
     mounts = procfs.mount_devices_by_type(pid, ("tmpfs", "hugetlbfs"), seen)
