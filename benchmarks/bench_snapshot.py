@@ -379,7 +379,17 @@ def floor_methods(pid: int, caps: pagewalk.Capabilities) -> dict[str, Callable[[
                 for head in heads:
                     pread(fd, 8, 8 * head)
 
+            # The rest of the target (its interpreter and libraries) is read run by run, as any reader must.
+            rest = pagewalk.reader._subtract(
+                list(zip(first, end, strict=True)), [(head, head + span) for head in heads]
+            )
+
+            def rest_entries(_: int) -> None:
+                for a, b in rest:
+                    os.preadv(fd, [buffer[: 8 * (b - a)]], 8 * a)
+
             methods["kernel: pagemap, one per huge page"] = head_entries
+            methods["kernel: pagemap, runs outside them"] = rest_entries
     if not caps.missing_for_flags():
         present = snap.entries[snap.entries >= np.uint64(pagewalk.bits.PM_PRESENT)]
         pfns = present & np.uint64(pagewalk.bits.PM_PFN_MASK)
@@ -776,12 +786,13 @@ FLAGS_FLOOR = "kernel: kpageflags, its frames"
 def kernel_floor(target: Target, results: dict[str, Result]) -> float | None:
     """The median cost of the kernel's parts a USS-only snapshot of this target cannot avoid, added up:
     stopping and resuming it, reading its maps, and reading its entries the cheapest way this kernel allows
-    (each mapped run; or a PAGEMAP_SCAN first, for a sparse target; or one entry per huge page)."""
+    (each mapped run; or a PAGEMAP_SCAN first, for a sparse target; or one entry per huge page and each run
+    outside the huge pages)."""
     parts = ["kernel: stop+resume", "kernel: read maps"]
     if target.kind == "sparse":
         parts += ["kernel: one PAGEMAP_SCAN", "kernel: pagemap, each run"]
     elif target.kind == "thp" and "kernel: pagemap, one per huge page" in results:
-        parts += ["kernel: pagemap, one per huge page"]
+        parts += ["kernel: pagemap, one per huge page", "kernel: pagemap, runs outside them"]
     else:
         parts += ["kernel: pagemap, each run"]
     if not all(part in results for part in parts):
