@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
+import threading
 
 from puppet import Puppet
 
@@ -76,3 +78,43 @@ def test_regions_that_count_the_same_are_kept(puppet: Puppet) -> None:
     # The same pages with the bytes accessed known are other values: no region of the last snapshot fits.
     assert all(region.accessed is not None for region in referenced.regions)
     assert not any(a is b for a, b in zip(grown.regions, referenced.regions, strict=True))
+
+
+CHURN = r"""
+import ctypes, mmap, time
+ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: it ends with the test run whatever happens
+area = mmap.mmap(-1, 8 << 20)
+print("ready", flush=True)
+while True:  # two states in turn, so that snapshots often count the same as one before; the maps stay the same
+    for pages in (256, 1024):
+        area[: pages * mmap.PAGESIZE : mmap.PAGESIZE] = b"\1" * pages
+        time.sleep(0.001)
+        area.madvise(mmap.MADV_DONTNEED)
+"""
+
+
+def test_regions_add_up_to_the_totals_when_threads_share_a_layout() -> None:
+    """Two threads snapshot one process whose pages go back and forth between two states, so that regions are
+    often reused, and from a layout the other thread updates too: each snapshot's regions add up to its own
+    totals."""
+    target = subprocess.Popen([sys.executable, "-c", CHURN], stdout=subprocess.PIPE, text=True)
+    mismatched: list[tuple[str, int, int]] = []
+
+    def snapshots() -> None:
+        for _ in range(60):
+            snap = pagewalk.snapshot(target.pid)
+            for name in ("rss", "uss", "anon"):
+                if (summed := sum(getattr(region, name) for region in snap.regions)) != getattr(snap, name):
+                    mismatched.append((name, summed, getattr(snap, name)))
+
+    try:
+        assert target.stdout is not None and target.stdout.readline() == "ready\n"
+        threads = [threading.Thread(target=snapshots) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        target.kill()
+        target.wait()
+    assert not mismatched
