@@ -153,6 +153,13 @@ def user_ranges(maps: Sequence[procfs.MapsEntry], page_size: int) -> list[tuple[
     return [(m.start // page_size, m.end // page_size) for m in maps if m.path != "[vsyscall]"]
 
 
+def user_span(maps: Sequence[procfs.MapsEntry]) -> tuple[int, int] | None:
+    """The addresses from the first user mapping's start to the last one's end (None without any): the maps
+    are in address order, and [vsyscall], above the task size, is listed last."""
+    user = maps[:-1] if maps and maps[-1].path == "[vsyscall]" else maps
+    return (user[0].start, user[-1].end) if user else None
+
+
 def _choose_method(memory: procfs.MemoryStatus, caps: Capabilities, method: Method) -> str:
     if method != "auto":
         return method
@@ -173,9 +180,9 @@ def read_pages(
     """The entries of the pages in `maps`, read through pagemap `fd`, with zero and PMD-mapped pages resolved;
     `memory` (read while the process is stopped, as the rest) sizes the arrays and picks the front end."""
     page = caps.page_size
-    user = maps[:-1] if maps and maps[-1].path == "[vsyscall]" else maps  # the gate area is listed last
-    if _choose_method(memory, caps, method) == "scan" and user:
-        rows = reader.scan_mapped_ranges(fd, user[0].start, user[-1].end, page)
+    span = user_span(maps)
+    if _choose_method(memory, caps, method) == "scan" and span:
+        rows = reader.scan_mapped_ranges(fd, *span, page)
         arrays = reader.read_scanned(fd, rows[:, 0], rows[:, 1])
         _mark_scanned(arrays, rows)  # before the pages are counted, so they are counted once
         return _page_data(arrays, maps, page, "scan")

@@ -186,14 +186,7 @@ def pidfd_inode(pid: int) -> int | None:
     """A number that names process `pid` until reboot: the inode of a pidfd for it, where pidfds live in pidfs
     (Linux 6.9+). Its start time does not suffice alone: it counts clock ticks, and a pid reused within a tick
     shares it. None where pidfds share one inode (older kernels) or `pid` is gone."""
-    try:
-        fd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-    try:
-        inode = os.fstat(fd).st_ino
-    finally:
-        os.close(fd)
+    inode = _inode_of_pidfd(pid)
     return None if inode == _own_pidfd_inode() else inode
 
 
@@ -201,8 +194,12 @@ def pidfd_inode(pid: int) -> int | None:
 def _own_pidfd_inode() -> int | None:
     # Where every pidfd shares one anonymous inode, another process's equals this one's. (A child forked later
     # keeps its parent's answer, which serves as well.)
+    return _inode_of_pidfd(os.getpid())
+
+
+def _inode_of_pidfd(pid: int) -> int | None:
     try:
-        fd = os.pidfd_open(os.getpid())
+        fd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None
     try:

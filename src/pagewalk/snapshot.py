@@ -285,8 +285,7 @@ def snapshot(
             if flags or counts or cgroups:
                 _accounting.read_pfn_files(data, caps, flags=flags, counts=counts, cgroups=cgroups)
             if writes:
-                ranges = _accounting.user_ranges(maps, caps.page_size)
-                span = (ranges[0][0] * caps.page_size, ranges[-1][1] * caps.page_size) if ranges else (0, 0)
+                span = _accounting.user_span(maps) or (0, 0)
                 data.written = tracking.written_mask(fd, data.arrays, caps, method, span)
             if accessed:
                 data.referenced = tracking.referenced_by_region(pid)
