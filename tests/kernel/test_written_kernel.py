@@ -51,11 +51,14 @@ def test_exactly_the_pages_written(puppet: Puppet, method: str) -> None:
 
     assert region_at(after, target).written == len(written_pages) * page
     assert region_at(after, untouched).written == 0
-    (target_delta,) = [r for r in delta.regions if r.start == target]
+    areas = {r.start: r for r in delta.regions if r.start in (target, untouched)}
+    target_delta, untouched_delta = areas[target], areas[untouched]
     assert target_delta.status == "kept"
     assert target_delta.written == len(written_pages) * page
     assert delta.written is not None and delta.written >= len(written_pages) * page
-    assert delta.uss_growth == pytest.approx(0, abs=64 * page)  # interpreter noise only
+    # Writing present pages adds none. Only the areas are checked: where THP is "always" (Debian's
+    # kernels), khugepaged may collapse the interpreter's own heap between the snapshots, +100 pages seen.
+    assert target_delta.uss_growth == untouched_delta.uss_growth == 0
 
 
 @pytest.mark.parametrize("method", METHODS)
