@@ -7,7 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from puppet import Puppet
 
+import pagewalk
 from pagewalk import baseline, ci_reports, gate
 from pagewalk.baseline import BaselineError, MeasurementRecord, SessionRecord
 from pagewalk.measure import METRICS
@@ -454,3 +456,46 @@ def test_a_threshold_on_a_metric_not_recorded_cannot_gate() -> None:
     assert "CANNOT GATE: pss is not recorded in either record for 1 measurement: t" in texts
     nothing = gate.compare(record({"t": {"uss": MiB}}), record({"u": {"uss": MiB}}), [gate.parse_threshold("uss:5%")])
     assert nothing.exit_code == gate.EXIT_CANNOT_GATE and "no metric was compared" in nothing.problems[0]
+
+
+def _with_thp(mode: str | None) -> dict[str, object]:
+    context = baseline.collect_context()
+    return {**context, "capabilities": {**context["capabilities"], "thp_mode": mode}}
+
+
+def test_a_collapse_into_a_huge_page_regresses_anon_and_the_gate_says_why(puppet: Puppet) -> None:
+    """What khugepaged does at random where THP is "always", done on demand with MADV_COLLAPSE: a range with a
+    few pages written becomes a whole huge page, and the gate's regression carries the hint."""
+    if pagewalk.capabilities().thp_mode in (None, "never"):
+        pytest.skip("THP is off here: MADV_COLLAPSE cannot form huge pages")
+    area = puppet.map(1024, align=2 * MiB)  # a whole aligned huge page inside it
+    puppet.write(area, range(8))
+    before = pagewalk.snapshot(puppet.pid)
+    puppet.madvise(area, "COLLAPSE", range(512))
+    after = pagewalk.snapshot(puppet.pid)
+    (grown,) = [r for r in (after - before).regions if r.start == area.address]
+    assert grown.anon_growth == 2 * MiB - 8 * 4096  # the pages never touched are filled in
+
+    def session(snap: pagewalk.Snapshot, mode: str | None) -> SessionRecord:
+        return record({"t::server": {"anon": snap.anon, "uss": snap.uss, "written": 0}}, _with_thp(mode))
+
+    always = gate.compare(session(before, "always"), session(after, "always"), [gate.parse_threshold("anon:5%")])
+    assert [row.metric for row in always.regressions] == ["anon"]
+    (hint,) = always.hints
+    assert hint.startswith("THP is 'always' on this machine") and "anon can grow by up to 2.0 MiB" in hint
+    assert f"note: {hint}." in [text for text, _ in ci_reports.comparison_lines(always)]
+    assert f"> ℹ️ {hint}." in ci_reports.markdown_summary(session(after, "always"), always)
+    assert ci_reports.json_report(session(after, "always"), always)["comparison"]["hints"] == [hint]
+    madvise = gate.compare(session(before, "madvise"), session(after, "madvise"), [gate.parse_threshold("anon:5%")])
+    assert madvise.regressions and madvise.hints == ()
+
+
+@pytest.mark.parametrize(
+    ("metric", "growth", "hinted"),
+    [("anon", 8 * MiB, True), ("anon", 8 * MiB + 1, False), ("rss_growth", MiB, True), ("written", MiB, False)],
+)
+def test_the_thp_hint_is_for_growth_collapses_can_explain(metric: str, growth: int, hinted: bool) -> None:
+    old = record({"t::a": {metric: 10 * MiB}}, _with_thp("always"))
+    new = record({"t::a": {metric: 10 * MiB + growth}}, _with_thp("always"))
+    result = gate.compare(old, new, [gate.parse_threshold(f"{metric}:5%")])
+    assert len(result.regressions) == 1 and bool(result.hints) == hinted

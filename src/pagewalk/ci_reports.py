@@ -86,6 +86,7 @@ def json_report(
             "problems": list(comparison.problems),
             "matched_by_position": list(comparison.matched_by_position),
             "warnings": list(comparison.warnings),
+            "hints": list(comparison.hints),
             "rows": [
                 {
                     "key": row.key,
@@ -240,6 +241,8 @@ def markdown_summary(
             lines += ["", f"{title_text}: " + ", ".join(f"`{_cell(key)}`" for key in keys)]
     for warning in comparison.warnings:
         lines += ["", f"> ⚠️ Different machine than the baseline's: {_cell(warning)}"]
+    for hint in comparison.hints:
+        lines += ["", f"> ℹ️ {_cell(hint)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -313,6 +316,7 @@ def comparison_lines(comparison: ComparisonResult, *, verbose: bool = False) -> 
         whose = "its" if len(regressions) == 1 else "their"
         lines.append((f"{plural(len(regressions), 'regression')} beyond {whose} threshold:", "bad"))
         lines += [(line, "bad") for line in _table(regressions)]
+        lines += [(f"note: {hint}.", "warning") for hint in comparison.hints]
     if file_only:
         lines.append(
             (

@@ -40,6 +40,12 @@ EXIT_PASSED, EXIT_REGRESSED, EXIT_CANNOT_GATE = 0, 1, 4
 _ORDINAL = re.compile(r"#[0-9]+", re.ASCII)
 # The file-backed part of USS: what other processes move by mapping or unmapping the same files.
 USS_FILE = "uss_file"
+# What khugepaged moves on its own where THP is "always": collapsing a range into a huge page fills in the pages
+# of the range that were never touched, so resident anonymous memory grows with no change of code.
+_MOVED_BY_COLLAPSE = frozenset(
+    {"uss", "rss", "pss", "anon", "uss_growth", "rss_growth", "anon_growth", "peak_rss", "peak_rss_growth"}
+)
+_COLLAPSES_EXPLAINED = 4  # regressions up to this many huge pages get the hint: more is rarely khugepaged alone
 
 Status = Literal["regression", "file-only", "worse", "unchanged", "better", "improvement"]
 
@@ -102,6 +108,7 @@ class ComparisonResult:
     unmatched: tuple[str, ...] = ()  # why a baseline measurement of a test measured now has no counterpart
     unmeasured: tuple[str, ...] = ()  # a threshold's metric one of the records lacks: which, where, on which side
     matched_by_position: tuple[str, ...] = ()  # current keys paired with the baseline by their position
+    hints: tuple[str, ...] = ()  # what may explain a regression other than the code, and how to rule it out
 
     @property
     def regressions(self) -> tuple[Comparison, ...]:
@@ -261,6 +268,32 @@ def compare(
         unmatched=tuple(unmatched),
         unmeasured=unmeasured,
         matched_by_position=tuple(dict.fromkeys(m.key for _, m, by_position in pairs if by_position)),
+        hints=_collapse_hint(current.context, rows),
+    )
+
+
+def _collapse_hint(context: Mapping[str, Any], rows: Iterable[Comparison]) -> tuple[str, ...]:
+    """Where THP is "always", a hint on regressions small enough to be khugepaged's collapses alone."""
+    if (context.get("capabilities") or {}).get("thp_mode") != "always":
+        return ()
+    page = context.get("page_size")
+    huge = page * page // 8 if isinstance(page, int) and page > 0 else 2 << 20  # a page table's reach
+    explained = _COLLAPSES_EXPLAINED * huge
+    metrics = sorted(
+        {
+            row.metric
+            for row in rows
+            if row.status == "regression" and row.metric in _MOVED_BY_COLLAPSE and row.change <= explained
+        }
+    )
+    if not metrics:
+        return ()
+    return (
+        f"THP is 'always' on this machine: khugepaged may at any moment collapse a {format_size(huge)} range of "
+        f"the process's anonymous memory into a huge page, filling in the pages it never touched, so "
+        f"{', '.join(metrics)} can grow by up to {format_size(huge)} a range with no change of code. To rule it "
+        "out, measure with THP 'madvise' (/sys/kernel/mm/transparent_hugepage/enabled) or take the median of "
+        "several runs (--pagemap-repeat=3)",
     )
 
 

@@ -454,6 +454,7 @@ def _comparison(value: Any, where: str) -> dict[str, Any]:
             "new": _strings,
             "removed": _strings,
             "warnings": _strings,
+            "hints": _strings,
             "rows": lambda v, w: [
                 _fields(item, _join(w, i), required={}, optional=row, open_ended=True)
                 for i, item in enumerate(_array(v, w))
@@ -601,6 +602,7 @@ def _comparison_schema() -> dict[str, Any]:
             "new": strings,
             "removed": strings,
             "warnings": strings,
+            "hints": strings,
             "rows": {
                 "type": "array",
                 "items": {

@@ -554,7 +554,7 @@ def test_json_report_schema(workload, monkeypatch):
     assert set(comparison) == {
         "baseline", "baseline_created", "baseline_context", "thresholds", "overrides", "noise", "passed",
         "exit_code", "regressions", "improvements", "new", "removed", "unmatched", "unmeasured", "problems",
-        "matched_by_position", "warnings", "rows",
+        "matched_by_position", "warnings", "hints", "rows",
     }  # fmt: skip
     assert comparison["baseline"] == ".pagemap/0001_base.json" and comparison["thresholds"] == ["anon_growth:10%"]
     assert comparison["passed"] is False and comparison["regressions"] == 1
