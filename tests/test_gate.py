@@ -135,6 +135,19 @@ def test_different_machine_warns() -> None:
     assert result.warnings == ("kernel: 6.1.0 (baseline) vs 6.18.0 (now)",)
 
 
+def test_another_thp_mode_warns_and_an_unrecorded_one_does_not() -> None:
+    def thp(mode: object) -> dict[str, object]:
+        return {**CONTEXT, "capabilities": {"thp_mode": mode}}
+
+    def warnings(baseline: dict[str, object], current: dict[str, object]) -> tuple[str, ...]:
+        return gate.compare(record({"t": {"uss": 1}}, baseline), record({"t": {"uss": 1}}, current)).warnings
+
+    assert warnings(thp("madvise"), thp("always")) == ("transparent huge pages: madvise (baseline) vs always (now)",)
+    assert warnings(thp(None), thp("never")) == ("transparent huge pages: not built in (baseline) vs never (now)",)
+    assert warnings(thp("always"), thp("always")) == ()
+    assert warnings(CONTEXT, thp("always")) == ()  # a record from before the mode was recorded
+
+
 def test_save_is_numbered_atomic_and_never_overwrites(tmp_path: Path) -> None:
     first = baseline.save_record(record({"t": {"uss": 1}}), tmp_path)
     second = baseline.save_record(record({"t": {"uss": 2}}), tmp_path, "main")

@@ -142,7 +142,21 @@ class SessionRecord:
             mine, theirs = self.context.get(key), other.context.get(key)
             if mine != theirs:
                 differences.append(f"{key}: {theirs} (baseline) vs {mine} (now)")
+        # Where THP is "always", anonymous memory faults in huge pages and khugepaged fills ranges in.
+        mine, theirs = (recorded_capability(record.context, "thp_mode") for record in (self, other))
+        if mine != theirs and mine is not _UNRECORDED and theirs is not _UNRECORDED:
+            mine, theirs = (mode or "not built in" for mode in (mine, theirs))
+            differences.append(f"transparent huge pages: {theirs} (baseline) vs {mine} (now)")
         return differences
+
+
+_UNRECORDED = object()
+
+
+def recorded_capability(context: Mapping[str, Any], name: str) -> Any:
+    """A capability a record's context holds, or `_UNRECORDED` (a record from before it was recorded)."""
+    capabilities = context.get("capabilities")
+    return capabilities.get(name, _UNRECORDED) if isinstance(capabilities, Mapping) else _UNRECORDED
 
 
 def _git(*args: str) -> str | None:

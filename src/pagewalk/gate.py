@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from ._present import plural
-from .baseline import KEY_SEPARATOR, MeasurementRecord, SessionRecord
+from .baseline import KEY_SEPARATOR, MeasurementRecord, SessionRecord, recorded_capability
 from .thresholds import DEFAULT_NOISE, FORMS, GATED_METRICS, Threshold, parse_threshold, parse_thresholds
 from .units import format_size
 
@@ -274,7 +274,7 @@ def compare(
 
 def _collapse_hint(context: Mapping[str, Any], rows: Iterable[Comparison]) -> tuple[str, ...]:
     """Where THP is "always", a hint on regressions small enough to be khugepaged's collapses alone."""
-    if (context.get("capabilities") or {}).get("thp_mode") != "always":
+    if recorded_capability(context, "thp_mode") != "always":
         return ()
     page = context.get("page_size")
     huge = page * page // 8 if isinstance(page, int) and page > 0 else 2 << 20  # a page table's reach
@@ -289,8 +289,9 @@ def _collapse_hint(context: Mapping[str, Any], rows: Iterable[Comparison]) -> tu
     if not metrics:
         return ()
     return (
-        f"THP is 'always' on this machine: khugepaged may at any moment collapse a {format_size(huge)} range of "
-        f"the process's anonymous memory into a huge page, filling in the pages it never touched, so "
+        f"THP is 'always' on this machine: a page fault in anonymous memory maps a whole huge page where an "
+        f"aligned {format_size(huge)} range fits (address randomisation moves the ranges from run to run), and "
+        "khugepaged collapses ranges into huge pages at any moment; both fill in pages never touched, so "
         f"{', '.join(metrics)} can grow by up to {format_size(huge)} a range with no change of code. To rule it "
         "out, measure with THP 'madvise' (/sys/kernel/mm/transparent_hugepage/enabled) or take the median of "
         "several runs (--pagemap-repeat=3)",
