@@ -55,7 +55,7 @@ def region_delta(delta: pagewalk.Delta, mapping: Mapping) -> pagewalk.RegionDelt
     return found
 
 
-def test_growth_is_exact_per_region_and_close_in_total(child: Puppet) -> None:
+def test_growth_is_exact_per_region_and_adds_up_in_total(child: Puppet) -> None:
     area = child.map(256)
     child.write(area, range(0, 64))
     before = pagewalk.snapshot(child.pid)
@@ -66,7 +66,9 @@ def test_growth_is_exact_per_region_and_close_in_total(child: Puppet) -> None:
     assert region_delta(delta, area).rss_growth == 128 * PAGE
     assert region_delta(delta, area).anon_growth == 128 * PAGE
     assert region_delta(delta, area).status == "kept"
-    assert delta.uss_growth == pytest.approx(128 * PAGE, abs=32 * PAGE)  # the interpreter's own noise
+    # The rest is the interpreter's own, which khugepaged may grow by hundreds of pages where THP is "always".
+    for metric in ("uss_growth", "rss_growth", "anon_growth", "swap_growth"):
+        assert getattr(delta, metric) == sum(getattr(r, metric) for r in delta.regions), metric
     assert delta.pages_appeared >= 128
     assert delta == pagewalk.diff(before, after)
 
