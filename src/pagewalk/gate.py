@@ -40,12 +40,12 @@ EXIT_PASSED, EXIT_REGRESSED, EXIT_CANNOT_GATE = 0, 1, 4
 _ORDINAL = re.compile(r"#[0-9]+", re.ASCII)
 # The file-backed part of USS: what other processes move by mapping or unmapping the same files.
 USS_FILE = "uss_file"
-# What khugepaged moves on its own where THP is "always": collapsing a range into a huge page fills in the pages
-# of the range that were never touched, so resident anonymous memory grows with no change of code.
-_MOVED_BY_COLLAPSE = frozenset(
+# What huge pages move on their own where THP is "always": a fault maps a whole one where an aligned range fits,
+# and khugepaged collapses ranges into them; both fill in pages never touched, with no change of code.
+_MOVED_BY_HUGE_PAGES = frozenset(
     {"uss", "rss", "pss", "anon", "uss_growth", "rss_growth", "anon_growth", "peak_rss", "peak_rss_growth"}
 )
-_COLLAPSES_EXPLAINED = 4  # regressions up to this many huge pages get the hint: more is rarely khugepaged alone
+_HUGE_PAGES_EXPLAINED = 4  # regressions up to this many huge pages get the hint: more is rarely THP alone
 
 Status = Literal["regression", "file-only", "worse", "unchanged", "better", "improvement"]
 
@@ -268,22 +268,22 @@ def compare(
         unmatched=tuple(unmatched),
         unmeasured=unmeasured,
         matched_by_position=tuple(dict.fromkeys(m.key for _, m, by_position in pairs if by_position)),
-        hints=_collapse_hint(current.context, rows),
+        hints=_huge_page_hint(current.context, rows),
     )
 
 
-def _collapse_hint(context: Mapping[str, Any], rows: Iterable[Comparison]) -> tuple[str, ...]:
-    """Where THP is "always", a hint on regressions small enough to be khugepaged's collapses alone."""
+def _huge_page_hint(context: Mapping[str, Any], rows: Iterable[Comparison]) -> tuple[str, ...]:
+    """Where THP is "always", a hint on regressions small enough to be huge pages filled in alone."""
     if recorded_capability(context, "thp_mode") != "always":
         return ()
     page = context.get("page_size")
     huge = page * page // 8 if isinstance(page, int) and page > 0 else 2 << 20  # a page table's reach
-    explained = _COLLAPSES_EXPLAINED * huge
+    explained = _HUGE_PAGES_EXPLAINED * huge
     metrics = sorted(
         {
             row.metric
             for row in rows
-            if row.status == "regression" and row.metric in _MOVED_BY_COLLAPSE and row.change <= explained
+            if row.status == "regression" and row.metric in _MOVED_BY_HUGE_PAGES and row.change <= explained
         }
     )
     if not metrics:
