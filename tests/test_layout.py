@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
+import os
 import subprocess
 import sys
 import threading
+import tracemalloc
+from collections.abc import Callable
 
+import pytest
+from many_mappings import MANY_MAPPINGS
 from puppet import Puppet
 
 import pagewalk
@@ -125,3 +131,44 @@ def test_regions_add_up_to_the_totals_when_threads_share_a_layout() -> None:
         target.kill()
         target.wait()
     assert not mismatched
+
+
+def test_a_process_with_many_mappings_keeps_no_regions_once_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the reuse limit a layout keeps no regions, so what stays allocated once the snapshots are dropped is
+    the layout and the parsed maps alone: well under the 1.8 KB a mapping that keeping the regions costs."""
+    monkeypatch.setattr(layout_module, "_REUSED_MAPPINGS_MAX", 1000)
+    mapped = 1200
+    target = subprocess.Popen(
+        [sys.executable, "-c", MANY_MAPPINGS, str(mapped)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert target.stdout is not None and target.stdout.readline() == "ready\n"
+        pagewalk.snapshot(os.getpid())  # imports and probes, before memory is traced
+        gc.collect()
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            first = pagewalk.snapshot(target.pid)
+            second = pagewalk.snapshot(target.pid)
+            assert len(first.regions) > mapped and not any(
+                a is b for a, b in zip(first.regions, second.regions, strict=True)
+            )
+            del first, second
+            gc.collect()
+            kept = tracemalloc.get_traced_memory()[0] - start
+        finally:
+            tracemalloc.stop()
+    finally:
+        target.kill()
+        target.wait()
+    assert kept < 1024 * mapped, f"{kept / mapped:.0f} bytes a mapping stayed allocated"
+
+
+def test_the_layouts_kept_hold_a_bounded_number_of_mappings(
+    make_puppet: Callable[..., Puppet], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one, other = make_puppet(), make_puppet()
+    first = layout_module._layout(one.pid, procfs.read_maps(one.pid), pagewalk.capabilities())
+    monkeypatch.setattr(layout_module, "_LAYOUTS_MAPPINGS_MAX", len(first.maps) + 1)
+    second = layout_module._layout(other.pid, procfs.read_maps(other.pid), pagewalk.capabilities())
+    assert list(layout_module._LAYOUTS.values()) == [second]  # the first went, as both would hold too many

@@ -391,6 +391,11 @@ class _Layout:
 # snapshots of a process mostly see the same mappings.
 _LAYOUTS: dict[int, _Layout] = {}
 _LAYOUTS_MAX = 8
+# What stays allocated once every snapshot is dropped is bounded: a layout costs about 0.6 KB a mapping, and its
+# last regions another 1.2 KB, so the layouts kept hold at most this many mappings, and only layouts this small
+# keep their regions (a process with more builds them anew, a few microseconds each, among its many reads).
+_LAYOUTS_MAPPINGS_MAX = 65_536
+_REUSED_MAPPINGS_MAX = 4_096
 
 
 def _layout(pid: int, maps: Sequence[procfs.MapsEntry], caps: Capabilities) -> _Layout:
@@ -422,7 +427,8 @@ def _layout(pid: int, maps: Sequence[procfs.MapsEntry], caps: Capabilities) -> _
         }
         for entry, kind in zip(maps, kinds, strict=True)
     ]
-    if len(_LAYOUTS) >= _LAYOUTS_MAX:
+    kept = sum(len(known.maps) for known in list(_LAYOUTS.values()))  # a copy: other threads may add
+    if len(_LAYOUTS) >= _LAYOUTS_MAX or kept + len(maps) > _LAYOUTS_MAPPINGS_MAX:
         _LAYOUTS.clear()  # one step, so snapshots in other threads never see it half done
     _LAYOUTS[id(maps)] = layout = _Layout(maps, files, devices, kinds, fixed)
     return layout
@@ -464,7 +470,9 @@ def _regions(layout: _Layout, metrics: _accounting.Metrics, data: PageData, page
             None if accessed_bytes is None else (accessed_bytes if fixed["kind"] in ANON_KINDS else 0)
         )
         regions.append(region)
-    layout.last = (keys, result := tuple(regions))
+    result = tuple(regions)
+    if count <= _REUSED_MAPPINGS_MAX:
+        layout.last = (keys, result)
     return result
 
 
