@@ -45,6 +45,7 @@ import pagewalk.bits
 import pagewalk.freeze
 import pagewalk.procfs
 import pagewalk.reader
+import pagewalk.scan
 import pagewalk.snapshot
 import pagewalk.tree
 
@@ -388,6 +389,15 @@ def floor_methods(pid: int, caps: pagewalk.Capabilities) -> dict[str, Callable[[
                 for a, b in rest:
                     os.preadv(fd, [buffer[: 8 * (b - a)]], 8 * a)
 
+            # Finding them: a PAGEMAP_SCAN for present huge pages over the mappings that hold them.
+            holding = [(m.start, m.end) for m in maps if any(m.start <= head * page < m.end for head in heads)]
+            present_huge = pagewalk.bits.PAGE_IS_PRESENT | pagewalk.bits.PAGE_IS_HUGE
+
+            def find_huge(_: int) -> None:
+                for a, b in holding:
+                    pagewalk.scan.pagemap_scan(fd, a, b, category_mask=present_huge)
+
+            methods["kernel: PAGEMAP_SCAN, huge pages"] = find_huge
             methods["kernel: pagemap, one per huge page"] = head_entries
             methods["kernel: pagemap, runs outside them"] = rest_entries
     if not caps.missing_for_flags():
@@ -786,13 +796,17 @@ FLAGS_FLOOR = "kernel: kpageflags, its frames"
 def kernel_floor(target: Target, results: dict[str, Result]) -> float | None:
     """The median cost of the kernel's parts a USS-only snapshot of this target cannot avoid, added up:
     stopping and resuming it, reading its maps, and reading its entries the cheapest way this kernel allows
-    (each mapped run; or a PAGEMAP_SCAN first, for a sparse target; or one entry per huge page and each run
-    outside the huge pages)."""
+    (each mapped run; or a PAGEMAP_SCAN first, for a sparse target; or a PAGEMAP_SCAN for the huge pages, one
+    entry per huge page and each run outside them)."""
     parts = ["kernel: stop+resume", "kernel: read maps"]
     if target.kind == "sparse":
         parts += ["kernel: one PAGEMAP_SCAN", "kernel: pagemap, each run"]
     elif target.kind == "thp" and "kernel: pagemap, one per huge page" in results:
-        parts += ["kernel: pagemap, one per huge page", "kernel: pagemap, runs outside them"]
+        parts += [
+            "kernel: PAGEMAP_SCAN, huge pages",
+            "kernel: pagemap, one per huge page",
+            "kernel: pagemap, runs outside them",
+        ]
     else:
         parts += ["kernel: pagemap, each run"]
     if not all(part in results for part in parts):
