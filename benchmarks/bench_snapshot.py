@@ -345,7 +345,7 @@ def floor_methods(pid: int, caps: pagewalk.Capabilities) -> dict[str, Callable[[
 
     snap = pagewalk.snapshot(pid)
     page = caps.page_size
-    span = page // 8
+    span = pagewalk.bits.pmd_pages(page)
     runs = snap.vpn_runs
     first = runs.first.tolist()
     end = (runs.first + runs.lengths).tolist()

@@ -204,7 +204,7 @@ def _huge_ranges(fd: int, ranges: list[tuple[int, int]], caps: Capabilities) -> 
     """
     if not (caps.pagemap_scan and caps.pmd_entries_from_head):
         return None
-    page, span = caps.page_size, caps.page_size // 8  # a page table holds page_size / 8 entries
+    page, span = caps.page_size, bits.pmd_pages(caps.page_size)
     present_huge = bits.PAGE_IS_PRESENT | bits.PAGE_IS_HUGE
     first: list[int] = []
     end: list[int] = []
@@ -368,7 +368,7 @@ def _pmd_candidates(data: PageData, caps: Capabilities, span: int) -> I64:
 
 def _resolve_pmd_pages(fd: int, data: PageData, kinds: list[str], caps: Capabilities) -> None:
     """Mark pages of PMD-mapped huge pages; candidates are fully present, aligned 512-page blocks."""
-    span = caps.page_size // 8  # entries per PMD-mapped page: a page table holds page_size / 8 entries
+    span = bits.pmd_pages(caps.page_size)
     if caps.thp_mode == "never" and not any(kind == "shmem" for kind in kinds):
         return
     if len(data.arrays) < span:
@@ -408,7 +408,7 @@ def read_pfn_files(data: PageData, caps: Capabilities, *, flags: bool, counts: b
         if huge_heads is None:
             page_flags = _per_page(results["/proc/kpageflags"], present, len(entry), np.uint64)
         else:
-            page_flags = _flags_by_folio(data, huge_heads, caps.page_size // 8)
+            page_flags = _flags_by_folio(data, huge_heads, bits.pmd_pages(caps.page_size))
         reader.top_byte_view(page_flags)[:] |= _synthetic_flags(data.arrays.top)
         for name in bits.KPF_BITS:
             if reason := caps.missing_for_flag(name):
@@ -430,7 +430,7 @@ def _huge_heads(data: PageData, caps: Capabilities) -> I64 | None:
     taken here from 6.15, as for the entries)."""
     if not caps.pmd_entries_from_head:
         return None
-    span = caps.page_size // 8
+    span = bits.pmd_pages(caps.page_size)
     heads = data.arrays.runs.aligned_blocks(span)
     present_pmd = np.uint8(_TOP_PRESENT | _TOP_PMD)
     heads = heads[(data.arrays.top[heads] & present_pmd) == present_pmd]

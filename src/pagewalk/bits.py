@@ -184,6 +184,11 @@ def top_bits(mask: int) -> int:
     return mask >> TOP_SHIFT
 
 
+def pmd_pages(page_size: int) -> int:
+    """The pages a PMD maps, so a PMD-mapped huge page holds: a page table holds page_size / 8 entries."""
+    return page_size // 8
+
+
 # Synthetic per-page flags (as page-types numbers them) beside the KPF bits, for flag counts and deltas.
 SYNTHETIC_FLAG_BITS: dict[str, int] = {
     "SWAPPED": 62,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ._present import plural
 from .baseline import KEY_SEPARATOR, MeasurementRecord, SessionRecord, recorded_capability
+from .bits import pmd_pages
 from .thresholds import DEFAULT_NOISE, FORMS, GATED_METRICS, Threshold, parse_threshold, parse_thresholds
 from .units import format_size
 
@@ -277,7 +278,7 @@ def _huge_page_hint(context: Mapping[str, Any], rows: Iterable[Comparison]) -> t
     if recorded_capability(context, "thp_mode") != "always":
         return ()
     page = context.get("page_size")
-    huge = page * page // 8 if isinstance(page, int) and page > 0 else 2 << 20  # a page table's reach
+    huge = page * pmd_pages(page) if isinstance(page, int) and page > 0 else 2 << 20
     explained = _HUGE_PAGES_EXPLAINED * huge
     metrics = sorted(
         {
