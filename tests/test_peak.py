@@ -27,7 +27,9 @@ def test_peak_catches_a_transient_allocation_that_before_and_after_miss(family: 
     with measure(family.pid) as m:
         family.do("hold 100")
         family.do("free")
-    assert abs(m.delta.rss_growth) < 2 * MiB  # gone by the end: before/after cannot see it
+    # Gone by the end: before/after cannot see it. The bound leaves room for a few huge pages that khugepaged
+    # may collapse meanwhile where THP is `always` (Debian's kernels), filling in pages nobody touched.
+    assert abs(m.delta.rss_growth) < 8 * MiB
     assert m.peak_rss_growth is not None and m.peak_rss is not None
     assert 100 * MiB - HIGH_WATER_ERROR <= m.peak_rss_growth <= 100 * MiB + HIGH_WATER_ERROR + 2 * MiB
     assert m.peak_rss == m.before.rss + m.peak_rss_growth  # type: ignore[union-attr]
