@@ -86,6 +86,12 @@ def rollup_rss(rollups: list[dict[str, int]], pids: list[int], pid: int) -> int:
     return rollups[pids.index(pid)]["Rss"]
 
 
+# The tree's own library pages stop being its own while another process maps the same files, as another xdist
+# worker's Python children do (three importing a few of the same modules took 72 KiB here), and come back when
+# it exits: the tree's USS moves by them between snapshots, whatever its own pages do.
+FILE_NOISE = MiB
+
+
 @pytest.mark.root(reason="the tree's own frames need PFNs and page counts (CAP_SYS_ADMIN)")
 @pytest.mark.parametrize("counts", [False, True], ids=["counts looked up", "counts from the snapshots"])
 def test_tree_uss_counts_shared_frames_once_and_copies_apart(family: Family, counts: bool) -> None:
@@ -95,13 +101,13 @@ def test_tree_uss_counts_shared_frames_once_and_copies_apart(family: Family, cou
     family.fork()
     forked = pagewalk.snapshot(family.pid, tree=True, counts=counts)
     # The 64 MiB is mapped by all three and by nobody else: the tree's own, counted once...
-    assert alone.uss <= forked.uss <= alone.uss + 4 * MiB  # plus the pages each child touched since
+    assert alone.uss - FILE_NOISE <= forked.uss <= alone.uss + 4 * MiB  # plus the pages each child touched since
     # ...while each process's own USS leaves it out: all three share it.
-    assert sum(snap.uss for snap in forked.processes.values()) <= alone.uss - 64 * MiB
+    assert sum(snap.uss for snap in forked.processes.values()) <= alone.uss - 64 * MiB + FILE_NOISE
     family.do("child 1 write 32")
     written = pagewalk.snapshot(family.pid, tree=True, counts=counts)
     # One child wrote half of it: 32 MiB of copies are the tree's too (plus the few pages Python touches).
-    assert 32 * MiB <= written.uss - forked.uss <= 33 * MiB
+    assert 32 * MiB - FILE_NOISE <= written.uss - forked.uss <= 33 * MiB + FILE_NOISE
     child = sorted(written.processes)[2]
     assert written.processes[child].uss >= 32 * MiB
 
