@@ -9,15 +9,18 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 from family import Family
+from puppet import Puppet
 
 import pagewalk
 from pagewalk.measure import SharingBelow, measure
 from pagewalk.tree import TreeSnapshot, descendants
+from pagewalk.units import PAGE_SIZE
 
 MiB = 1 << 20
 ROOT = os.geteuid() == 0
@@ -110,6 +113,37 @@ def test_tree_uss_counts_shared_frames_once_and_copies_apart(family: Family, cou
     assert 32 * MiB - FILE_NOISE <= written.uss - forked.uss <= 33 * MiB + FILE_NOISE
     child = sorted(written.processes)[2]
     assert written.processes[child].uss >= 32 * MiB
+
+
+@pytest.mark.root(reason="the tree's own frames need PFNs and page counts (CAP_SYS_ADMIN)")
+@pytest.mark.parametrize("counts", [False, True], ids=["counts looked up", "counts from the snapshots"])
+def test_tree_uss_file_is_the_tree_s_own_page_cache(
+    make_puppet: Callable[..., Puppet], tmp_path: Path, counts: bool
+) -> None:
+    size = 16 * MiB  # far above the library pages other processes may take or leave meanwhile (FILE_NOISE)
+    path = tmp_path / "data"
+    path.write_bytes(os.urandom(size))
+    tree_root = make_puppet()
+    mapped = tree_root.map(size // PAGE_SIZE, shared=True, path=path)
+    tree_root.read(mapped)
+    tree_root.fork(touch=[mapped])  # parent and child map the file's pages: shared, so neither's own USS
+    alone = pagewalk.snapshot(tree_root.pid, tree=True, counts=counts)
+    assert sum(snap.uss_file for snap in alone.processes.values()) < FILE_NOISE
+    assert alone.uss_file >= size  # ...but the tree's own: nobody else maps them
+    # The rest of the tree's own is anonymous, and holds each process's own anonymous pages at least.
+    assert alone.uss - alone.uss_file >= sum(snap.uss - snap.uss_file for snap in alone.processes.values()) > 0
+    outsider = make_puppet()
+    outsider.read(outsider.map(size // PAGE_SIZE, shared=True, path=path))
+    shared = pagewalk.snapshot(tree_root.pid, tree=True, counts=counts)
+    # Another process mapping the file takes its pages out of the tree's own, USS and its file part alike;
+    # the anonymous part does not move (but for the few pages the new child may still copy on write), so a
+    # gate tells the change for page cache (file-only).
+    assert alone.uss_file - shared.uss_file >= size - FILE_NOISE
+    anonymous_change = (shared.uss - shared.uss_file) - (alone.uss - alone.uss_file)
+    assert 0 <= anonymous_change <= 16 * PAGE_SIZE
+    outsider.close()
+    again = pagewalk.snapshot(tree_root.pid, tree=True, counts=counts)
+    assert again.uss_file - shared.uss_file >= size - FILE_NOISE
 
 
 def test_tree_uss_without_page_counts_is_a_lower_bound_with_a_note(family: Family) -> None:

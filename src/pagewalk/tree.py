@@ -2,9 +2,10 @@
 
 A `TreeSnapshot` has the totals of a single-process snapshot, summed over the processes, so a delta of two
 tree snapshots and every limit work unchanged; `.processes` holds each process's own snapshot. USS is the
-tree's: frames no process outside the tree maps, each counted once. With visible PFNs and page counts a
-frame is the tree's own when its map count (`/proc/kpagecount`) equals the number of times the tree maps
-it; without them the sum of the processes' own USS is reported, a lower bound, and `notes` say so.
+tree's: frames no process outside the tree maps, each counted once, and `uss_file` the part of them in page
+cache and shared memory. With visible PFNs and page counts a frame is the tree's own when its map count
+(`/proc/kpagecount`) equals the number of times the tree maps it; without them the sums of the processes'
+own are reported, lower bounds, and `notes` say so.
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ def _combine(
     shared = None
     if frames is not None:
         totals["uss"] = frames.own * page
+        totals["uss_file"] = frames.own_file * page
         shared = {
             pid: frames.shared(pid, parent) * page for pid, parent in parents.items() if pid != root and parent in snaps
         }
@@ -231,6 +233,7 @@ class _Frames:
     """The frames the processes of a tree map."""
 
     own: int  # distinct frames mapped as often as the kernel counts mappings of them: the tree's own
+    own_file: int  # those of them in page cache or shared memory (the FILE bit)
     sorted_frames: Mapping[int, U64]  # pid -> the frames of its resident pages, sorted
 
     def shared(self, pid: int, parent: int) -> int:
@@ -246,27 +249,37 @@ def _tree_frames(snaps: Mapping[int, Snapshot]) -> _Frames:
     """Find the tree's frames and each distinct frame's map count: taken from the snapshots when they read
     their pages' counts (`counts=True`), else read once per distinct frame (not once per process mapping it).
 
-    Sorting does the counting: numpy's unique() hashes 64-bit keys, several times slower than a sort here."""
+    Sorting does the counting: numpy's unique() hashes 64-bit keys, several times slower than a sort here. A
+    frame is keyed by its PFN and, in the lowest bit, its FILE bit, so the sort also tells the tree's own page
+    cache and shared memory apart (a frame is one or the other wherever it is mapped)."""
     resident = {pid: _resident(snap.entries) for pid, snap in snaps.items()}
-    pfns = {pid: snap.entries[resident[pid]] & np.uint64(bits.PM_PFN_MASK) for pid, snap in snaps.items()}
-    frames = {pid: np.sort(each) for pid, each in pfns.items()}
+    keys = {pid: _frame_keys(snap.entries[resident[pid]]) for pid, snap in snaps.items()}
+    frames = {pid: np.sort(each >> np.uint64(1)) for pid, each in keys.items()}
     if not any(len(each) for each in frames.values()):
-        return _Frames(0, MappingProxyType(frames))
+        return _Frames(0, 0, MappingProxyType(frames))
     known = {pid: snap.mapcounts for pid, snap in snaps.items() if snap.mapcounts is not None}
     if len(known) == len(snaps):  # every page's map count is in hand
-        every = np.concatenate(list(pfns.values()))
+        every = np.concatenate(list(keys.values()))
         order = np.argsort(every, kind="stable")
         every = every[order]
         page_counts = np.concatenate([known[pid][resident[pid]] for pid in snaps])[order]
         starts = _first_of_each(every)
         mapcounts = page_counts[starts]
     else:
-        every = np.sort(np.concatenate(list(frames.values())))
+        every = np.sort(np.concatenate(list(keys.values())))
         starts = _first_of_each(every)
-        (mapcounts,) = reader.lookup_pfns(["/proc/kpagecount"], every[starts])
+        (mapcounts,) = reader.lookup_pfns(["/proc/kpagecount"], every[starts] >> np.uint64(1))
     occurrences = np.diff(np.append(starts, len(every)))
-    own = int(np.count_nonzero(mapcounts.astype(np.int64) == occurrences))
-    return _Frames(own, MappingProxyType(frames))
+    own = mapcounts.astype(np.int64) == occurrences
+    own_file = own & ((every[starts] & np.uint64(1)) != 0)
+    return _Frames(int(np.count_nonzero(own)), int(np.count_nonzero(own_file)), MappingProxyType(frames))
+
+
+def _frame_keys(entries: U64) -> U64:
+    """`PFN << 1 | FILE` of each entry."""
+    pfns = entries & np.uint64(bits.PM_PFN_MASK)
+    keys: U64 = (pfns << np.uint64(1)) | ((entries >> np.uint64(bits.PM_FILE.bit_length() - 1)) & np.uint64(1))
+    return keys
 
 
 def _first_of_each(ordered: U64) -> npt.NDArray[np.intp]:
