@@ -430,6 +430,24 @@ def test_a_uss_regression_of_file_backed_pages_only_does_not_fail() -> None:
     assert [row.metric for row in gate.compare(old, allocated, [gate.parse_threshold("uss:5%")]).regressions] == ["uss"]
 
 
+def test_a_uss_growth_regression_of_file_backed_pages_only_does_not_fail() -> None:
+    old = record({"t": {"uss_growth": MiB, "uss_file_growth": 0, "anon_growth": MiB}})
+    neighbour_exited = record({"t": {"uss_growth": 7 * MiB, "uss_file_growth": 6 * MiB, "anon_growth": MiB}})
+    result = gate.compare(old, neighbour_exited, [gate.parse_threshold("uss_growth:+512KiB")])
+    (row,) = [row for row in result.rows if row.metric == "uss_growth"]
+    assert row.status == "file-only" and row.describe_split() == "anon +0 B, file +6.0 MiB" and result.passed
+    text = "\n".join(line for line, _ in ci_reports.comparison_lines(result))
+    assert "(not failing; gate uss_file_growth to fail on them)" in text
+    explicit = gate.compare(old, neighbour_exited, [gate.parse_threshold("uss_file_growth:+512KiB")])
+    assert [row.metric for row in explicit.regressions] == ["uss_file_growth"]
+    allocated = record({"t": {"uss_growth": 3 * MiB, "uss_file_growth": 0, "anon_growth": 3 * MiB}})
+    regressed = gate.compare(old, allocated, [gate.parse_threshold("uss_growth:+512KiB")])
+    assert [row.metric for row in regressed.regressions] == ["uss_growth"]
+    before_the_split = record({"t": {"uss_growth": MiB}})  # a baseline from before uss_file_growth was recorded
+    unsplit = gate.compare(before_the_split, neighbour_exited, [gate.parse_threshold("uss_growth:+512KiB")])
+    assert [row.metric for row in unsplit.regressions] == ["uss_growth"]
+
+
 def keyed(test: str, keys_and_uss: list[tuple[str, int]]) -> SessionRecord:
     return SessionRecord(
         context=CONTEXT,

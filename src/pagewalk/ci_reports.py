@@ -11,6 +11,7 @@ from ._present import UNKNOWN, plural, size_cell, table
 from .baseline import SessionRecord
 from .gate import GATED_METRICS, Comparison, ComparisonResult
 from .measure import METRICS
+from .metrics import FILE_PARTS
 from .record_format import REPORT_SCHEMA, REPORT_VERSION
 from .units import format_size
 
@@ -318,10 +319,11 @@ def comparison_lines(comparison: ComparisonResult, *, verbose: bool = False) -> 
         lines += [(line, "bad") for line in _table(regressions)]
         lines += [(f"note: {hint}.", "warning") for hint in comparison.hints]
     if file_only:
+        parts = " or ".join(sorted({FILE_PARTS[row.metric] for row in file_only}))
         lines.append(
             (
                 f"{plural(len(file_only), 'USS change')} beyond the threshold made of file-backed pages only, which "
-                "other processes move by mapping the same files (not failing; gate uss_file to fail on them):",
+                f"other processes move by mapping the same files (not failing; gate {parts} to fail on them):",
                 "warning",
             )
         )

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ._present import plural
 from .baseline import KEY_SEPARATOR, MeasurementRecord, SessionRecord, recorded_capability
 from .bits import pmd_pages
+from .metrics import FILE_PARTS
 from .thresholds import DEFAULT_NOISE, FORMS, GATED_METRICS, Threshold, parse_threshold, parse_thresholds
 from .units import format_size
 
@@ -39,8 +40,6 @@ __all__ = [
 # failed and usage error).
 EXIT_PASSED, EXIT_REGRESSED, EXIT_CANNOT_GATE = 0, 1, 4
 _ORDINAL = re.compile(r"#[0-9]+", re.ASCII)
-# The file-backed part of USS: what other processes move by mapping or unmapping the same files.
-USS_FILE = "uss_file"
 # What huge pages move on their own where THP is "always": a fault maps a whole one where an aligned range fits,
 # and khugepaged collapses ranges into them; both fill in pages never touched, with no change of code.
 _MOVED_BY_HUGE_PAGES = frozenset(
@@ -232,8 +231,8 @@ def compare(
                     missing.setdefault((metric, side), []).append(measurement.key)
                 continue
             file_change = None
-            if metric == "uss":
-                old_file, new_file = previous.metrics.get(USS_FILE), measurement.metrics.get(USS_FILE)
+            if part := FILE_PARTS.get(metric):
+                old_file, new_file = previous.metrics.get(part), measurement.metrics.get(part)
                 if old_file is not None and new_file is not None:
                     file_change = new_file - old_file
             threshold, status = _judge(before, now, active.get(metric, ()), noise, file_change)

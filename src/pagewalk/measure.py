@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ._present import Unit, amount, plural, size_cell, table, verdict_text
 from .bits import FLAG_BITS
 from .errors import PagewalkError, Unsupported
-from .metrics import LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Metric, Option
+from .metrics import FILE_PARTS, LIMIT_KEYS, METRICS, NO_FLAG_GAIN, Metric, Option
 from .units import format_size, parse_size
 
 if TYPE_CHECKING:
@@ -560,6 +560,11 @@ class Measurement:
         __tracebackhide__ = True
         return self._assert("uss_file", limit)
 
+    def assert_uss_file_growth_below(self, limit: int | str) -> Verdict:
+        """The file-backed part of USS grew by at most `limit` during the block."""
+        __tracebackhide__ = True
+        return self._assert("uss_file_growth", limit)
+
     def assert_peak_rss_below(self, limit: int | str) -> Verdict:
         """The highest RSS during the block is at most `limit` (it catches memory freed before the block ended)."""
         __tracebackhide__ = True
@@ -639,6 +644,8 @@ class Measurement:
             totals.append(f"peak RSS {format_size(delta.peak_rss)}")
         lines.append("; ".join(totals))
         lines.extend(f"note: {note}" for note in (*delta.notes, *self.notes))
+        if verdict is not None and (file_note := self._file_part_note(verdict)):
+            lines.append(f"note: {file_note}")
         metric = verdict.metric if verdict is not None else "uss_growth"
         spec = METRICS.get(metric)
         if spec is not None and not spec.growth and spec.needs is None and metric not in _PEAK_METRICS:
@@ -647,6 +654,21 @@ class Measurement:
             column = spec.region_column if spec is not None else "uss_growth"
             lines.extend(self._change_table(column, top))
         return "\n".join(lines)
+
+    def _file_part_note(self, verdict: Verdict) -> str | None:
+        """Why a USS limit failed when its page cache part alone took it over: other processes move that part."""
+        part = FILE_PARTS.get(verdict.metric)
+        if part is None or verdict.passed:
+            return None
+        file_bytes = self.value(part)
+        if file_bytes <= 0 or verdict.measured - file_bytes > verdict.limit:
+            return None
+        anon = "anon_growth" if verdict.metric.endswith("_growth") else "anon"
+        return (
+            f"{format_size(file_bytes)} of it ({part}) is page cache and shared memory that only this process maps "
+            f"at the moment: other processes move it by mapping or unmapping the same files (another instance of "
+            f"the same program, say); without it the limit holds. Limit {anon} for what the process itself allocates"
+        )
 
     def _change_table(self, column: str, top: int) -> list[str]:
         regions = self.delta.top_regions(column, top)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
-__all__ = ["LIMIT_KEYS", "METRICS", "NO_FLAG_GAIN", "Metric", "Option"]
+__all__ = ["FILE_PARTS", "LIMIT_KEYS", "METRICS", "NO_FLAG_GAIN", "Metric", "Option"]
 
 Option = Literal["writes", "accessed", "flags", "counts"]
 
@@ -39,6 +39,7 @@ METRICS: Mapping[str, Metric] = MappingProxyType(
             Metric("anon", "Anonymous memory", "of", growth=False, region_column="anon_growth"),
             Metric("uss_file", "File-backed USS", "of", growth=False, region_column="uss_growth"),
             Metric("uss_growth", "USS growth", "of", growth=True, region_column="uss_growth"),
+            Metric("uss_file_growth", "File-backed USS growth", "of", growth=True, region_column="uss_growth"),
             Metric("rss_growth", "RSS growth", "of", growth=True, region_column="rss_growth"),
             Metric("anon_growth", "Anonymous memory growth", "of", growth=True, region_column="anon_growth"),
             Metric("written", "Memory written", "by", growth=False, needs="writes", region_column="written"),
@@ -56,6 +57,10 @@ METRICS: Mapping[str, Metric] = MappingProxyType(
         )
     }
 )
+
+# The file-backed part of USS, and of its growth: what other processes move by mapping or unmapping the same
+# files (a second redis-server exiting during a measured block added 6.3 MiB to the first one's USS growth).
+FILE_PARTS: Mapping[str, str] = MappingProxyType({"uss": "uss_file", "uss_growth": "uss_file_growth"})
 
 # Keyword names of limits, as markers, ini keys and `Limits.parse` spell them.
 LIMIT_KEYS: Mapping[str, str] = MappingProxyType({f"{name}_below": name for name in METRICS})

@@ -266,6 +266,45 @@ def test_a_neighbour_moves_file_backed_uss_only_and_an_anonymous_regression_stil
     regressed.stdout.fnmatch_lines(["*REGRESSED  test_server.py::test_server  uss * anon +8.* MiB, file +3?.* MiB *"])
 
 
+LEAVING_NEIGHBOUR = (
+    HELPERS
+    + """
+
+def test_server(pagemap):
+    data = str(Path(__file__).with_name("data.bin"))
+    server, port = serve(pagemap, data)
+    neighbour, _ = serve(pagemap, data)  # another process of the same program: the file's pages are shared
+    with pagemap.measure(server):
+        ask(port, int(os.environ["WORK"]))
+        if os.environ.get("LEAVE"):
+            neighbour.stop()  # it exits during the block: the file's pages become the server's alone
+"""
+)
+
+
+def test_a_neighbour_leaving_during_the_block_moves_file_backed_uss_growth_only(servers, monkeypatch):
+    (servers.path / "data.bin").write_bytes(bytes(range(256)) * (32 * MiB // 256))
+    servers.makepyfile(test_server=LEAVING_NEIGHBOUR)
+    monkeypatch.setenv("WORK", str(4 * MiB))
+    servers.runpytest("--pagemap-save=base").assert_outcomes(passed=1)
+    monkeypatch.setenv("LEAVE", "1")
+    left = servers.runpytest("--pagemap-compare=base", "--pagemap-fail=uss_growth:+1MiB")
+    assert left.ret == pytest.ExitCode.OK, outcome(left)
+    left.stdout.fnmatch_lines(
+        [
+            "*made of file-backed pages only, * (not failing; gate uss_file_growth to fail on them):",
+            "*file only  test_server.py::test_server  uss_growth * +3?.* MiB *  anon *, file +3?.* MiB  uss_growth:+1*",
+            "gate: passed, *",
+        ]
+    )
+    explicit = servers.runpytest("--pagemap-compare=base", "--pagemap-fail=uss_file_growth:+1MiB")
+    assert explicit.ret == pytest.ExitCode.TESTS_FAILED, outcome(explicit)
+    monkeypatch.setenv("WORK", str(12 * MiB))  # and the code allocates 8 MiB more
+    regressed = servers.runpytest("--pagemap-compare=base", "--pagemap-fail=uss_growth:+1MiB")
+    assert regressed.ret == pytest.ExitCode.TESTS_FAILED, outcome(regressed)
+    regressed.stdout.fnmatch_lines(["*REGRESSED  test_server.py::test_server  uss_growth * anon +8.* MiB, file +3?.*"])
+
+
 # --- accessed_anon --------------------------------------------------------------------------------------
 
 STOPPED = (

@@ -71,8 +71,8 @@ def test_save_then_compare_passes(workload):
         "test_workload.py::test_growing",
     ]
     assert set(data["measurements"][0]["metrics"]) == {
-        "uss", "uss_file", "rss", "pss", "swap", "anon", "uss_growth", "rss_growth", "anon_growth", "written",
-        "accessed", "accessed_anon", "peak_rss", "peak_rss_growth",
+        "uss", "uss_file", "rss", "pss", "swap", "anon", "uss_growth", "uss_file_growth", "rss_growth", "anon_growth",
+        "written", "accessed", "accessed_anon", "peak_rss", "peak_rss_growth",
     }  # fmt: skip
     assert data["context"]["page_size"] > 0 and "kernel" in data["context"]
 

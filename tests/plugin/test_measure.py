@@ -97,6 +97,30 @@ def test_anonymous_growth_is_the_allocation(allocator):
 
 
 @privileged
+def test_a_neighbour_leaving_moves_uss_growth_by_page_cache_and_the_failure_says_so(make_puppet, tmp_path):
+    size = 16 * MiB
+    path = tmp_path / "data"
+    path.write_bytes(bytes(range(256)) * (size // 256))
+    server, neighbour = make_puppet(), make_puppet()
+    for each in (server, neighbour):
+        each.read(each.map(size // PAGE, path=path))  # the same file's pages, mapped by both
+    with measure(server.pid) as m:
+        neighbour.close()  # another instance of the same program exits: the file's pages are the server's alone
+    assert m.delta.uss_file_growth >= size and m.delta.anon_growth < MiB
+    assert m.value("uss_file_growth") == m.delta.uss_file_growth
+    with pytest.raises(MemoryLimitExceeded) as failed:
+        m.assert_uss_growth_below("4 MiB")
+    note = next(line for line in failed.value.details().splitlines() if "uss_file_growth" in line)
+    assert note.startswith("note: 16.") and note.endswith("Limit anon_growth for what the process itself allocates")
+    m.assert_anon_growth_below("1 MiB")
+    with pytest.raises(MemoryLimitExceeded) as level:
+        m.assert_uss_below(m.after.uss - m.after.uss_file + MiB)  # within the limit but for the page cache
+    assert "(uss_file) is page cache" in level.value.details() and "Limit anon for" in level.value.details()
+    with pytest.raises(MemoryLimitExceeded) as own:
+        m.assert_uss_below(m.after.uss - m.after.uss_file - MiB)  # over the limit without the page cache too
+    assert "uss_file" not in own.value.details()
+
+
 def test_level_limits_use_the_after_snapshot(allocator):
     with measure(allocator.pid, counts=True) as m:
         allocator.allocate(4 * MiB)

@@ -185,6 +185,7 @@ EXPECTED_VERDICTS = [
     ("swap", 1 << 30, "default"),
     ("uss", 1 << 30, "default"),
     ("uss_file", 1 << 30, "default"),
+    ("uss_file_growth", 1 << 30, "default"),
     ("uss_growth", 1 << 30, "default"),
     # written_below too is set, and checked only by measurements that track writes (writes=True)
 ]
