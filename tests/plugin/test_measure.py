@@ -96,7 +96,6 @@ def test_anonymous_growth_is_the_allocation(allocator):
     assert m.to_dict()["delta"]["anon_growth"] == m.delta.anon_growth
 
 
-@privileged
 def test_a_neighbour_leaving_moves_uss_growth_by_page_cache_and_the_failure_says_so(make_puppet, tmp_path):
     size = 16 * MiB
     path = tmp_path / "data"
@@ -121,6 +120,7 @@ def test_a_neighbour_leaving_moves_uss_growth_by_page_cache_and_the_failure_says
     assert "uss_file" not in own.value.details()
 
 
+@privileged
 def test_level_limits_use_the_after_snapshot(allocator):
     with measure(allocator.pid, counts=True) as m:
         allocator.allocate(4 * MiB)
