@@ -110,7 +110,8 @@ def test_a_neighbour_leaving_moves_uss_growth_by_page_cache_and_the_failure_says
     with pytest.raises(MemoryLimitExceeded) as failed:
         m.assert_uss_growth_below("4 MiB")
     note = next(line for line in failed.value.details().splitlines() if "uss_file_growth" in line)
-    assert note.startswith("note: 16.") and note.endswith("Limit anon_growth for what the process itself allocates")
+    assert note.startswith("note: 16.") or note.startswith("note: 17."), note  # the file, and maybe a library page
+    assert note.endswith("Limit anon_growth for what the process itself allocates")
     m.assert_anon_growth_below("1 MiB")
     with pytest.raises(MemoryLimitExceeded) as level:
         m.assert_uss_below(m.after.uss - m.after.uss_file + MiB)  # within the limit but for the page cache
