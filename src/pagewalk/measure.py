@@ -663,7 +663,7 @@ class Measurement:
         file_bytes = self.value(part)
         if file_bytes <= 0 or verdict.measured - file_bytes > verdict.limit:
             return None
-        anon = "anon_growth" if verdict.metric.endswith("_growth") else "anon"
+        anon = "anon_growth" if METRICS[verdict.metric].growth else "anon"
         return (
             f"{format_size(file_bytes)} of it ({part}) is page cache and shared memory that only this process maps "
             f"at the moment: other processes move it by mapping or unmapping the same files (another instance of "
